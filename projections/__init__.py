@@ -1,0 +1,1 @@
+"""The domain core: pure folds from events to patient-month billing state and alerts."""

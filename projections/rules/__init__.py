@@ -1,0 +1,1 @@
+"""Rule books, one TOML file per rule year (package data)."""

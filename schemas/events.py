@@ -1,0 +1,338 @@
+"""Wire contract v1: one pydantic model per event type, discriminated on ``type``.
+
+Validation is strict (no type coercion) and every error names its field, so an
+EHR vendor can fix a feed from the message alone. JSON input may carry
+timestamps and dates as ISO strings; they must carry a UTC offset.
+"""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+MAX_ACTIVITY = timedelta(hours=24)
+MONTH_PATTERN = r"^\d{4}-(0[1-9]|1[0-2])$"
+
+Identifier = Annotated[str, Field(min_length=1, max_length=128)]
+EventId = Annotated[str, Field(min_length=1, max_length=128)]
+Label = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class Program(StrEnum):
+    """Programs whose minutes an activity can be logged under."""
+
+    CCM = "ccm"
+    PCM = "pcm"
+    RPM = "rpm"
+    RTM = "rtm"
+    BHI = "bhi"
+    TCM = "tcm"
+
+
+class StaffRole(StrEnum):
+    CLINICAL_STAFF = "clinical_staff"
+    PHYSICIAN = "physician"
+    QHP = "qhp"
+    NON_CLINICAL = "non_clinical"
+
+
+class FacilityType(StrEnum):
+    OFFICE = "office"
+    FQHC = "fqhc"
+    RHC = "rhc"
+
+
+ConsentProgram = Literal["ccm", "pcm", "rpm", "rtm", "bhi", "apcm"]
+EnrollmentProgram = Literal["ccm", "pcm", "rpm", "rtm", "bhi", "apcm"]
+CarePlanProgram = Literal["ccm", "pcm", "bhi", "rpm", "rtm"]
+DeviceProgram = Literal["rpm", "rtm"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+# --- data payloads -----------------------------------------------------------
+
+
+class PracticeConfiguredData(_Strict):
+    timezone: str = Field(default="America/New_York", description="IANA time zone name")
+    facility_type: FacilityType = FacilityType.OFFICE
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown IANA time zone {value!r}") from exc
+        return value
+
+
+class ActivityLoggedData(_Strict):
+    activity_id: Identifier
+    staff_id: Identifier
+    staff_role: StaffRole
+    practitioner_id: Identifier = Field(description="the billing practitioner")
+    program: Program
+    activity: Label = Field(description="what was done, e.g. medication_review")
+    started_at: AwareDatetime
+    ended_at: AwareDatetime | None = None
+    minutes: Annotated[float, Field(gt=0, le=1440, allow_inf_nan=False)] | None = None
+    face_to_face: bool = False
+    interactive: bool = Field(default=False, description="a real-time exchange with the patient")
+    note_digest: Annotated[str, Field(max_length=256)] | None = Field(
+        default=None, description="hash of the normalized note, never the note"
+    )
+
+    @model_validator(mode="after")
+    def _duration(self) -> ActivityLoggedData:
+        if self.ended_at is None and self.minutes is None:
+            raise ValueError("give ended_at or minutes")
+        if self.ended_at is not None:
+            elapsed = self.ended_at - self.started_at
+            if elapsed <= timedelta(0):
+                raise ValueError("ended_at must be after started_at")
+            if elapsed > MAX_ACTIVITY:
+                raise ValueError("an activity may last at most 24 h (ended_at - started_at)")
+            if self.minutes is not None and abs(elapsed.total_seconds() - self.minutes * 60) >= 60:
+                raise ValueError("minutes disagrees with ended_at - started_at")
+        return self
+
+    @property
+    def seconds(self) -> int:
+        """Elapsed seconds on absolute instants (DST-safe)."""
+        if self.ended_at is not None:
+            return int((self.ended_at - self.started_at).total_seconds())
+        assert self.minutes is not None
+        return round(self.minutes * 60)
+
+
+class ActivityVoidedData(_Strict):
+    activity_id: Identifier
+    reason: Label
+
+
+class ConsentData(_Strict):
+    program: ConsentProgram
+    practitioner_id: Identifier
+    method: Literal["verbal", "written"]
+    on: date
+
+
+class CarePlanRecordedData(_Strict):
+    program: CarePlanProgram
+    on: date
+    complexity: Literal["low", "moderate", "high"]
+
+
+class ConditionsRecordedData(_Strict):
+    chronic: list[Annotated[str, Field(pattern=r"^[A-TV-Z][0-9][0-9A-Z](\.?[0-9A-Z]{1,4})?$")]] = (
+        Field(description="ICD-10 codes: the patient's current chronic-condition list", max_length=200)
+    )
+
+
+class EnrollmentRecordedData(_Strict):
+    program: EnrollmentProgram
+    practitioner_id: Identifier
+    on: date
+    qmb: bool = Field(default=False, description="Qualified Medicare Beneficiary (APCM G0558)")
+
+
+class VisitRecordedData(_Strict):
+    practitioner_id: Identifier
+    on: date
+    kind: Literal["e_m", "awv", "ippe", "tcm"]
+
+
+class StayRecordedData(_Strict):
+    setting: Literal["inpatient", "snf"]
+    admitted_on: date
+    discharged_on: date
+
+    @model_validator(mode="after")
+    def _order(self) -> StayRecordedData:
+        if self.discharged_on < self.admitted_on:
+            raise ValueError("discharged_on must not be before admitted_on")
+        return self
+
+
+class DeviceReadingData(_Strict):
+    device_id: Identifier
+    program: DeviceProgram
+    taken_at: AwareDatetime
+
+
+class MonthClosedData(_Strict):
+    month: Annotated[str, Field(pattern=MONTH_PATTERN, description="YYYY-MM")]
+
+
+# --- envelopes ---------------------------------------------------------------
+
+
+class _Envelope(_Strict):
+    event_id: EventId = Field(description="idempotency key, at most 128 characters")
+    schema_version: Literal[1]
+    org_id: Identifier
+    recorded_at: AwareDatetime = Field(description="when the source recorded the event")
+    source: Label
+
+
+class _PatientEnvelope(_Envelope):
+    patient_id: Identifier
+
+
+class _PracticeEnvelope(_Envelope):
+    patient_id: None = Field(default=None, description="omitted: the event concerns the practice")
+
+
+class PracticeConfigured(_PracticeEnvelope):
+    type: Literal["practice.configured"]
+    data: PracticeConfiguredData
+
+
+class ActivityLogged(_PatientEnvelope):
+    type: Literal["activity.logged"]
+    data: ActivityLoggedData
+
+
+class ActivityVoided(_PatientEnvelope):
+    type: Literal["activity.voided"]
+    data: ActivityVoidedData
+
+
+class ConsentRecorded(_PatientEnvelope):
+    type: Literal["consent.recorded"]
+    data: ConsentData
+
+
+class ConsentRevoked(_PatientEnvelope):
+    type: Literal["consent.revoked"]
+    data: ConsentData
+
+
+class CarePlanRecorded(_PatientEnvelope):
+    type: Literal["care_plan.recorded"]
+    data: CarePlanRecordedData
+
+
+class ConditionsRecorded(_PatientEnvelope):
+    type: Literal["conditions.recorded"]
+    data: ConditionsRecordedData
+
+
+class EnrollmentRecorded(_PatientEnvelope):
+    type: Literal["enrollment.recorded"]
+    data: EnrollmentRecordedData
+
+
+class VisitRecorded(_PatientEnvelope):
+    type: Literal["visit.recorded"]
+    data: VisitRecordedData
+
+
+class StayRecorded(_PatientEnvelope):
+    type: Literal["stay.recorded"]
+    data: StayRecordedData
+
+
+class DeviceReading(_PatientEnvelope):
+    type: Literal["device.reading"]
+    data: DeviceReadingData
+
+
+class MonthClosed(_PracticeEnvelope):
+    type: Literal["month.closed"]
+    data: MonthClosedData
+
+
+EVENT_MODELS: tuple[type[_Envelope], ...] = (
+    PracticeConfigured,
+    ActivityLogged,
+    ActivityVoided,
+    ConsentRecorded,
+    ConsentRevoked,
+    CarePlanRecorded,
+    ConditionsRecorded,
+    EnrollmentRecorded,
+    VisitRecorded,
+    StayRecorded,
+    DeviceReading,
+    MonthClosed,
+)
+EVENT_TYPES: dict[str, type[_Envelope]] = {
+    m.model_fields["type"].annotation.__args__[0]: m  # type: ignore[union-attr]
+    for m in EVENT_MODELS
+}
+
+Event = Annotated[
+    PracticeConfigured
+    | ActivityLogged
+    | ActivityVoided
+    | ConsentRecorded
+    | ConsentRevoked
+    | CarePlanRecorded
+    | ConditionsRecorded
+    | EnrollmentRecorded
+    | VisitRecorded
+    | StayRecorded
+    | DeviceReading
+    | MonthClosed,
+    Field(discriminator="type"),
+]
+EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+class EventRejected(ValueError):
+    """A line that is not a valid v1 event; ``reason`` is safe to show its sender."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False, include_input=False):
+        loc = [str(p) for p in err["loc"]]
+        # the discriminator tag appears as a location step; drop it for readability
+        if loc and loc[0] in EVENT_TYPES:
+            loc = loc[1:]
+        field = ".".join(loc) or "event"
+        msg = err["msg"]
+        if err["type"] == "union_tag_invalid":
+            msg = f"unknown type; expected one of {', '.join(sorted(EVENT_TYPES))}"
+            field = "type"
+        elif err["type"] == "union_tag_not_found":
+            msg, field = "missing", "type"
+        elif err["type"] == "literal_error" and field == "schema_version":
+            msg = "unsupported schema_version; this service speaks version 1"
+        parts.append(f"{field}: {msg}")
+    return "; ".join(parts)
+
+
+def parse_event(raw: bytes | str) -> Event:
+    """Validate one JSON event; raise :class:`EventRejected` with a precise reason."""
+    try:
+        return EVENT_ADAPTER.validate_json(raw)
+    except ValidationError as exc:
+        raise EventRejected(_describe(exc)) from None
+
+
+def event_json_schemas() -> dict[str, dict[str, Any]]:
+    """One JSON Schema per event type, keyed by the ``type`` value."""
+    return {name: model.model_json_schema() for name, model in sorted(EVENT_TYPES.items())}
+

@@ -1,0 +1,62 @@
+"""Public views: the patient-month billing line, and alerts."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _View(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CodeUnits(_View):
+    code: str
+    units: int = Field(ge=1)
+
+
+class BlockedCode(_View):
+    code: str
+    units: int = Field(ge=1)
+    reasons: list[str] = Field(description="RULES.md §6.3 flags explaining why it is not billable")
+
+
+class PatientMonthView(_View):
+    """One line of ``caretally replay`` and one value of ``care.billing.v1``."""
+
+    org_id: str
+    patient_id: str
+    month: str = Field(pattern=r"^\d{4}-\d{2}$")
+    minutes: dict[str, float] = Field(description="counted minutes per program, after exclusions")
+    billable: list[CodeUnits]
+    blocked: list[BlockedCode]
+    flags: list[str]
+    estimated_payment: float = Field(description="national non-facility amount, USD")
+
+
+AlertKind = Literal[
+    "threshold_crossed",
+    "threshold_revoked",
+    "threshold_approaching",
+    "cap_reached",
+    "documentation_gap",
+    "exclusive_conflict",
+    "overlap",
+    "double_count",
+    "staff_overlap",
+    "late_activity",
+]
+
+
+class Alert(_View):
+    """One value of ``care.alerts.v1``; ``alert_id`` is a stable hash of its cause."""
+
+    alert_id: str
+    kind: AlertKind
+    org_id: str
+    patient_id: str
+    month: str
+    code: str | None = None
+    detail: str = Field(description="what happened, in words; never contains patient identifiers")
+    cause_event_id: str | None = None

@@ -1,0 +1,1 @@
+"""The shell: CLI, file replay, and (later) Kafka streams, HTTP and the archive."""
