@@ -141,7 +141,9 @@ class CarePlanRecordedData(_Strict):
 
 class ConditionsRecordedData(_Strict):
     chronic: list[Annotated[str, Field(pattern=r"^[A-TV-Z][0-9][0-9A-Z](\.?[0-9A-Z]{1,4})?$")]] = (
-        Field(description="ICD-10 codes: the patient's current chronic-condition list", max_length=200)
+        Field(
+            description="ICD-10 codes: the patient's current chronic-condition list", max_length=200
+        )
     )
 
 
@@ -335,4 +337,3 @@ def parse_event(raw: bytes | str) -> Event:
 def event_json_schemas() -> dict[str, dict[str, Any]]:
     """One JSON Schema per event type, keyed by the ``type`` value."""
     return {name: model.model_json_schema() for name, model in sorted(EVENT_TYPES.items())}
-

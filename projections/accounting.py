@@ -1,0 +1,173 @@
+"""Interval accounting for one patient-month: RULES.md §6.2 steps 1-5.
+
+Activities are processed in log order (``Activity.seq``); each step removes seconds
+from an activity's pieces and records why, so the audit can name the reason for
+every minute not counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from projections.calendar import month_bounds
+from projections.documentation import CONSENT_FAMILY, consent_periods, inpatient_intervals
+from projections.intervals import Interval, intersect_all, subtract, total, union
+from projections.ledger import Activity, PatientState
+from projections.rulebook import Policy
+
+
+@dataclass(slots=True)
+class ActivityTime:
+    """How one activity's seconds inside the month were treated."""
+
+    activity: Activity
+    in_month: int
+    counted: int = 0
+    excluded: dict[str, int] = field(default_factory=dict)
+
+    def exclude(self, reason: str, seconds: int) -> None:
+        if seconds > 0:
+            self.excluded[reason] = self.excluded.get(reason, 0) + seconds
+
+
+@dataclass(slots=True)
+class Pool:
+    """Counted intervals of one program under one billing practitioner."""
+
+    program: str
+    practitioner_id: str
+    personal: list[Interval] = field(default_factory=list)
+    staff: dict[str, list[Interval]] = field(default_factory=dict)
+    interactive: bool = False
+
+    def seconds(self, concurrent: str = "once") -> tuple[int, int, int, bool]:
+        """(personal P, other staff S, pooled T, whether different staff overlapped)."""
+        p = total(self.personal)  # one person's claimed pieces are already disjoint
+        everyone = [iv for pieces in self.staff.values() for iv in pieces]
+        s_union = total(union(everyone))
+        t_union = total(union(self.personal + everyone))
+        individual = p + sum(total(pieces) for pieces in self.staff.values())
+        if concurrent == "sum":
+            return p, sum(total(v) for v in self.staff.values()), individual, False
+        return p, s_union, t_union, individual > t_union
+
+
+@dataclass(slots=True)
+class Pair:
+    """Two activities of one person claiming the same seconds (overlap or double_count)."""
+
+    kind: str
+    flag: str
+    kept: str
+    other: str
+    seconds: int
+
+
+@dataclass(slots=True)
+class MonthTime:
+    month: str
+    start: int
+    end: int
+    flags: set[str] = field(default_factory=set)
+    pools: dict[tuple[str, str], Pool] = field(default_factory=dict)
+    activities: list[ActivityTime] = field(default_factory=list)
+    pairs: list[Pair] = field(default_factory=list)
+
+    def pool(self, program: str, practitioner_id: str) -> Pool:
+        key = (program, practitioner_id)
+        p = self.pools.get(key)
+        if p is None:
+            p = self.pools[key] = Pool(program, practitioner_id)
+        return p
+
+
+def account(
+    patient: PatientState,
+    month: str,
+    tz: str,
+    policy: Policy,
+    activities: list[Activity] | None = None,
+) -> MonthTime:
+    """Counted time of ``patient`` in local ``month``; ``activities`` may be pre-filtered."""
+    lo, hi = month_bounds(month, tz)
+    mt = MonthTime(month, lo, hi)
+    source = patient.activities.values() if activities is None else activities
+    acts = sorted((a for a in source if a.start < hi and a.end > lo), key=lambda a: a.seq)
+    if not acts:
+        return mt
+    flags = mt.flags
+    consent_cache: dict[tuple[str, str], list[Interval] | None] = {}
+    inpatient = inpatient_intervals(patient, tz) if patient.stays else []
+    fingerprints: set[tuple[str, int, int, str]] = set()
+    claimed: dict[str, list[tuple[int, int, str, str]]] = {}
+
+    for a in acts:
+        s, e = max(a.start, lo), min(a.end, hi)
+        at = ActivityTime(a, e - s)
+        mt.activities.append(at)
+        if a.start < lo or a.end > hi:
+            flags.add("cross_month_split")
+        # step 1: exact re-sends under a new event id (same staff, start, length, program)
+        fp = (a.staff_id, a.start, a.end - a.start, a.program)
+        if fp in fingerprints:
+            at.exclude("duplicate_event", at.in_month)
+            flags.add("duplicate_event")
+            continue
+        fingerprints.add(fp)
+        # step 3: exclusions
+        if policy.exclude_face_to_face and a.face_to_face:
+            at.exclude("face_to_face_excluded", at.in_month)
+            flags.add("face_to_face_excluded")
+            continue
+        if a.role == "non_clinical":
+            at.exclude("non_clinical_staff_excluded", at.in_month)
+            flags.add("non_clinical_staff_excluded")
+            continue
+        pieces: list[Interval] = [(s, e)]
+        family = CONSENT_FAMILY.get(a.program)
+        if family is not None:
+            key = (family, a.practitioner_id)
+            if key not in consent_cache:
+                consent_cache[key] = consent_periods(patient, family, a.practitioner_id, tz)
+            periods = consent_cache[key]
+            if periods is not None:
+                pieces, cut = intersect_all(pieces, periods)
+                if cut:
+                    at.exclude("consent_after_activity", cut)
+                    flags.add("consent_after_activity")
+        if inpatient and a.program in policy.inpatient_excluded_programs:
+            for iv in inpatient:
+                pieces, cut = subtract(pieces, iv)
+                if cut:
+                    at.exclude("inpatient_time_excluded", cut)
+                    flags.add("inpatient_time_excluded")
+        # step 4: one person's overlapping minutes count once; across programs the
+        # earliest-received activity keeps them (G9)
+        mine = claimed.setdefault(a.staff_id, [])
+        for cs, ce, cprog, cid in mine:
+            if not pieces:
+                break
+            pieces, cut = subtract(pieces, (cs, ce))
+            if cut:
+                if cprog == a.program:
+                    flag, kind = "overlap", "overlap"
+                else:
+                    flag, kind = f"double_count:{cprog}+{a.program}", "double_count"
+                flags.add(flag)
+                at.exclude(flag, cut)
+                mt.pairs.append(Pair(kind, flag, cid, a.activity_id, cut))
+        mine.extend((ps, pe, a.program, a.activity_id) for ps, pe in pieces)
+        at.counted = total(pieces)
+        # step 5 input: pools per program and billing practitioner
+        pool = mt.pool(a.program, a.practitioner_id)
+        if a.personal:
+            pool.personal.extend(pieces)
+        else:
+            pool.staff.setdefault(a.staff_id, []).extend(pieces)
+        if a.interactive:
+            pool.interactive = True
+
+    for pool in mt.pools.values():
+        if pool.seconds(policy.concurrent_staff_time)[3]:
+            flags.add("concurrent_staff_time")
+    return mt

@@ -1,0 +1,640 @@
+"""Billing for a patient-month: RULES.md §6.2 steps 6-13 over the rule book's data.
+
+``evaluate(patient, practice, months)`` turns accounted time and documentation
+into billable lines, blocked lines (time met, something missing) with reasons, and
+flags named exactly as RULES.md §6.3. Thresholds, caps, pairings, track order,
+gates and fees come from :mod:`projections.rulebook`; this module is the procedure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from projections.accounting import MonthTime, Pair, Pool, account
+from projections.calendar import (
+    first_day,
+    last_day,
+    month_of_date,
+    months_spanned,
+    next_month,
+    zone,
+)
+from projections.documentation import (
+    complex_month,
+    condition_count,
+    enrollment_of_record,
+    episodes,
+    established,
+    has_care_plan,
+    has_consent,
+)
+from projections.ledger import Activity, PatientState, Practice
+from projections.rulebook import RuleBook, Track, book_for_month
+
+TIME_FAMILIES = ("ccm", "pcm", "rpm", "rtm", "bhi")
+DEVICE_FAMILIES = ("rpm", "rtm")
+DOCUMENTATION_REASONS = frozenset(
+    {
+        "missing_consent",
+        "missing_care_plan",
+        "insufficient_chronic_conditions",
+        "rpm_not_established_patient",
+        "rpm_no_interactive_communication",
+    }
+)
+# Order of codes inside an ``exclusive_conflict:<a>+<b>`` flag, following RULES.md's
+# own examples (99491+99487, 99491+99490, <pcm>+<ccm>, <G055x>+<code>, 98980+99457).
+_FLAG_ORDER = {
+    c: i
+    for i, c in enumerate(
+        [
+            "G0556",
+            "G0557",
+            "G0558",
+            "99424",
+            "99426",
+            "98979",
+            "98980",
+            "99491",
+            "99487",
+            "99490",
+            "99470",
+            "99457",
+            "99484",
+            "98977",
+            "98976",
+            "98985",
+            "98984",
+            "99454",
+            "99445",
+        ]
+    )
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """Units of one code for one billing practitioner (``None``: not attributable)."""
+
+    code: str
+    units: int
+    practitioner_id: str | None
+    family: str
+
+
+@dataclass(slots=True)
+class Blocked:
+    line: Line
+    reasons: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """Where a patient-month stands against the next threshold of a track."""
+
+    family: str
+    practitioner_id: str
+    code: str
+    have_s: int
+    need_s: int
+
+
+@dataclass(slots=True)
+class MonthBilling:
+    org_id: str
+    patient_id: str
+    month: str
+    rule_year: int
+    minutes: dict[str, float]
+    billable: list[Line]
+    blocked: list[Blocked]
+    flags: set[str]
+    estimated_payment: float
+    progress: list[Progress] = field(default_factory=list)
+    pairs: list[Pair] = field(default_factory=list)
+    time: MonthTime | None = field(default=None, repr=False, compare=False)
+
+    def units(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for ln in self.billable:
+            out[ln.code] = out.get(ln.code, 0) + ln.units
+        return out
+
+    def view(self) -> dict[str, Any]:
+        """The public line (DESIGN.md ``caretally replay`` shape)."""
+        blocked: dict[tuple[str, tuple[str, ...]], int] = {}
+        for b in self.blocked:
+            key = (b.line.code, tuple(sorted(set(b.reasons))))
+            blocked[key] = blocked.get(key, 0) + b.line.units
+        return {
+            "org_id": self.org_id,
+            "patient_id": self.patient_id,
+            "month": self.month,
+            "minutes": dict(sorted(self.minutes.items())),
+            "billable": [{"code": c, "units": u} for c, u in sorted(self.units().items())],
+            "blocked": [
+                {"code": c, "units": u, "reasons": list(r)} for (c, r), u in sorted(blocked.items())
+            ],
+            "flags": sorted(self.flags),
+            "estimated_payment": self.estimated_payment,
+        }
+
+
+# -- one patient, many months ----------------------------------------------------
+
+
+def patient_months(patient: PatientState, practice: Practice) -> list[str]:
+    """Months a patient has something to bill or explain: activity, readings, device
+    periods that end in them, and APCM enrollment months up to the last active month."""
+    tz = practice.timezone
+    months: set[str] = set()
+    for a in patient.activities.values():
+        months.update(months_spanned(a.start, a.end, tz))
+    for fam, fam_days in _reading_days(patient, tz).items():
+        months.update(month_of_date(d) for d in fam_days)
+        months.update(month_of_date(end) for _, end, _ in _periods(patient, fam, fam_days))
+    apcm = [e.on for e in patient.enrollments if e.program == "apcm"]
+    if apcm and months:
+        m, last = month_of_date(min(apcm)), max(months)
+        while m <= last:
+            months.add(m)
+            m = next_month(m)
+    return sorted(months)
+
+
+def evaluate(
+    patient: PatientState, practice: Practice, months: Iterable[str] | None = None
+) -> dict[str, MonthBilling]:
+    """Billing for each of ``months`` (default: all of the patient's months)."""
+    ctx = _Context(patient, practice)
+    wanted = patient_months(patient, practice) if months is None else sorted(set(months))
+    by_month = _activities_by_month(patient.activities.values(), practice.timezone, wanted)
+    return {m: ctx.month(m, by_month.get(m, [])) for m in wanted}
+
+
+def _activities_by_month(
+    activities: Iterable[Activity], tz: str, months: list[str]
+) -> dict[str, list[Activity]]:
+    wanted = set(months)
+    out: dict[str, list[Activity]] = {}
+    for a in activities:
+        for m in months_spanned(a.start, a.end, tz):
+            if m in wanted:
+                out.setdefault(m, []).append(a)
+    return out
+
+
+# -- device transmission days ---------------------------------------------------
+
+_DAY_CACHE: dict[tuple[str, int], date] = {}
+
+
+def _local_day(quarter_hour: int, tz: str) -> date:
+    key = (tz, quarter_hour)
+    d = _DAY_CACHE.get(key)
+    if d is None:
+        d = datetime.fromtimestamp(quarter_hour * 900, zone(tz)).date()
+        if len(_DAY_CACHE) > 2_000_000:
+            _DAY_CACHE.clear()
+        _DAY_CACHE[key] = d
+    return d
+
+
+def _reading_days(patient: PatientState, tz: str) -> dict[str, set[date]]:
+    return {
+        fam: {_local_day(m // 15, tz) for m in minutes}
+        for fam, minutes in patient.readings.items()
+        if minutes
+    }
+
+
+def _periods(patient: PatientState, family: str, days: set[date]) -> list[tuple[date, date, int]]:
+    """(start, end inclusive, index in episode) of every 30-day period holding a reading.
+
+    Periods start at each enrollment in the program, a new episode per enrollment;
+    readings before the first enrollment open an episode at the first reading
+    (RULES.md §6.1, G1).
+    """
+    if not days:
+        return []
+    first = min(days)
+    starts = episodes(patient, family)
+    if not starts or first < starts[0]:
+        starts = sorted({first, *starts})
+    period = timedelta(days=30)
+    out: list[tuple[date, date, int]] = []
+    for i, start in enumerate(starts):
+        stop = starts[i + 1] - timedelta(days=1) if i + 1 < len(starts) else max(days)
+        p, k = start, 0
+        while p <= stop:
+            end = (
+                min(p + period - timedelta(days=1), stop)
+                if i + 1 < len(starts)
+                else (p + period - timedelta(days=1))
+            )
+            if any(p <= d <= end for d in days):
+                out.append((p, end, k))
+            p, k = p + period, k + 1
+    return out
+
+
+# -- evaluation -----------------------------------------------------------------
+
+
+class _Context:
+    """Caches shared by the months of one patient in one evaluation."""
+
+    def __init__(self, patient: PatientState, practice: Practice) -> None:
+        self.patient = patient
+        self.practice = practice
+        self.tz = practice.timezone
+        self._days: dict[str, set[date]] | None = None
+
+    @property
+    def days(self) -> dict[str, set[date]]:
+        if self._days is None:
+            self._days = _reading_days(self.patient, self.tz)
+        return self._days
+
+    def month(self, month: str, activities: list[Activity]) -> MonthBilling:
+        book = book_for_month(month)
+        mt = account(self.patient, month, self.tz, book.policy, activities)
+        ev = _MonthEval(self, book, mt)
+        return ev.run()
+
+
+class _MonthEval:
+    def __init__(self, ctx: _Context, book: RuleBook, mt: MonthTime) -> None:
+        self.ctx = ctx
+        self.patient = ctx.patient
+        self.book = book
+        self.policy = book.policy
+        self.mt = mt
+        self.month = mt.month
+        self.tz = ctx.tz
+        self.flags: set[str] = set(mt.flags)
+        self.lines: list[Line] = []
+        self.blocked: list[Blocked] = []
+        self.progress: list[Progress] = []
+
+    # -- driver --------------------------------------------------------------
+
+    def run(self) -> MonthBilling:
+        for (program, practitioner), pool in sorted(self.mt.pools.items()):
+            if program in TIME_FAMILIES:
+                self._time_family(program, practitioner, pool)
+        for family in DEVICE_FAMILIES:
+            self._device_family(family)
+        self._apcm()
+        self._one_practitioner("ccm")
+        self._exclusive_pairs()
+        self._transition_flag()
+        minutes: dict[str, float] = {}
+        for (program, _), pool in self.mt.pools.items():
+            t = pool.seconds(self.policy.concurrent_staff_time)[2]
+            minutes[program] = minutes.get(program, 0.0) + t
+        payment = 0.0
+        for ln in self.lines:
+            fee = self.book.fee(ln.code)
+            if fee is not None:
+                payment += fee * ln.units
+        return MonthBilling(
+            org_id=self.patient.org_id,
+            patient_id=self.patient.patient_id,
+            month=self.month,
+            rule_year=self.book.year,
+            minutes={k: round(v / 60, 2) for k, v in minutes.items()},
+            billable=sorted(self.lines, key=lambda ln: (ln.code, ln.practitioner_id or "")),
+            blocked=self.blocked,
+            flags=self.flags,
+            estimated_payment=round(payment, 2),
+            progress=self.progress,
+            pairs=self.mt.pairs,
+            time=self.mt,
+        )
+
+    # -- earning units on a track ---------------------------------------------
+
+    def _threshold(self, code: str) -> int:
+        return self.book.code(code).threshold_minutes * 60
+
+    def _earn(self, track: Track, seconds: int, practitioner: str) -> list[tuple[str, int]]:
+        """Units a track earns for ``seconds`` (G3 full thresholds, G15 pairing, caps)."""
+        base = self.book.code(track.base)
+        thr = base.threshold_minutes * 60
+        if seconds < thr:
+            self.progress.append(Progress(track.family, practitioner, base.code, seconds, thr))
+            return []
+        if base.band_max_minutes is not None and seconds >= (base.band_max_minutes + 1) * 60:
+            return []
+        earned = [(base.code, 1)]
+        if track.addon is not None:
+            addon = self.book.code(track.addon)
+            step = addon.step_minutes * 60
+            raw = (seconds - thr) // step
+            units = raw if addon.cap is None else min(raw, addon.cap)
+            if addon.cap is not None and raw > addon.cap:
+                self.flags.add(f"cap_reached:{addon.code}")
+            if addon.flag_above is not None and raw > addon.flag_above:
+                self.flags.add(f"units_exceed_common_payer_edit:{addon.code}")
+            if units:
+                earned.append((addon.code, units))
+            if addon.cap is None or units < addon.cap:
+                need = thr + (units + 1) * step
+                self.progress.append(
+                    Progress(track.family, practitioner, addon.code, seconds, need)
+                )
+        return earned
+
+    def _tracks(self, family: str) -> dict[str, Track]:
+        return {t.name: t for t in self.book.tracks_for(family)}
+
+    # -- step 6: documentation gates --------------------------------------------
+
+    def _gate_reasons(self, family: str, practitioner: str | None) -> list[str]:
+        gate = self.book.gates.get(family)
+        if gate is None:
+            return []
+        p, m, reasons = self.patient, self.month, []
+        if gate.consent:
+            ok = (
+                has_consent(p, family, practitioner, m, self.tz)
+                if practitioner is not None
+                else any(c.program == family and not c.revoked for c in p.consents)
+            )
+            if not ok:
+                reasons.append("missing_consent")
+        if gate.min_conditions and condition_count(p, m, self.tz) < gate.min_conditions:
+            reasons.append("insufficient_chronic_conditions")
+        if gate.care_plan and not has_care_plan(p, family, m):
+            reasons.append("missing_care_plan")
+        if gate.established_patient and not established(
+            p, m, self.policy.established_patient_years
+        ):
+            reasons.append("rpm_not_established_patient")
+        return reasons
+
+    def _emit(
+        self,
+        family: str,
+        practitioner: str | None,
+        earned: list[tuple[str, int]],
+        extra: list[str] | None = None,
+        gate: list[str] | None = None,
+    ) -> None:
+        """Add earned units as billable, or blocked with the gate reasons."""
+        reasons = list(gate if gate is not None else self._gate_reasons(family, practitioner))
+        reasons += extra or []
+        self.flags.update(reasons)
+        base_blocked = False
+        for code, units in earned:
+            line = Line(code, units, practitioner, family)
+            rule = self.book.code(code)
+            if rule.role == "addon" and base_blocked:
+                r = [*reasons, f"addon_without_base:{code}"]
+                self.flags.add(f"addon_without_base:{code}")
+                self.blocked.append(Blocked(line, r))
+            elif reasons:
+                self.blocked.append(Blocked(line, list(reasons)))
+                base_blocked = base_blocked or rule.role == "base"
+            else:
+                self.lines.append(line)
+
+    # -- steps 7, 9, 10, 11: time families -----------------------------------
+
+    def _time_family(self, family: str, practitioner: str, pool: Pool) -> None:
+        p_s, s_s, t_s, _ = pool.seconds(self.policy.concurrent_staff_time)
+        if family == "ccm":
+            earned = self._ccm(practitioner, p_s, s_s, t_s)
+        elif family == "pcm":
+            earned = self._pcm(practitioner, p_s, s_s, t_s)
+        else:
+            earned = self._first_track(family, practitioner, t_s)
+        extra: list[str] = []
+        if earned and family in DEVICE_FAMILIES:
+            base = self.book.code(earned[0][0])
+            if base.requires_interactive and not pool.interactive:
+                extra.append("rpm_no_interactive_communication")
+        gate = self._gate_reasons(family, practitioner)
+        self.flags.update(gate)
+        self._emit(family, practitioner, earned, extra, gate)
+
+    def _first_track(self, family: str, practitioner: str, t_s: int) -> list[tuple[str, int]]:
+        tracks = self.book.tracks_for(family)
+        for track in tracks:
+            earned = self._earn(track, t_s, practitioner)
+            if earned:
+                return earned
+        lowest = min(tracks, key=lambda t: self._threshold(t.base))
+        self.flags.add(f"below_threshold:{lowest.base}")
+        return []
+
+    def _ccm(self, practitioner: str, p_s: int, s_s: int, t_s: int) -> list[tuple[str, int]]:
+        tracks = self._tracks("ccm")
+        cx, phys, staff = tracks["complex"], tracks["physician"], tracks["staff"]
+        qualifies = complex_month(self.patient, self.month)
+        options: list[tuple[list[tuple[str, int]], set[str]]] = []
+        if qualifies and t_s >= self._threshold(cx.base):
+            f = {"physician_time_pooled"} if p_s > 0 else set()
+            if p_s >= self._threshold(phys.base):
+                f.add(f"exclusive_conflict:{phys.base}+{cx.base}")
+            options.append((self._earn(cx, t_s, practitioner), f))
+        elif not qualifies and t_s >= self._threshold(cx.base):
+            self.flags.add("complex_criteria_not_met")
+        if qualifies and t_s < self._threshold(cx.base):
+            self.flags.add(f"below_threshold:{cx.base}")
+        if p_s >= self._threshold(phys.base):
+            f = set()
+            if s_s >= self._threshold(staff.base):
+                f.add(f"exclusive_conflict:{phys.base}+{staff.base}")
+            options.append((self._earn(phys, p_s, practitioner), f))
+        pooled_flags: set[str] = set()
+        if 0 < p_s < self._threshold(phys.base):
+            pooled_flags |= {"physician_time_pooled", f"below_threshold:{phys.base}"}
+        if t_s < self._threshold(staff.base):
+            pooled_flags.add(f"below_threshold:{staff.base}")
+        if p_s < self._threshold(phys.base) or self.policy.ccm_track_policy == "revenue":
+            options.append((self._earn(staff, t_s, practitioner), pooled_flags))
+        return self._choose(options)
+
+    def _pcm(self, practitioner: str, p_s: int, s_s: int, t_s: int) -> list[tuple[str, int]]:
+        tracks = self._tracks("pcm")
+        phys, staff = tracks["physician"], tracks["staff"]
+        if p_s >= self._threshold(phys.base):
+            if s_s >= self._threshold(staff.base):
+                self.flags.add(f"exclusive_conflict:{phys.base}+{staff.base}")
+            return self._earn(phys, p_s, practitioner)
+        if p_s > 0:
+            self.flags |= {"physician_time_pooled", f"below_threshold:{phys.base}"}
+        if t_s < self._threshold(staff.base):
+            self.flags.add(f"below_threshold:{staff.base}")
+        return self._earn(staff, t_s, practitioner)
+
+    def _choose(
+        self, options: list[tuple[list[tuple[str, int]], set[str]]]
+    ) -> list[tuple[str, int]]:
+        """First option in track order (descriptor policy) or the best paid (revenue)."""
+        if not options:
+            return []
+        if self.policy.ccm_track_policy == "revenue":
+
+            def paid(opt: tuple[list[tuple[str, int]], set[str]]) -> float:
+                return sum((self.book.fee(c) or 0.0) * u for c, u in opt[0])
+
+            chosen = max(options, key=paid)
+        else:
+            chosen = options[0]
+        self.flags |= chosen[1]
+        return chosen[0]
+
+    # -- step 10/11: device periods ---------------------------------------------
+
+    def _device_family(self, family: str) -> None:
+        days = self.ctx.days.get(family)
+        if not days:
+            return
+        lo, hi = first_day(self.month), last_day(self.month)
+        codes = [r for r in self.book.device_codes(family)]
+        if family == "rtm":
+            wanted = {self.policy.rtm_device_code, self.policy.rtm_device_code_low_days}
+            codes = [r for r in codes if r.code in wanted]
+        setup = [r for r in self.book.codes.values() if r.family == family and r.kind == "setup"]
+        for start, end, index in _periods(self.patient, family, days):
+            if not lo <= end <= hi:
+                continue
+            n = sum(1 for d in days if start <= d <= end)
+            enr = enrollment_of_record(self.patient, (family,), month_of_date(start))
+            practitioner = enr.practitioner_id if enr is not None and enr.on <= start else None
+            chosen = [
+                r for r in codes if r.min_days <= n and (r.max_days is None or n <= r.max_days)
+            ]
+            if not chosen:
+                self.flags.add("rpm_insufficient_days")
+                continue
+            earned = [(chosen[-1].code, 1)]
+            if index == 0:
+                earned += [(r.code, 1) for r in setup if n >= r.min_days]
+            self._emit(family, practitioner, earned)
+
+    # -- step 12: APCM -----------------------------------------------------------
+
+    def _apcm(self) -> None:
+        enr = enrollment_of_record(self.patient, ("apcm",), self.month)
+        if enr is None:
+            return
+        n = condition_count(self.patient, self.month, self.tz)
+        code = "G0556" if n <= 1 else ("G0558" if enr.qmb else "G0557")
+        if not self.book.has(code):
+            return
+        self._emit("apcm", enr.practitioner_id, [(code, 1)])
+
+    # -- step 8: one practitioner per family --------------------------------------
+
+    def _one_practitioner(self, family: str) -> None:
+        billing = sorted(
+            {ln.practitioner_id for ln in self.lines if ln.family == family}, key=lambda p: p or ""
+        )
+        if len(billing) < 2:
+            return
+        self.flags.add(f"multiple_practitioners:{family}")
+        rec = enrollment_of_record(self.patient, (family,), self.month)
+        keep = rec.practitioner_id if rec is not None and rec.practitioner_id in billing else None
+        kept_base = next(
+            (
+                ln.code
+                for ln in self.lines
+                if ln.family == family
+                and ln.practitioner_id == keep
+                and self.book.code(ln.code).role == "base"
+            ),
+            None,
+        )
+        for ln in [ln for ln in self.lines if ln.family == family and ln.practitioner_id != keep]:
+            reasons = [f"multiple_practitioners:{family}"]
+            other = kept_base or next(
+                (
+                    o.code
+                    for o in self.lines
+                    if o.family == family
+                    and o.practitioner_id != ln.practitioner_id
+                    and self.book.code(o.code).role == "base"
+                ),
+                None,
+            )
+            if other and other != ln.code and self.book.code(ln.code).role == "base":
+                flag = _conflict_flag(ln.code, other)
+                reasons.append(flag)
+                self.flags.add(flag)
+            self._block(ln, reasons)
+        if keep is None:
+            for ln in [ln for ln in self.lines if ln.family == family]:
+                self._block(ln, [f"multiple_practitioners:{family}"])
+
+    def _block(self, line: Line, reasons: list[str]) -> None:
+        self.lines.remove(line)
+        self.blocked.append(Blocked(line, reasons))
+
+    # -- steps 9, 11, 12: exclusive pairs resolved by program of record ------------
+
+    def _exclusive_pairs(self) -> None:
+        for pair in self.book.exclusives:
+            if pair.resolution not in ("program_of_record", "allow_flagged"):
+                continue
+            a_lines = [ln for ln in self.lines if ln.code == pair.a]
+            b_lines = [ln for ln in self.lines if ln.code == pair.b]
+            for a in a_lines:
+                for b in b_lines:
+                    same = a.practitioner_id == b.practitioner_id
+                    if pair.resolution == "allow_flagged":
+                        if not same:
+                            self.flags.add("disputed_rule:pcm_ccm_different_practitioners")
+                        continue
+                    if pair.scope == "same_practitioner" and not same:
+                        continue
+                    self._resolve(a, b)
+
+    def _resolve(self, a: Line, b: Line) -> None:
+        if a not in self.lines or b not in self.lines:
+            return
+        flag = _conflict_flag(a.code, b.code)
+        self.flags.add(flag)
+        if "apcm" in (a.family, b.family):
+            losers = [b] if a.family == "apcm" else [a]
+        else:
+            who = a.practitioner_id if a.practitioner_id == b.practitioner_id else None
+            rec = enrollment_of_record(self.patient, (a.family, b.family), self.month, who)
+            if rec is not None and rec.program == a.family:
+                losers = [b]
+            elif rec is not None and rec.program == b.family:
+                losers = [a]
+            else:
+                losers = [a, b]  # no program of record: hold both
+        for loser in losers:
+            family_lines = [
+                ln
+                for ln in self.lines
+                if ln.family == loser.family and ln.practitioner_id == loser.practitioner_id
+            ]
+            for ln in family_lines:
+                self._block(ln, [flag])
+
+    # -- step 13 -----------------------------------------------------------------
+
+    def _transition_flag(self) -> None:
+        pol = self.policy
+        if (
+            self.ctx.practice.facility_type in ("fqhc", "rhc")
+            and pol.g0511_transition_from is not None
+            and pol.g0511_transition_to is not None
+            and pol.g0511_transition_from <= first_day(self.month) <= pol.g0511_transition_to
+            and self.lines
+        ):
+            self.flags.add("g0511_transition_option")
+
+
+def _conflict_flag(a: str, b: str) -> str:
+    x, y = sorted((a, b), key=lambda c: (_FLAG_ORDER.get(c, 99), c))
+    return f"exclusive_conflict:{x}+{y}"

@@ -1,0 +1,117 @@
+"""What the record documents for a patient-month: consent, care plan, conditions,
+enrollment (program and practitioner of record), established patient, stays.
+
+All lookups take the month and the practice time zone; none reads a clock.
+"""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+from projections.calendar import day_start, first_day, last_day, month_bounds, month_of_date
+from projections.intervals import Interval, union
+from projections.ledger import EnrollmentEntry, PatientState
+
+FOREVER = 2**62
+CONSENT_FAMILY = {"ccm": "ccm", "pcm": "pcm", "rpm": "rpm", "rtm": "rtm", "bhi": "bhi"}
+
+
+def consent_periods(
+    patient: PatientState, program: str, practitioner_id: str, tz: str
+) -> list[Interval] | None:
+    """Instants covered by consent for (program, practitioner); None if never consented.
+
+    Consent is obtained once (D-9) and a revocation takes effect at the end of its
+    calendar month (G10); a later consent opens a new period.
+    """
+    entries = sorted(
+        (
+            c
+            for c in patient.consents
+            if c.program == program and c.practitioner_id == practitioner_id
+        ),
+        key=lambda c: (c.on, c.seq),
+    )
+    if not entries:
+        return None
+    periods: list[Interval] = []
+    opened: int | None = None
+    for c in entries:
+        if not c.revoked:
+            if opened is None:
+                opened = day_start(c.on, tz)
+        elif opened is not None:
+            periods.append((opened, month_bounds(month_of_date(c.on), tz)[1]))
+            opened = None
+    if opened is not None:
+        periods.append((opened, FOREVER))
+    return union(periods)
+
+
+def has_consent(
+    patient: PatientState, program: str, practitioner_id: str, month: str, tz: str
+) -> bool:
+    periods = consent_periods(patient, program, practitioner_id, tz)
+    if not periods:
+        return False
+    lo, hi = month_bounds(month, tz)
+    return any(s < hi and e > lo for s, e in periods)
+
+
+def has_care_plan(patient: PatientState, program: str, month: str) -> bool:
+    end = last_day(month)
+    return any(p == program and on <= end for _, p, on, _ in patient.care_plans)
+
+
+def complex_month(patient: PatientState, month: str) -> bool:
+    """A CCM care plan of moderate/high complexity recorded in the month (RULES.md §6.1)."""
+    lo, hi = first_day(month), last_day(month)
+    return any(
+        p == "ccm" and lo <= on <= hi and cx in ("moderate", "high")
+        for _, p, on, cx in patient.care_plans
+    )
+
+
+def condition_count(patient: PatientState, month: str, tz: str) -> int:
+    """Chronic conditions on the latest list recorded on or before the month's end."""
+    hi = month_bounds(month, tz)[1]
+    latest: tuple[int, int, int] | None = None
+    for seq, recorded, count in patient.conditions:
+        if recorded < hi and (latest is None or (recorded, seq) > (latest[1], latest[0])):
+            latest = (seq, recorded, count)
+    return latest[2] if latest else 0
+
+
+def established(patient: PatientState, month: str, years: int) -> bool:
+    """Seen in a visit within ``years`` before the month's end (RPM, RULES.md G11)."""
+    end = last_day(month)
+    since = end - timedelta(days=365 * years + years // 4)
+    return any(since <= on <= end for _, on, _ in patient.visits)
+
+
+def enrollment_of_record(
+    patient: PatientState, programs: tuple[str, ...], month: str, practitioner_id: str | None = None
+) -> EnrollmentEntry | None:
+    """The latest enrollment on or before the month's end among ``programs``."""
+    end = last_day(month)
+    best: EnrollmentEntry | None = None
+    for e in patient.enrollments:
+        if e.program not in programs or e.on > end:
+            continue
+        if practitioner_id is not None and e.practitioner_id != practitioner_id:
+            continue
+        if best is None or (e.on, e.seq) > (best.on, best.seq):
+            best = e
+    return best
+
+
+def episodes(patient: PatientState, program: str) -> list[date]:
+    """Start dates of device-monitoring episodes: one per enrollment (RULES.md §6.1)."""
+    return sorted({e.on for e in patient.enrollments if e.program == program})
+
+
+def inpatient_intervals(patient: PatientState, tz: str) -> list[Interval]:
+    """Stay dates, admission through discharge inclusive (conservative: G17)."""
+    return union(
+        (day_start(a, tz), day_start(d + timedelta(days=1), tz)) for _, a, d in patient.stays
+    )

@@ -1,0 +1,64 @@
+"""Half-open integer intervals [start, end) and the few operations the ledger needs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+Interval = tuple[int, int]
+
+
+def union(intervals: Iterable[Interval]) -> list[Interval]:
+    """Sorted, disjoint, merged cover of ``intervals``."""
+    out: list[Interval] = []
+    for s, e in sorted(intervals):
+        if e <= s:
+            continue
+        if out and s <= out[-1][1]:
+            if e > out[-1][1]:
+                out[-1] = (out[-1][0], e)
+        else:
+            out.append((s, e))
+    return out
+
+
+def measure(intervals: Iterable[Interval]) -> int:
+    """Total length of the union of ``intervals``."""
+    return sum(e - s for s, e in union(intervals))
+
+
+def total(disjoint: Iterable[Interval]) -> int:
+    """Total length of intervals already known to be disjoint."""
+    return sum(e - s for s, e in disjoint)
+
+
+def subtract(pieces: list[Interval], cut: Interval) -> tuple[list[Interval], int]:
+    """``pieces`` minus ``cut``; also returns how many seconds were cut away."""
+    cs, ce = cut
+    out: list[Interval] = []
+    removed = 0
+    for s, e in pieces:
+        if ce <= s or e <= cs:
+            out.append((s, e))
+            continue
+        removed += min(e, ce) - max(s, cs)
+        if s < cs:
+            out.append((s, cs))
+        if ce < e:
+            out.append((ce, e))
+    return out, removed
+
+
+def clip(interval: Interval, lo: int, hi: int) -> Interval | None:
+    s, e = max(interval[0], lo), min(interval[1], hi)
+    return (s, e) if s < e else None
+
+
+def intersect_all(pieces: list[Interval], allowed: list[Interval]) -> tuple[list[Interval], int]:
+    """Parts of ``pieces`` inside ``allowed`` (disjoint), and the seconds outside it."""
+    kept: list[Interval] = []
+    for s, e in pieces:
+        for a, b in allowed:
+            lo, hi = max(s, a), min(e, b)
+            if lo < hi:
+                kept.append((lo, hi))
+    return kept, total(pieces) - total(kept)

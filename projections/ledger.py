@@ -1,0 +1,259 @@
+"""The fold: validated events in, per-patient state out (pure, deterministic, in memory).
+
+``Ledger.apply(event)`` is the single mutator. It does the cheap part of RULES.md
+§6.2 on every event (idempotency by ``event_id``, amendments and voids by
+``activity_id``) and keeps what billing needs, compactly; evaluating a patient-month
+is left to :mod:`projections.billing`, so a replay evaluates each month once.
+
+Log order decides ties: each applied event gets the next ``seq``; an activity keeps
+the position of its first logging when amended ("the earliest-received event keeps
+the minutes"); a void removes it entirely, so voiding equals never logging.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import date
+from enum import Enum
+from typing import Any
+
+from projections.calendar import DEFAULT_TIMEZONE, epoch
+from schemas.events import (
+    ActivityLogged,
+    ActivityVoided,
+    CarePlanRecorded,
+    ConditionsRecorded,
+    ConsentRecorded,
+    ConsentRevoked,
+    DeviceReading,
+    EnrollmentRecorded,
+    Event,
+    MonthClosed,
+    PracticeConfigured,
+    StayRecorded,
+    VisitRecorded,
+)
+
+PERSONAL_ROLES = frozenset({"physician", "qhp"})
+
+
+@dataclass(slots=True)
+class Activity:
+    """The current version of one logged activity, on epoch seconds."""
+
+    activity_id: str
+    seq: int  # log position of its first logging (amendments keep it)
+    staff_id: str
+    role: str
+    practitioner_id: str
+    program: str
+    start: int
+    end: int
+    face_to_face: bool
+    interactive: bool
+
+    @property
+    def personal(self) -> bool:
+        """Time the billing practitioner spent personally (RULES.md G4c)."""
+        return self.role in PERSONAL_ROLES and self.staff_id == self.practitioner_id
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentEntry:
+    seq: int
+    program: str
+    practitioner_id: str
+    revoked: bool
+    on: date
+
+
+@dataclass(frozen=True, slots=True)
+class EnrollmentEntry:
+    seq: int
+    program: str
+    practitioner_id: str
+    on: date
+    qmb: bool
+
+
+@dataclass(slots=True)
+class PatientState:
+    org_id: str
+    patient_id: str
+    activities: dict[str, Activity] = field(default_factory=dict)
+    consents: list[ConsentEntry] = field(default_factory=list)
+    care_plans: list[tuple[int, str, date, str]] = field(default_factory=list)  # seq, prog, on, cx
+    conditions: list[tuple[int, int, int]] = field(default_factory=list)  # seq, recorded, count
+    enrollments: list[EnrollmentEntry] = field(default_factory=list)
+    visits: list[tuple[str, date, str]] = field(default_factory=list)  # practitioner, on, kind
+    stays: list[tuple[str, date, date]] = field(default_factory=list)
+    readings: dict[str, set[int]] = field(default_factory=dict)  # program -> epoch minutes
+
+
+@dataclass(slots=True)
+class Practice:
+    timezone: str = DEFAULT_TIMEZONE
+    facility_type: str = "office"
+    closed_months: set[str] = field(default_factory=set)
+
+
+class Status(Enum):
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"  # same event_id, same body: a no-op
+    CONFLICT = "conflict"  # same event_id, different body: rejected
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    status: Status
+    seq: int = 0
+    reason: str = ""
+    previous: Activity | None = None  # the version an amendment or void replaced
+
+
+def _digest(text: str | bytes) -> int:
+    raw = text.encode() if isinstance(text, str) else text
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big")
+
+
+def body_digest(event: Event) -> int:
+    """Digest of the event's content, independent of key order or whitespace."""
+    return _digest(event.model_dump_json())
+
+
+class Ledger:
+    """All fold state: practices, patients and the idempotency index."""
+
+    __slots__ = ("_handlers", "patients", "practices", "seen", "seq")
+
+    def __init__(self) -> None:
+        self.practices: dict[str, Practice] = {}
+        self.patients: dict[tuple[str, str], PatientState] = {}
+        # per org: 64-bit digest of event_id -> 64-bit digest of the body
+        self.seen: dict[str, dict[int, int]] = {}
+        self.seq = 0
+        self._handlers: dict[type, Any] = {
+            ActivityLogged: self._activity_logged,
+            ActivityVoided: self._activity_voided,
+            ConsentRecorded: self._consent,
+            ConsentRevoked: self._consent,
+            CarePlanRecorded: self._care_plan,
+            ConditionsRecorded: self._conditions,
+            EnrollmentRecorded: self._enrollment,
+            VisitRecorded: self._visit,
+            StayRecorded: self._stay,
+            DeviceReading: self._reading,
+            PracticeConfigured: self._practice,
+            MonthClosed: self._month_closed,
+        }
+
+    # -- public ---------------------------------------------------------------
+
+    def practice(self, org_id: str) -> Practice:
+        p = self.practices.get(org_id)
+        if p is None:
+            p = self.practices[org_id] = Practice()
+        return p
+
+    def patient(self, org_id: str, patient_id: str) -> PatientState:
+        key = (org_id, patient_id)
+        p = self.patients.get(key)
+        if p is None:
+            p = self.patients[key] = PatientState(org_id, patient_id)
+        return p
+
+    def apply(self, event: Event, digest: int | None = None) -> Outcome:
+        """Fold one validated event. ``digest`` may be passed when already computed."""
+        seen = self.seen.get(event.org_id)
+        if seen is None:
+            seen = self.seen[event.org_id] = {}
+        key = _digest(event.event_id)
+        body = body_digest(event) if digest is None else digest
+        prior = seen.get(key)
+        if prior is not None:
+            if prior == body:
+                return Outcome(Status.DUPLICATE)
+            return Outcome(
+                Status.CONFLICT,
+                reason="event_id: already used for an event with a different body",
+            )
+        seen[key] = body
+        self.seq += 1
+        previous = self._handlers[type(event)](event, self.seq)
+        return Outcome(Status.APPLIED, self.seq, previous=previous)
+
+    # -- handlers (one per event type) ---------------------------------------
+
+    def _activity_logged(self, ev: ActivityLogged, seq: int) -> Activity | None:
+        d = ev.data
+        start = epoch(d.started_at)
+        end = epoch(d.ended_at) if d.ended_at is not None else start + d.seconds
+        patient = self.patient(ev.org_id, ev.patient_id)
+        previous = patient.activities.get(d.activity_id)
+        patient.activities[d.activity_id] = Activity(
+            activity_id=d.activity_id,
+            seq=previous.seq if previous is not None else seq,
+            staff_id=d.staff_id,
+            role=d.staff_role.value,
+            practitioner_id=d.practitioner_id,
+            program=d.program.value,
+            start=start,
+            end=end,
+            face_to_face=d.face_to_face,
+            interactive=d.interactive,
+        )
+        return previous
+
+    def _activity_voided(self, ev: ActivityVoided, seq: int) -> Activity | None:
+        return self.patient(ev.org_id, ev.patient_id).activities.pop(ev.data.activity_id, None)
+
+    def _consent(self, ev: ConsentRecorded | ConsentRevoked, seq: int) -> None:
+        d = ev.data
+        self.patient(ev.org_id, ev.patient_id).consents.append(
+            ConsentEntry(seq, d.program, d.practitioner_id, isinstance(ev, ConsentRevoked), d.on)
+        )
+
+    def _care_plan(self, ev: CarePlanRecorded, seq: int) -> None:
+        d = ev.data
+        self.patient(ev.org_id, ev.patient_id).care_plans.append(
+            (seq, d.program, d.on, d.complexity)
+        )
+
+    def _conditions(self, ev: ConditionsRecorded, seq: int) -> None:
+        count = len(set(ev.data.chronic))
+        self.patient(ev.org_id, ev.patient_id).conditions.append(
+            (seq, epoch(ev.recorded_at), count)
+        )
+
+    def _enrollment(self, ev: EnrollmentRecorded, seq: int) -> None:
+        d = ev.data
+        self.patient(ev.org_id, ev.patient_id).enrollments.append(
+            EnrollmentEntry(seq, d.program, d.practitioner_id, d.on, d.qmb)
+        )
+
+    def _visit(self, ev: VisitRecorded, seq: int) -> None:
+        d = ev.data
+        self.patient(ev.org_id, ev.patient_id).visits.append((d.practitioner_id, d.on, d.kind))
+
+    def _stay(self, ev: StayRecorded, seq: int) -> None:
+        d = ev.data
+        self.patient(ev.org_id, ev.patient_id).stays.append(
+            (d.setting, d.admitted_on, d.discharged_on)
+        )
+
+    def _reading(self, ev: DeviceReading, seq: int) -> None:
+        d = ev.data
+        patient = self.patient(ev.org_id, ev.patient_id)
+        minutes = patient.readings.get(d.program)
+        if minutes is None:
+            minutes = patient.readings[d.program] = set()
+        minutes.add(epoch(d.taken_at) // 60)
+
+    def _practice(self, ev: PracticeConfigured, seq: int) -> None:
+        p = self.practice(ev.org_id)
+        p.timezone = ev.data.timezone
+        p.facility_type = ev.data.facility_type.value
+
+    def _month_closed(self, ev: MonthClosed, seq: int) -> None:
+        self.practice(ev.org_id).closed_months.add(ev.data.month)

@@ -1,0 +1,124 @@
+"""``caretally``: the command line (a stable contract: tests and tools drive it)."""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import click
+import orjson
+
+from projections.engine import billing
+from schemas.events import event_json_schemas
+from streams.logfile import BadLine, fold_file
+from streams.render import write_csv, write_json_lines, write_table
+
+EXIT_BAD_LINES = 3
+
+
+def _parse_as_of(
+    _ctx: click.Context, _param: click.Parameter, value: str | None
+) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        ts = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO-8601 timestamp") from None
+    if ts.tzinfo is None:
+        raise click.BadParameter("give a UTC offset, e.g. 2025-03-31T23:59:59-04:00 or ...Z")
+    return ts
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="caretally")
+def cli() -> None:
+    """caretally: an event-sourced time ledger for Medicare care-management billing.
+
+    Every minute of care work is an immutable event (wire contract v1, see
+    `caretally schema`); caretally turns them into billable CPT codes per patient
+    and calendar month, with the reasons for anything it will not bill.
+    """
+
+
+@cli.command()
+@click.option(
+    "--input",
+    "input_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="NDJSON event log, one wire-contract event per line, in log order.",
+)
+@click.option(
+    "--as-of",
+    "as_of",
+    callback=_parse_as_of,
+    metavar="TS",
+    help="Only events recorded at or before TS (ISO-8601 with offset): what was known then.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["json", "table", "csv"]),
+    default="json",
+    show_default=True,
+    help="json: one object per line; csv; table: human-readable.",
+)
+def replay(input_path: Path, as_of: datetime | None, fmt: str) -> None:
+    """Fold an event log offline (no broker) and print billing per patient-month.
+
+    One line per patient-month, sorted by org, patient, month:
+    minutes per program, billable codes and units, blocked codes with reasons,
+    flags (RULES.md §6.3) and the estimated national payment.
+
+    Bad lines are reported on stderr with their line number and skipped; the exit
+    code is 3 if there were any, 0 otherwise.
+
+    \b
+    Example:
+      caretally replay --input events.ndjson --as-of 2025-04-01T00:00:00Z --format table
+    """
+
+    def report(bad: BadLine) -> None:
+        click.echo(f"{input_path}:{bad.line}: rejected: {bad.reason}", err=True)
+
+    ledger, stats = fold_file(input_path, as_of=as_of, on_bad=report)
+    views = (b.view() for b in billing(ledger))
+    out = sys.stdout
+    if fmt == "json":
+        write_json_lines(views, out)
+    elif fmt == "csv":
+        write_csv(views, out)
+    else:
+        write_table(views, out)
+    out.flush()
+    click.echo(
+        f"replayed {stats.lines} line(s): {stats.applied} applied, {stats.duplicates} duplicate, "
+        f"{stats.skipped_as_of} after --as-of, {stats.bad} rejected",
+        err=True,
+    )
+    if stats.bad:
+        sys.exit(EXIT_BAD_LINES)
+
+
+@cli.command()
+@click.option("--type", "event_type", default=None, help="Print only this event type's schema.")
+def schema(event_type: str | None) -> None:
+    """Print the JSON Schema of every wire-contract v1 event type (hand it to an EHR vendor)."""
+    schemas = event_json_schemas()
+    if event_type is not None:
+        if event_type not in schemas:
+            raise click.BadParameter(
+                f"unknown type {event_type!r}; known: {', '.join(schemas)}", param_hint="--type"
+            )
+        schemas = {event_type: schemas[event_type]}
+    click.echo(orjson.dumps(schemas, option=orjson.OPT_INDENT_2).decode())
+
+
+def main() -> None:
+    cli(prog_name="caretally")
+
+
+if __name__ == "__main__":
+    main()

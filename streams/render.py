@@ -1,0 +1,97 @@
+"""Output formats for patient-month views: JSON lines, CSV, and a rich table."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from collections.abc import Iterable
+from typing import Any, TextIO
+
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+CSV_COLUMNS = [
+    "org_id",
+    "patient_id",
+    "month",
+    "minutes",
+    "billable",
+    "blocked",
+    "flags",
+    "estimated_payment",
+]
+
+
+def write_json_lines(views: Iterable[dict[str, Any]], out: TextIO) -> int:
+    n = 0
+    for view in views:
+        out.write(orjson.dumps(view).decode())
+        out.write("\n")
+        n += 1
+    return n
+
+
+def _codes(items: list[dict[str, Any]]) -> str:
+    return " ".join(f"{i['code']}x{i['units']}" for i in items)
+
+
+def _minutes(m: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:g}" for k, v in m.items())
+
+
+def write_csv(views: Iterable[dict[str, Any]], out: TextIO) -> int:
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    n = 0
+    for v in views:
+        writer.writerow(
+            [
+                v["org_id"],
+                v["patient_id"],
+                v["month"],
+                _minutes(v["minutes"]),
+                _codes(v["billable"]),
+                " ".join(
+                    f"{b['code']}x{b['units']}({'|'.join(b['reasons'])})" for b in v["blocked"]
+                ),
+                " ".join(v["flags"]),
+                f"{v['estimated_payment']:.2f}",
+            ]
+        )
+        n += 1
+    return n
+
+
+def write_table(views: Iterable[dict[str, Any]], out: TextIO | None = None) -> int:
+    console = Console(file=out or sys.stdout, width=160)
+    table = Table(title="caretally: billing by patient-month", show_lines=False)
+    for col, kw in [
+        ("org", {}),
+        ("patient", {}),
+        ("month", {}),
+        ("minutes", {}),
+        ("billable", {"style": "green"}),
+        ("blocked", {"style": "red"}),
+        ("flags", {"style": "yellow", "overflow": "fold"}),
+        ("est. $", {"justify": "right"}),
+    ]:
+        table.add_column(col, **kw)
+    n = 0
+    total = 0.0
+    for v in views:
+        table.add_row(
+            v["org_id"],
+            v["patient_id"],
+            v["month"],
+            _minutes(v["minutes"]),
+            _codes(v["billable"]),
+            " ".join(f"{b['code']}x{b['units']} ({', '.join(b['reasons'])})" for b in v["blocked"]),
+            ", ".join(v["flags"]),
+            f"{v['estimated_payment']:.2f}",
+        )
+        total += v["estimated_payment"]
+        n += 1
+    table.caption = f"{n} patient-month(s); estimated payment ${total:,.2f}"
+    console.print(table)
+    return n

@@ -1,0 +1,411 @@
+"""The shipped rule books (projections/rules/*.toml) against RULES.md.
+
+Section numbers (§1, §3, §5, ...) and rule ids (G3, D-4, ...) refer to
+/work/shared/RULES.md, the billing rules reference the books are transcribed from.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pytest
+
+from projections.rulebook import RuleBook, _load, book_for_month, rule_books
+
+# RULES §1: every source id a book may cite.
+RULES_SOURCE_IDS = frozenset({f"S{i}" for i in range(1, 27)} | {f"SEED-{i}" for i in range(4)})
+
+# RULES §5, 2025 national amounts: (code, "2025 NF $", "2025 Fac $"), CF 32.3465 (S1).
+FEES_2025 = [
+    ("99490", 60.49, 47.87),
+    ("99439", 45.93, 32.99),
+    ("99491", 82.16, 72.46),
+    ("99437", 57.58, 47.87),
+    ("99487", 131.65, 87.01),
+    ("99489", 70.52, 47.23),
+    ("99424", 80.87, 72.13),
+    ("99425", 58.87, 49.17),
+    ("99426", 61.78, 47.55),
+    ("99427", 50.46, 34.29),
+    ("99453", 19.73, 19.73),
+    ("99454", 43.02, 43.02),
+    ("99457", 47.87, 28.79),
+    ("99458", 38.49, 28.79),
+    ("98975", 19.73, 19.73),
+    ("98976", 43.02, 43.02),
+    ("98977", 43.02, 43.02),
+    ("98980", 50.14, 29.44),
+    ("98981", 39.14, 28.79),
+    ("99484", 53.05, 41.40),
+    ("G0556", 15.20, 11.97),
+    ("G0557", 48.84, 36.23),
+    ("G0558", 107.07, 79.90),
+]
+
+# Codes new in CY 2026 (RULES §3.3 S13, §3.4 S15).
+NEW_2026 = ("99445", "99470", "98979", "98984", "98985")
+# 2026 codes with no RVU figure at all: unpriced (RULES §5 [U]).
+UNPRICED_2026 = ("99470", "98979", "98984", "98985")
+
+
+@pytest.fixture(scope="module")
+def book2025() -> RuleBook:
+    return book_for_month("2025-03")
+
+
+@pytest.fixture(scope="module")
+def book2026() -> RuleBook:
+    return book_for_month("2026-02")
+
+
+def _all_books() -> tuple[RuleBook, ...]:
+    return rule_books()
+
+
+# --- which book is in force ---------------------------------------------------------
+
+
+def test_two_books_shipped_oldest_first() -> None:
+    books = rule_books()
+    assert [b.year for b in books] == [2025, 2026]
+    for b in books:
+        assert b.effective_from == date(b.year, 1, 1)
+        assert b.effective_to == date(b.year, 12, 31)
+
+
+@pytest.mark.parametrize(
+    ("month", "year"),
+    [
+        ("2025-03", 2025),
+        ("2025-12", 2025),
+        ("2026-01", 2026),
+        ("2026-02", 2026),
+        ("2024-06", 2025),  # before the first book: the earliest
+        ("2027-01", 2026),  # after the last book: the newest
+    ],
+)
+def test_book_for_month(month: str, year: int) -> None:
+    assert book_for_month(month).year == year
+
+
+# --- fees (RULES §5) ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("code", "nf", "fac"), FEES_2025)
+def test_2025_fee_matches_rules_section5(book2025: RuleBook, code: str, nf: float, fac: float):
+    assert book2025.conversion_factor == 32.3465
+    assert book2025.conversion_factor_source == "S1"
+    assert book2025.fee(code) == nf
+    rule = book2025.code(code)
+    assert rule.rvu_fac is not None
+    assert round(rule.rvu_fac * book2025.conversion_factor, 2) == fac
+
+
+def test_2025_ships_exactly_the_priced_codes(book2025: RuleBook) -> None:
+    assert set(book2025.codes) == {code for code, _, _ in FEES_2025}
+
+
+def test_2026_conversion_factor(book2026: RuleBook) -> None:
+    # RULES §5: $33.4009 for non-qualifying APM participants (S14).
+    assert book2026.conversion_factor == 33.4009
+    assert book2026.conversion_factor_source == "S14"
+
+
+@pytest.mark.parametrize(("code", "nf", "fac"), FEES_2025)
+def test_2026_reuses_2025_rvus_and_says_so(
+    book2025: RuleBook, book2026: RuleBook, code: str, nf: float, fac: float
+) -> None:
+    old, new = book2025.code(code), book2026.code(code)
+    assert (new.rvu_nf, new.rvu_fac) == (old.rvu_nf, old.rvu_fac)
+    assert "2026 RVU unverified" in new.note
+    assert new.rvu_nf is not None
+    assert book2026.fee(code) == round(new.rvu_nf * 33.4009, 2)
+
+
+def test_2026_99445_priced_like_99454(book2026: RuleBook) -> None:
+    assert book2026.fee("99445") == book2026.fee("99454")
+    assert "FairPath" in book2026.code("99445").note
+
+
+@pytest.mark.parametrize("code", UNPRICED_2026)
+def test_2026_codes_without_a_figure_are_unpriced(book2026: RuleBook, code: str) -> None:
+    rule = book2026.code(code)
+    assert rule.rvu_nf is None
+    assert book2026.fee(code) is None
+    assert "Unpriced" in rule.note
+
+
+# --- sources (RULES §1) -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("book", _all_books(), ids=lambda b: str(b.year))
+def test_every_source_is_a_rules_section1_id(book: RuleBook) -> None:
+    assert set(book.source_ids) <= RULES_SOURCE_IDS
+    assert book.conversion_factor_source in book.source_ids
+    cited: list[tuple[str, tuple[str, ...]]] = []
+    cited += [(f"code {c.code}", c.sources) for c in book.codes.values()]
+    cited += [(f"track {t.family}/{t.name}", t.sources) for t in book.tracks]
+    cited += [(f"exclusive {e.a}+{e.b}", e.sources) for e in book.exclusives]
+    cited += [(f"gate {g.family}", g.sources) for g in book.gates.values()]
+    for what, sources in cited:
+        assert sources, f"{what} cites no source"
+        assert set(sources) <= RULES_SOURCE_IDS, what
+        assert set(sources) <= set(book.source_ids), f"{what}: add its ids to book.source_ids"
+
+
+@pytest.mark.parametrize("book", _all_books(), ids=lambda b: str(b.year))
+def test_confidence_is_a_rules_tag(book: RuleBook) -> None:
+    for rule in book.codes.values():
+        assert rule.confidence in {"C", "S", "U", "D"}, rule.code
+
+
+# --- code structure (RULES §3, G3, G15) ---------------------------------------------
+
+
+@pytest.mark.parametrize("book", _all_books(), ids=lambda b: str(b.year))
+def test_addons_reference_their_base(book: RuleBook) -> None:
+    expected = {
+        "99439": ("99490", 20),
+        "99437": ("99491", 30),
+        "99489": ("99487", 30),
+        "99425": ("99424", 30),
+        "99427": ("99426", 30),
+        "99458": ("99457", 20),
+        "98981": ("98980", 20),
+    }
+    addons = {c.code: c for c in book.codes.values() if c.role == "addon"}
+    assert set(addons) == set(expected)
+    for code, (base, step) in expected.items():
+        rule = addons[code]
+        assert (rule.base, rule.step_minutes) == (base, step), code
+        base_rule = book.code(base)
+        assert base_rule.role == "base"
+        assert base_rule.family == rule.family
+        assert book.addon_of(base) is rule
+    for rule in book.codes.values():
+        if rule.role == "base":
+            assert rule.base is None and rule.step_minutes == 0, rule.code
+
+
+@pytest.mark.parametrize("book", _all_books(), ids=lambda b: str(b.year))
+def test_caps_and_soft_edits(book: RuleBook) -> None:
+    assert book.code("99439").cap == 2  # §3.1, S7/S8
+    assert book.code("99489").cap is None  # D-3
+    assert book.code("99437").cap is None  # D-6
+    assert book.code("99458").cap is None  # D-4: no hard cap ...
+    assert book.code("99458").flag_above == 2  # ... flag above 2
+
+
+@pytest.mark.parametrize("book", _all_books(), ids=lambda b: str(b.year))
+def test_base_thresholds(book: RuleBook) -> None:
+    # G3: full time for the first unit.
+    thresholds = {
+        "99490": 20,
+        "99491": 30,
+        "99487": 60,
+        "99424": 30,
+        "99426": 30,
+        "99457": 20,
+        "98980": 20,
+        "99484": 20,
+        "G0556": 0,
+        "G0557": 0,
+        "G0558": 0,
+    }
+    for code, minutes in thresholds.items():
+        assert book.code(code).threshold_minutes == minutes, code
+    for code in ("99457", "98980"):
+        assert book.code(code).requires_interactive, code
+
+
+def test_2026_new_codes(book2025: RuleBook, book2026: RuleBook) -> None:
+    for code in NEW_2026:
+        assert book2026.has(code), code
+        assert not book2025.has(code), code
+    for code in ("99470", "98979"):
+        rule = book2026.code(code)
+        assert (rule.threshold_minutes, rule.band_max_minutes) == (10, 19)
+        assert rule.requires_interactive
+        assert book2026.addon_of(code) is None  # D-5: 99458 never attaches to 99470
+    for code in ("99445", "98984", "98985"):
+        rule = book2026.code(code)
+        assert (rule.kind, rule.min_days, rule.max_days) == ("device", 2, 15)
+
+
+def test_device_day_bands(book2025: RuleBook, book2026: RuleBook) -> None:
+    assert [r.code for r in book2025.device_codes("rpm")] == ["99454"]
+    assert [r.code for r in book2026.device_codes("rpm")] == ["99445", "99454"]
+    assert book2025.code("99454").min_days == 16
+    assert book2025.code("99453").kind == "setup"
+    assert book2025.code("99453").min_days == 16
+    assert book2026.code("99453").min_days == 2
+    assert "S13" in book2026.code("99453").sources
+
+
+# --- tracks (RULES §6.2 order) ------------------------------------------------------
+
+
+def test_track_order(book2025: RuleBook, book2026: RuleBook) -> None:
+    order_2025 = [
+        ("ccm", "complex", "99487", "99489", "pooled"),
+        ("ccm", "physician", "99491", "99437", "personal"),
+        ("ccm", "staff", "99490", "99439", "pooled"),
+        ("pcm", "physician", "99424", "99425", "personal"),
+        ("pcm", "staff", "99426", "99427", "pooled"),
+        ("rpm", "management", "99457", "99458", "pooled"),
+        ("rtm", "management", "98980", "98981", "pooled"),
+        ("bhi", "staff", "99484", None, "pooled"),
+    ]
+    order_2026 = list(order_2025)
+    order_2026.insert(6, ("rpm", "management_short", "99470", None, "pooled"))
+    order_2026.insert(8, ("rtm", "management_short", "98979", None, "pooled"))
+    for book, expected in ((book2025, order_2025), (book2026, order_2026)):
+        got = [(t.family, t.name, t.base, t.addon, t.basis) for t in book.tracks]
+        assert got == expected
+        assert book.tracks_for("ccm")[0].requires == "complex_month"
+
+
+# --- exclusive pairs (RULES §3.1-§3.3, §3.7, §4) ------------------------------------
+
+
+def _pairs(book: RuleBook) -> dict[tuple[frozenset[str], str], str]:
+    return {(frozenset((e.a, e.b)), e.scope): e.resolution for e in book.exclusives}
+
+
+@pytest.mark.parametrize("book", _all_books(), ids=lambda b: str(b.year))
+def test_exclusive_pairs(book: RuleBook) -> None:
+    pairs = _pairs(book)
+    for a, b in (("99491", "99490"), ("99491", "99487"), ("99487", "99490")):
+        assert pairs[(frozenset((a, b)), "any")] == "track_order"
+    assert pairs[(frozenset(("99424", "99426")), "same_practitioner")] == "track_order"
+    for ccm in ("99490", "99491", "99487"):
+        for pcm in ("99424", "99426"):
+            key = (frozenset((ccm, pcm)), "same_practitioner")
+            assert pairs[key] == "program_of_record"
+    # D-2: different practitioners allowed, flagged.
+    flagged = [e for e in book.exclusives if e.resolution == "allow_flagged"]
+    assert [(e.a, e.b, e.scope) for e in flagged] == [("99490", "99426", "any")]
+    assert "disputed_rule:pcm_ccm_different_practitioners" in flagged[0].note
+    # RPM or RTM, not both (S12).
+    assert pairs[(frozenset(("99457", "98980")), "any")] == "program_of_record"
+    assert pairs[(frozenset(("99454", "98977")), "any")] == "program_of_record"
+    # APCM vs CCM/PCM, same practitioner (S18).
+    for apcm in ("G0556", "G0557", "G0558"):
+        for code in ("99490", "99491", "99487", "99424", "99426"):
+            assert pairs[(frozenset((apcm, code)), "same_practitioner")] == "program_of_record"
+
+
+def test_exclusive_pairs_2026(book2025: RuleBook, book2026: RuleBook) -> None:
+    pairs = _pairs(book2026)
+    assert pairs[(frozenset(("99457", "99470")), "same_practitioner")] == "track_order"
+    assert pairs[(frozenset(("99454", "99445")), "any")] == "track_order"
+    assert (frozenset(("99457", "99470")), "same_practitioner") not in _pairs(book2025)
+
+
+# --- gates and policy (RULES §6.2 step 6, §7) ---------------------------------------
+
+
+@pytest.mark.parametrize("book", _all_books(), ids=lambda b: str(b.year))
+def test_gates(book: RuleBook) -> None:
+    g = book.gates
+    assert set(g) == {"ccm", "pcm", "rpm", "rtm", "bhi", "apcm"}
+    assert all(gate.consent for gate in g.values())
+    assert (g["ccm"].min_conditions, g["ccm"].care_plan) == (2, True)  # G12, G13
+    assert (g["pcm"].min_conditions, g["pcm"].care_plan) == (1, True)
+    assert g["rpm"].established_patient  # G11
+    assert not g["rtm"].established_patient
+
+
+def test_policy(book2025: RuleBook, book2026: RuleBook) -> None:
+    for book in (book2025, book2026):
+        p = book.policy
+        assert p.exclude_face_to_face  # G7 / D-8
+        assert p.concurrent_staff_time == "once"  # G8 / D-7
+        assert p.ccm_track_policy == "descriptor"
+        assert p.inpatient_excluded_programs == ("ccm",)  # G17
+        assert p.device_period_days == 30  # G1
+        assert p.rtm_device_code == "98977"
+        assert book.has(p.rtm_device_code)
+    # D-11: the G0511 window exists in 2025 only.
+    assert book2025.policy.g0511_transition_from == date(2025, 1, 1)
+    assert book2025.policy.g0511_transition_to == date(2025, 6, 30)
+    assert book2026.policy.g0511_transition_from is None
+    assert book2025.policy.rtm_device_code_low_days is None
+    assert book2026.policy.rtm_device_code_low_days == "98985"
+
+
+# --- the loader refuses a broken book ------------------------------------------------
+
+_MINIMAL = """
+[book]
+year = 2099
+effective_from = 2099-01-01
+effective_to = 2099-12-31
+conversion_factor = 30.0
+conversion_factor_source = "S1"
+
+[[codes]]
+code = "99490"
+family = "ccm"
+kind = "time"
+role = "base"
+descriptor = "base"
+sources = ["S1"]
+confidence = "C"
+threshold_minutes = 20
+"""
+
+
+def test_minimal_book_loads() -> None:
+    assert _load(_MINIMAL).codes["99490"].threshold_minutes == 20
+
+
+def test_addon_with_unknown_base_is_refused() -> None:
+    broken = (
+        _MINIMAL
+        + """
+[[codes]]
+code = "99439"
+family = "ccm"
+kind = "time"
+role = "addon"
+descriptor = "addon"
+sources = ["S1"]
+confidence = "C"
+base = "99999"
+step_minutes = 20
+"""
+    )
+    with pytest.raises(ValueError, match="99439"):
+        _load(broken)
+
+
+def test_track_with_unknown_code_is_refused() -> None:
+    broken = (
+        _MINIMAL
+        + """
+[[tracks]]
+family = "ccm"
+name = "staff"
+base = "99490"
+addon = "99439"
+basis = "pooled"
+"""
+    )
+    with pytest.raises(ValueError, match="99439"):
+        _load(broken)
+
+
+def test_exclusive_with_unknown_code_is_refused() -> None:
+    broken = (
+        _MINIMAL
+        + """
+[[exclusive]]
+a = "99490"
+b = "99491"
+scope = "any"
+resolution = "track_order"
+"""
+    )
+    with pytest.raises(ValueError, match="99491"):
+        _load(broken)
