@@ -10,17 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from typing import Any
 
 from projections.accounting import MonthTime, Pair, Pool, account
 from projections.calendar import (
     first_day,
     last_day,
+    local_day,
     month_of_date,
     months_spanned,
     next_month,
-    zone,
 )
 from projections.documentation import (
     complex_month,
@@ -149,20 +149,7 @@ class MonthBilling:
 def patient_months(patient: PatientState, practice: Practice) -> list[str]:
     """Months a patient has something to bill or explain: activity, readings, device
     periods that end in them, and APCM enrollment months up to the last active month."""
-    tz = practice.timezone
-    months: set[str] = set()
-    for a in patient.activities.values():
-        months.update(months_spanned(a.start, a.end, tz))
-    for fam, fam_days in _reading_days(patient, tz).items():
-        months.update(month_of_date(d) for d in fam_days)
-        months.update(month_of_date(end) for _, end, _ in _periods(patient, fam, fam_days))
-    apcm = [e.on for e in patient.enrollments if e.program == "apcm"]
-    if apcm and months:
-        m, last = month_of_date(min(apcm)), max(months)
-        while m <= last:
-            months.add(m)
-            m = next_month(m)
-    return sorted(months)
+    return _Context(patient, practice).months()
 
 
 def evaluate(
@@ -170,42 +157,16 @@ def evaluate(
 ) -> dict[str, MonthBilling]:
     """Billing for each of ``months`` (default: all of the patient's months)."""
     ctx = _Context(patient, practice)
-    wanted = patient_months(patient, practice) if months is None else sorted(set(months))
-    by_month = _activities_by_month(patient.activities.values(), practice.timezone, wanted)
-    return {m: ctx.month(m, by_month.get(m, [])) for m in wanted}
-
-
-def _activities_by_month(
-    activities: Iterable[Activity], tz: str, months: list[str]
-) -> dict[str, list[Activity]]:
-    wanted = set(months)
-    out: dict[str, list[Activity]] = {}
-    for a in activities:
-        for m in months_spanned(a.start, a.end, tz):
-            if m in wanted:
-                out.setdefault(m, []).append(a)
-    return out
+    wanted = ctx.months() if months is None else sorted(set(months))
+    return {m: ctx.month(m) for m in wanted}
 
 
 # -- device transmission days ---------------------------------------------------
 
-_DAY_CACHE: dict[tuple[str, int], date] = {}
-
-
-def _local_day(quarter_hour: int, tz: str) -> date:
-    key = (tz, quarter_hour)
-    d = _DAY_CACHE.get(key)
-    if d is None:
-        d = datetime.fromtimestamp(quarter_hour * 900, zone(tz)).date()
-        if len(_DAY_CACHE) > 2_000_000:
-            _DAY_CACHE.clear()
-        _DAY_CACHE[key] = d
-    return d
-
 
 def _reading_days(patient: PatientState, tz: str) -> dict[str, set[date]]:
     return {
-        fam: {_local_day(m // 15, tz) for m in minutes}
+        fam: {local_day(m * 60, tz) for m in minutes}
         for fam, minutes in patient.readings.items()
         if minutes
     }
@@ -245,25 +206,36 @@ def _periods(patient: PatientState, family: str, days: set[date]) -> list[tuple[
 
 
 class _Context:
-    """Caches shared by the months of one patient in one evaluation."""
+    """What the months of one patient share in one evaluation, computed once."""
 
     def __init__(self, patient: PatientState, practice: Practice) -> None:
         self.patient = patient
         self.practice = practice
         self.tz = practice.timezone
-        self._days: dict[str, set[date]] | None = None
+        self.days = _reading_days(patient, self.tz)
+        self.periods = {fam: _periods(patient, fam, d) for fam, d in self.days.items()}
+        self.by_month: dict[str, list[Activity]] = {}
+        for a in patient.activities.values():
+            for m in months_spanned(a.start, a.end, self.tz):
+                self.by_month.setdefault(m, []).append(a)
 
-    @property
-    def days(self) -> dict[str, set[date]]:
-        if self._days is None:
-            self._days = _reading_days(self.patient, self.tz)
-        return self._days
+    def months(self) -> list[str]:
+        months = set(self.by_month)
+        for fam, fam_days in self.days.items():
+            months.update(month_of_date(d) for d in fam_days)
+            months.update(month_of_date(end) for _, end, _ in self.periods[fam])
+        apcm = [e.on for e in self.patient.enrollments if e.program == "apcm"]
+        if apcm and months:
+            m, last = month_of_date(min(apcm)), max(months)
+            while m <= last:
+                months.add(m)
+                m = next_month(m)
+        return sorted(months)
 
-    def month(self, month: str, activities: list[Activity]) -> MonthBilling:
+    def month(self, month: str) -> MonthBilling:
         book = book_for_month(month)
-        mt = account(self.patient, month, self.tz, book.policy, activities)
-        ev = _MonthEval(self, book, mt)
-        return ev.run()
+        mt = account(self.patient, month, self.tz, book.policy, self.by_month.get(month, []))
+        return _MonthEval(self, book, mt).run()
 
 
 class _MonthEval:
@@ -321,8 +293,15 @@ class _MonthEval:
     def _threshold(self, code: str) -> int:
         return self.book.code(code).threshold_minutes * 60
 
-    def _earn(self, track: Track, seconds: int, practitioner: str) -> list[tuple[str, int]]:
-        """Units a track earns for ``seconds`` (G3 full thresholds, G15 pairing, caps)."""
+    def _earn(
+        self, track: Track, seconds: int, practitioner: str, flags: set[str] | None = None
+    ) -> list[tuple[str, int]]:
+        """Units a track earns for ``seconds`` (G3 full thresholds, G15 pairing, caps).
+
+        Cap and payer-edit flags go to ``flags`` when given (a CCM option that may not
+        be chosen), else straight to the month's flags.
+        """
+        flags = self.flags if flags is None else flags
         base = self.book.code(track.base)
         thr = base.threshold_minutes * 60
         if seconds < thr:
@@ -337,9 +316,9 @@ class _MonthEval:
             raw = (seconds - thr) // step
             units = raw if addon.cap is None else min(raw, addon.cap)
             if addon.cap is not None and raw > addon.cap:
-                self.flags.add(f"cap_reached:{addon.code}")
+                flags.add(f"cap_reached:{addon.code}")
             if addon.flag_above is not None and raw > addon.flag_above:
-                self.flags.add(f"units_exceed_common_payer_edit:{addon.code}")
+                flags.add(f"units_exceed_common_payer_edit:{addon.code}")
             if units:
                 earned.append((addon.code, units))
             if addon.cap is None or units < addon.cap:
@@ -441,7 +420,7 @@ class _MonthEval:
             f = {"physician_time_pooled"} if p_s > 0 else set()
             if p_s >= self._threshold(phys.base):
                 f.add(f"exclusive_conflict:{phys.base}+{cx.base}")
-            options.append((self._earn(cx, t_s, practitioner), f))
+            options.append((self._earn(cx, t_s, practitioner, f), f))
         elif not qualifies and t_s >= self._threshold(cx.base):
             self.flags.add("complex_criteria_not_met")
         if qualifies and t_s < self._threshold(cx.base):
@@ -450,14 +429,14 @@ class _MonthEval:
             f = set()
             if s_s >= self._threshold(staff.base):
                 f.add(f"exclusive_conflict:{phys.base}+{staff.base}")
-            options.append((self._earn(phys, p_s, practitioner), f))
+            options.append((self._earn(phys, p_s, practitioner, f), f))
         pooled_flags: set[str] = set()
         if 0 < p_s < self._threshold(phys.base):
             pooled_flags |= {"physician_time_pooled", f"below_threshold:{phys.base}"}
         if t_s < self._threshold(staff.base):
             pooled_flags.add(f"below_threshold:{staff.base}")
         if p_s < self._threshold(phys.base) or self.policy.ccm_track_policy == "revenue":
-            options.append((self._earn(staff, t_s, practitioner), pooled_flags))
+            options.append((self._earn(staff, t_s, practitioner, pooled_flags), pooled_flags))
         return self._choose(options)
 
     def _pcm(self, practitioner: str, p_s: int, s_s: int, t_s: int) -> list[tuple[str, int]]:
@@ -502,7 +481,7 @@ class _MonthEval:
             wanted = {self.policy.rtm_device_code, self.policy.rtm_device_code_low_days}
             codes = [r for r in codes if r.code in wanted]
         setup = [r for r in self.book.codes.values() if r.family == family and r.kind == "setup"]
-        for start, end, index in _periods(self.patient, family, days):
+        for start, end, index in self.ctx.periods[family]:
             if not lo <= end <= hi:
                 continue
             n = sum(1 for d in days if start <= d <= end)
@@ -580,7 +559,12 @@ class _MonthEval:
     # -- steps 9, 11, 12: exclusive pairs resolved by program of record ------------
 
     def _exclusive_pairs(self) -> None:
+        present = {ln.code for ln in self.lines}
+        if len(present) < 2:
+            return
         for pair in self.book.exclusives:
+            if pair.a not in present or pair.b not in present:
+                continue
             if pair.resolution not in ("program_of_record", "allow_flagged"):
                 continue
             a_lines = [ln for ln in self.lines if ln.code == pair.a]

@@ -65,8 +65,27 @@ def local_date(ts: int, tz: str) -> date:
     return datetime.fromtimestamp(ts, zone(tz)).date()
 
 
+_QUARTER = 900
+_QUARTER_DAY: dict[tuple[str, int], date] = {}
+
+
+def local_day(ts: int, tz: str) -> date:
+    """Local date of ``ts``, cached per quarter-hour.
+
+    Exact because every modern UTC offset is a multiple of 15 minutes, so a local
+    midnight always falls on a quarter-hour boundary.
+    """
+    key = (tz, ts // _QUARTER)
+    d = _QUARTER_DAY.get(key)
+    if d is None:
+        if len(_QUARTER_DAY) > 1_000_000:
+            _QUARTER_DAY.clear()
+        d = _QUARTER_DAY[key] = local_date(key[1] * _QUARTER, tz)
+    return d
+
+
 def month_of(ts: int, tz: str) -> str:
-    d = local_date(ts, tz)
+    d = local_day(ts, tz)
     return month_key(d.year, d.month)
 
 

@@ -104,12 +104,24 @@ class Status(Enum):
     CONFLICT = "conflict"  # same event_id, different body: rejected
 
 
-@dataclass(frozen=True, slots=True)
 class Outcome:
-    status: Status
-    seq: int = 0
-    reason: str = ""
-    previous: Activity | None = None  # the version an amendment or void replaced
+    """What applying one event did (a plain slotted class: built once per event)."""
+
+    __slots__ = ("previous", "reason", "seq", "status")
+
+    def __init__(
+        self, status: Status, seq: int = 0, reason: str = "", previous: Activity | None = None
+    ) -> None:
+        self.status = status
+        self.seq = seq
+        self.reason = reason
+        self.previous = previous  # the version an amendment or void replaced
+
+
+_DUPLICATE = Outcome(Status.DUPLICATE)
+_CONFLICT = Outcome(
+    Status.CONFLICT, reason="event_id: already used for an event with a different body"
+)
 
 
 def _digest(text: str | bytes) -> int:
@@ -117,9 +129,12 @@ def _digest(text: str | bytes) -> int:
     return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big")
 
 
-def body_digest(event: Event) -> int:
-    """Digest of the event's content, independent of key order or whitespace."""
-    return _digest(event.model_dump_json())
+def body_digest(event: Event, raw: bytes | None = None) -> int:
+    """Digest of an event's body: its raw bytes when the caller has them (a log line,
+    a Kafka value), else its canonical JSON. The log topic stores canonical JSON, so
+    both agree there; in a hand-made file the same ``event_id`` re-sent with other
+    bytes (even re-ordered keys) counts as a different body and is rejected."""
+    return _digest(raw if raw is not None else event.model_dump_json())
 
 
 class Ledger:
@@ -163,21 +178,16 @@ class Ledger:
             p = self.patients[key] = PatientState(org_id, patient_id)
         return p
 
-    def apply(self, event: Event, digest: int | None = None) -> Outcome:
-        """Fold one validated event. ``digest`` may be passed when already computed."""
+    def apply(self, event: Event, raw: bytes | None = None) -> Outcome:
+        """Fold one validated event; ``raw`` is its wire bytes when the caller has them."""
         seen = self.seen.get(event.org_id)
         if seen is None:
             seen = self.seen[event.org_id] = {}
         key = _digest(event.event_id)
-        body = body_digest(event) if digest is None else digest
+        body = body_digest(event, raw)
         prior = seen.get(key)
         if prior is not None:
-            if prior == body:
-                return Outcome(Status.DUPLICATE)
-            return Outcome(
-                Status.CONFLICT,
-                reason="event_id: already used for an event with a different body",
-            )
+            return _DUPLICATE if prior == body else _CONFLICT
         seen[key] = body
         self.seq += 1
         previous = self._handlers[type(event)](event, self.seq)
@@ -195,9 +205,9 @@ class Ledger:
             activity_id=d.activity_id,
             seq=previous.seq if previous is not None else seq,
             staff_id=d.staff_id,
-            role=d.staff_role.value,
+            role=d.staff_role,
             practitioner_id=d.practitioner_id,
-            program=d.program.value,
+            program=d.program,
             start=start,
             end=end,
             face_to_face=d.face_to_face,
@@ -253,7 +263,7 @@ class Ledger:
     def _practice(self, ev: PracticeConfigured, seq: int) -> None:
         p = self.practice(ev.org_id)
         p.timezone = ev.data.timezone
-        p.facility_type = ev.data.facility_type.value
+        p.facility_type = ev.data.facility_type
 
     def _month_closed(self, ev: MonthClosed, seq: int) -> None:
         self.practice(ev.org_id).closed_months.add(ev.data.month)

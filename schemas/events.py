@@ -8,7 +8,6 @@ timestamps and dates as ISO strings; they must carry a UTC offset.
 from __future__ import annotations
 
 from datetime import date, timedelta
-from enum import StrEnum
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -31,30 +30,10 @@ EventId = Annotated[str, Field(min_length=1, max_length=128)]
 Label = Annotated[str, Field(min_length=1, max_length=200)]
 
 
-class Program(StrEnum):
-    """Programs whose minutes an activity can be logged under."""
-
-    CCM = "ccm"
-    PCM = "pcm"
-    RPM = "rpm"
-    RTM = "rtm"
-    BHI = "bhi"
-    TCM = "tcm"
-
-
-class StaffRole(StrEnum):
-    CLINICAL_STAFF = "clinical_staff"
-    PHYSICIAN = "physician"
-    QHP = "qhp"
-    NON_CLINICAL = "non_clinical"
-
-
-class FacilityType(StrEnum):
-    OFFICE = "office"
-    FQHC = "fqhc"
-    RHC = "rhc"
-
-
+Program = Literal["ccm", "pcm", "rpm", "rtm", "bhi", "tcm"]
+"""Programs whose minutes an activity can be logged under."""
+StaffRole = Literal["clinical_staff", "physician", "qhp", "non_clinical"]
+FacilityType = Literal["office", "fqhc", "rhc"]
 ConsentProgram = Literal["ccm", "pcm", "rpm", "rtm", "bhi", "apcm"]
 EnrollmentProgram = Literal["ccm", "pcm", "rpm", "rtm", "bhi", "apcm"]
 CarePlanProgram = Literal["ccm", "pcm", "bhi", "rpm", "rtm"]
@@ -70,7 +49,7 @@ class _Strict(BaseModel):
 
 class PracticeConfiguredData(_Strict):
     timezone: str = Field(default="America/New_York", description="IANA time zone name")
-    facility_type: FacilityType = FacilityType.OFFICE
+    facility_type: FacilityType = "office"
 
     @field_validator("timezone")
     @classmethod

@@ -116,6 +116,35 @@ def schema(event_type: str | None) -> None:
     click.echo(orjson.dumps(schemas, option=orjson.OPT_INDENT_2).decode())
 
 
+@cli.command()
+@click.option("--patients", default=40, show_default=True, help="Patients in the sample practice.")
+@click.option("--month", default="2025-03", show_default=True, help="Month of traffic (YYYY-MM).")
+@click.option("--seed", default=7, show_default=True, help="Seed of the synthetic traffic.")
+@click.option(
+    "--pace",
+    default=0.0,
+    show_default=True,
+    help="Seconds to pause after each printed alert (0: as fast as possible).",
+)
+@click.option(
+    "--save-log",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the generated events as NDJSON (replay it with `caretally replay`).",
+)
+def demo(patients: int, month: str, seed: int, pace: float, save_log: Path | None) -> None:
+    """Run the main job on a sample practice: a month of EHR traffic, live alerts, and
+    the closing billing summary (codes, units, estimated payment, blocked reasons).
+
+    This edition runs the pure core in-process; no broker is needed.
+    """
+    from rich.console import Console
+
+    from streams.demo import run_demo
+
+    run_demo(Console(), patients=patients, month=month, seed=seed, pace=pace, log_path=save_log)
+
+
 def main() -> None:
     cli(prog_name="caretally")
 

@@ -57,7 +57,7 @@ def fold_file(
             if as_of is not None and event.recorded_at > as_of:
                 stats.skipped_as_of += 1
                 continue
-            outcome = apply(event)
+            outcome = apply(event, line)
             if outcome.status is Status.APPLIED:
                 stats.applied += 1
             elif outcome.status is Status.DUPLICATE:
