@@ -39,9 +39,17 @@ class Pool:
     personal: list[Interval] = field(default_factory=list)
     staff: dict[str, list[Interval]] = field(default_factory=dict)
     interactive: bool = False
+    _memo: tuple[str, tuple[int, int, int, bool]] | None = None
 
     def seconds(self, concurrent: str = "once") -> tuple[int, int, int, bool]:
         """(personal P, other staff S, pooled T, whether different staff overlapped)."""
+        if self._memo is not None and self._memo[0] == concurrent:
+            return self._memo[1]
+        result = self._seconds(concurrent)
+        self._memo = (concurrent, result)
+        return result
+
+    def _seconds(self, concurrent: str) -> tuple[int, int, int, bool]:
         p = total(self.personal)  # one person's claimed pieces are already disjoint
         everyone = [iv for pieces in self.staff.values() for iv in pieces]
         s_union = total(union(everyone))
@@ -87,8 +95,10 @@ def account(
     tz: str,
     policy: Policy,
     activities: list[Activity] | None = None,
+    consent_cache: dict[tuple[str, str], list[Interval] | None] | None = None,
 ) -> MonthTime:
-    """Counted time of ``patient`` in local ``month``; ``activities`` may be pre-filtered."""
+    """Counted time of ``patient`` in local ``month``; ``activities`` may be pre-filtered
+    and ``consent_cache`` shared between the months of one patient."""
     lo, hi = month_bounds(month, tz)
     mt = MonthTime(month, lo, hi)
     source = patient.activities.values() if activities is None else activities
@@ -96,7 +106,8 @@ def account(
     if not acts:
         return mt
     flags = mt.flags
-    consent_cache: dict[tuple[str, str], list[Interval] | None] = {}
+    if consent_cache is None:
+        consent_cache = {}
     inpatient = inpatient_intervals(patient, tz) if patient.stays else []
     fingerprints: set[tuple[str, int, int, str]] = set()
     claimed: dict[str, list[tuple[int, int, str, str]]] = {}

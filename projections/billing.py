@@ -31,8 +31,9 @@ from projections.documentation import (
     has_care_plan,
     has_consent,
 )
+from projections.intervals import Interval
 from projections.ledger import Activity, PatientState, Practice
-from projections.rulebook import RuleBook, Track, book_for_month
+from projections.rulebook import RuleBook, Track, book_for_month, rule_books
 
 TIME_FAMILIES = ("ccm", "pcm", "rpm", "rtm", "bhi")
 DEVICE_FAMILIES = ("rpm", "rtm")
@@ -100,6 +101,15 @@ class Progress:
     code: str
     have_s: int
     need_s: int
+
+
+@dataclass(slots=True)
+class _Option:
+    """One CCM track's outcome, kept apart until a track is chosen."""
+
+    flags: set[str]
+    earned: list[tuple[str, int]] = field(default_factory=list)
+    progress: list[Progress] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -214,6 +224,7 @@ class _Context:
         self.tz = practice.timezone
         self.days = _reading_days(patient, self.tz)
         self.periods = {fam: _periods(patient, fam, d) for fam, d in self.days.items()}
+        self.consent_cache: dict[tuple[str, str], list[Interval] | None] = {}
         self.by_month: dict[str, list[Activity]] = {}
         for a in patient.activities.values():
             for m in months_spanned(a.start, a.end, self.tz):
@@ -225,8 +236,15 @@ class _Context:
             months.update(month_of_date(d) for d in fam_days)
             months.update(month_of_date(end) for _, end, _ in self.periods[fam])
         apcm = [e.on for e in self.patient.enrollments if e.program == "apcm"]
-        if apcm and months:
-            m, last = month_of_date(min(apcm)), max(months)
+        if apcm:
+            # APCM has no time threshold: bill each month from enrollment to the last
+            # month the record speaks of (activity, readings or dated documentation)
+            p = self.patient
+            dated = [c.on for c in p.consents] + [on for _, _, on, _ in p.care_plans]
+            dated += [e.on for e in p.enrollments] + [on for _, on, _ in p.visits]
+            last = max([*months, *(month_of_date(d) for d in dated)])
+            # ... but never before the first rule book (APCM began in CY 2025)
+            m = max(month_of_date(min(apcm)), month_of_date(rule_books()[0].effective_from))
             while m <= last:
                 months.add(m)
                 m = next_month(m)
@@ -234,7 +252,14 @@ class _Context:
 
     def month(self, month: str) -> MonthBilling:
         book = book_for_month(month)
-        mt = account(self.patient, month, self.tz, book.policy, self.by_month.get(month, []))
+        mt = account(
+            self.patient,
+            month,
+            self.tz,
+            book.policy,
+            self.by_month.get(month, []),
+            self.consent_cache,
+        )
         return _MonthEval(self, book, mt).run()
 
 
@@ -294,18 +319,19 @@ class _MonthEval:
         return self.book.code(code).threshold_minutes * 60
 
     def _earn(
-        self, track: Track, seconds: int, practitioner: str, flags: set[str] | None = None
+        self, track: Track, seconds: int, practitioner: str, option: _Option | None = None
     ) -> list[tuple[str, int]]:
         """Units a track earns for ``seconds`` (G3 full thresholds, G15 pairing, caps).
 
-        Cap and payer-edit flags go to ``flags`` when given (a CCM option that may not
-        be chosen), else straight to the month's flags.
+        Cap flags and progress go to ``option`` when given (a CCM track that may not
+        be chosen), else straight to the month.
         """
-        flags = self.flags if flags is None else flags
+        flags = self.flags if option is None else option.flags
+        progress = self.progress if option is None else option.progress
         base = self.book.code(track.base)
         thr = base.threshold_minutes * 60
         if seconds < thr:
-            self.progress.append(Progress(track.family, practitioner, base.code, seconds, thr))
+            progress.append(Progress(track.family, practitioner, base.code, seconds, thr))
             return []
         if base.band_max_minutes is not None and seconds >= (base.band_max_minutes + 1) * 60:
             return []
@@ -323,9 +349,9 @@ class _MonthEval:
                 earned.append((addon.code, units))
             if addon.cap is None or units < addon.cap:
                 need = thr + (units + 1) * step
-                self.progress.append(
-                    Progress(track.family, practitioner, addon.code, seconds, need)
-                )
+                progress.append(Progress(track.family, practitioner, addon.code, seconds, need))
+        if option is not None:
+            option.earned = earned
         return earned
 
     def _tracks(self, family: str) -> dict[str, Track]:
@@ -412,31 +438,35 @@ class _MonthEval:
         return []
 
     def _ccm(self, practitioner: str, p_s: int, s_s: int, t_s: int) -> list[tuple[str, int]]:
+        """RULES.md §6.2 step 7: complex, then physician personal, then pooled staff time."""
         tracks = self._tracks("ccm")
         cx, phys, staff = tracks["complex"], tracks["physician"], tracks["staff"]
         qualifies = complex_month(self.patient, self.month)
-        options: list[tuple[list[tuple[str, int]], set[str]]] = []
+        options: list[_Option] = []
         if qualifies and t_s >= self._threshold(cx.base):
-            f = {"physician_time_pooled"} if p_s > 0 else set()
+            opt = _Option({"physician_time_pooled"} if p_s > 0 else set())
             if p_s >= self._threshold(phys.base):
-                f.add(f"exclusive_conflict:{phys.base}+{cx.base}")
-            options.append((self._earn(cx, t_s, practitioner, f), f))
+                opt.flags.add(f"exclusive_conflict:{phys.base}+{cx.base}")
+            self._earn(cx, t_s, practitioner, opt)
+            options.append(opt)
         elif not qualifies and t_s >= self._threshold(cx.base):
             self.flags.add("complex_criteria_not_met")
         if qualifies and t_s < self._threshold(cx.base):
             self.flags.add(f"below_threshold:{cx.base}")
         if p_s >= self._threshold(phys.base):
-            f = set()
+            opt = _Option(set())
             if s_s >= self._threshold(staff.base):
-                f.add(f"exclusive_conflict:{phys.base}+{staff.base}")
-            options.append((self._earn(phys, p_s, practitioner, f), f))
-        pooled_flags: set[str] = set()
-        if 0 < p_s < self._threshold(phys.base):
-            pooled_flags |= {"physician_time_pooled", f"below_threshold:{phys.base}"}
-        if t_s < self._threshold(staff.base):
-            pooled_flags.add(f"below_threshold:{staff.base}")
+                opt.flags.add(f"exclusive_conflict:{phys.base}+{staff.base}")
+            self._earn(phys, p_s, practitioner, opt)
+            options.append(opt)
         if p_s < self._threshold(phys.base) or self.policy.ccm_track_policy == "revenue":
-            options.append((self._earn(staff, t_s, practitioner, pooled_flags), pooled_flags))
+            opt = _Option(set())
+            if 0 < p_s < self._threshold(phys.base):
+                opt.flags |= {"physician_time_pooled", f"below_threshold:{phys.base}"}
+            if t_s < self._threshold(staff.base):
+                opt.flags.add(f"below_threshold:{staff.base}")
+            self._earn(staff, t_s, practitioner, opt)
+            options.append(opt)
         return self._choose(options)
 
     def _pcm(self, practitioner: str, p_s: int, s_s: int, t_s: int) -> list[tuple[str, int]]:
@@ -452,22 +482,19 @@ class _MonthEval:
             self.flags.add(f"below_threshold:{staff.base}")
         return self._earn(staff, t_s, practitioner)
 
-    def _choose(
-        self, options: list[tuple[list[tuple[str, int]], set[str]]]
-    ) -> list[tuple[str, int]]:
+    def _choose(self, options: list[_Option]) -> list[tuple[str, int]]:
         """First option in track order (descriptor policy) or the best paid (revenue)."""
         if not options:
             return []
         if self.policy.ccm_track_policy == "revenue":
-
-            def paid(opt: tuple[list[tuple[str, int]], set[str]]) -> float:
-                return sum((self.book.fee(c) or 0.0) * u for c, u in opt[0])
-
-            chosen = max(options, key=paid)
+            chosen = max(
+                options, key=lambda o: sum((self.book.fee(c) or 0.0) * u for c, u in o.earned)
+            )
         else:
             chosen = options[0]
-        self.flags |= chosen[1]
-        return chosen[0]
+        self.flags |= chosen.flags
+        self.progress.extend(chosen.progress)
+        return chosen.earned
 
     # -- step 10/11: device periods ---------------------------------------------
 
@@ -502,7 +529,7 @@ class _MonthEval:
 
     def _apcm(self) -> None:
         enr = enrollment_of_record(self.patient, ("apcm",), self.month)
-        if enr is None:
+        if enr is None or first_day(self.month) < self.book.effective_from:
             return
         n = condition_count(self.patient, self.month, self.tz)
         code = "G0556" if n <= 1 else ("G0558" if enr.qmb else "G0557")
@@ -563,9 +590,12 @@ class _MonthEval:
         if len(present) < 2:
             return
         for pair in self.book.exclusives:
+            if pair.resolution == "allow_flagged":
+                self._disputed(pair.a, pair.b)
+                continue
             if pair.a not in present or pair.b not in present:
                 continue
-            if pair.resolution not in ("program_of_record", "allow_flagged"):
+            if pair.resolution != "program_of_record":
                 continue
             a_lines = [ln for ln in self.lines if ln.code == pair.a]
             b_lines = [ln for ln in self.lines if ln.code == pair.b]
@@ -579,6 +609,15 @@ class _MonthEval:
                     if pair.scope == "same_practitioner" and not same:
                         continue
                     self._resolve(a, b)
+
+    def _disputed(self, a: str, b: str) -> None:
+        """Families of ``a`` and ``b`` billed by different practitioners: allowed, but
+        flagged as disputed (D-2: ``disputed_rule:pcm_ccm_different_practitioners``)."""
+        fa, fb = self.book.code(a).family, self.book.code(b).family
+        left = {ln.practitioner_id for ln in self.lines if ln.family == fa}
+        right = {ln.practitioner_id for ln in self.lines if ln.family == fb}
+        if any(x != y for x in left for y in right):
+            self.flags.add(f"disputed_rule:{fb}_{fa}_different_practitioners")
 
     def _resolve(self, a: Line, b: Line) -> None:
         if a not in self.lines or b not in self.lines:

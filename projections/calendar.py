@@ -23,10 +23,12 @@ def epoch(instant: datetime) -> int:
     return int(instant.timestamp() // 1)
 
 
+@lru_cache(maxsize=4096)
 def month_key(year: int, month: int) -> str:
     return f"{year:04d}-{month:02d}"
 
 
+@lru_cache(maxsize=4096)
 def next_month(month: str) -> str:
     y, m = int(month[:4]), int(month[5:7])
     return month_key(y + (m == 12), 1 if m == 12 else m + 1)
@@ -37,10 +39,12 @@ def prev_month(month: str) -> str:
     return month_key(y - (m == 1), 12 if m == 1 else m - 1)
 
 
+@lru_cache(maxsize=4096)
 def first_day(month: str) -> date:
     return date(int(month[:4]), int(month[5:7]), 1)
 
 
+@lru_cache(maxsize=4096)
 def last_day(month: str) -> date:
     return first_day(next_month(month)) - timedelta(days=1)
 
@@ -84,9 +88,19 @@ def local_day(ts: int, tz: str) -> date:
     return d
 
 
+_QUARTER_MONTH: dict[tuple[str, int], str] = {}
+
+
 def month_of(ts: int, tz: str) -> str:
-    d = local_day(ts, tz)
-    return month_key(d.year, d.month)
+    """Local month (YYYY-MM) of ``ts``, cached per quarter-hour like :func:`local_day`."""
+    key = (tz, ts // _QUARTER)
+    m = _QUARTER_MONTH.get(key)
+    if m is None:
+        if len(_QUARTER_MONTH) > 1_000_000:
+            _QUARTER_MONTH.clear()
+        d = local_day(ts, tz)
+        m = _QUARTER_MONTH[key] = month_key(d.year, d.month)
+    return m
 
 
 def months_spanned(start: int, end: int, tz: str) -> list[str]:

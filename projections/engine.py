@@ -67,10 +67,12 @@ class Projector:
         self.ledger = ledger if ledger is not None else Ledger()
         self.views: dict[tuple[str, str, str], MonthBilling] = {}
 
-    def step(self, event: Event) -> StepResult:
+    def step(self, event: Event, raw: bytes | None = None) -> StepResult:
+        """Fold one event (``raw``: its wire bytes, if the caller has them)."""
         ledger = self.ledger
         org = event.org_id
-        outcome = ledger.apply(event)
+        earliest = self._earliest_reading(event) if isinstance(event, DeviceReading) else None
+        outcome = ledger.apply(event, raw)
         if outcome.status is not Status.APPLIED:
             return StepResult(outcome)
         tz = ledger.practice(org).timezone
@@ -95,10 +97,19 @@ class Projector:
                     months.update(months_spanned(version.start, version.end, tz))
             self._late(event, months, result, outcome.previous)
         elif isinstance(event, DeviceReading):
-            m = month_of(epoch(event.data.taken_at), tz)
-            months = {m, next_month(m)}
+            minute = epoch(event.data.taken_at) // 60
+            if earliest is not None and minute >= earliest:
+                # the reading lands in the period containing it, which ends in its month
+                # or the next; an earlier first reading can move every period (None)
+                m = month_of(minute * 60, tz)
+                months = {m, next_month(m)}
         self._refresh(org, pid, months, event, result)
         return result
+
+    def _earliest_reading(self, event: DeviceReading) -> int | None:
+        patient = self.ledger.patients.get((event.org_id, event.patient_id))
+        minutes = patient.readings.get(event.data.program) if patient is not None else None
+        return min(minutes) if minutes else None
 
     def _late(
         self,

@@ -28,7 +28,10 @@ def measure(intervals: Iterable[Interval]) -> int:
 
 def total(disjoint: Iterable[Interval]) -> int:
     """Total length of intervals already known to be disjoint."""
-    return sum(e - s for s, e in disjoint)
+    n = 0
+    for s, e in disjoint:
+        n += e - s
+    return n
 
 
 def subtract(pieces: list[Interval], cut: Interval) -> tuple[list[Interval], int]:
