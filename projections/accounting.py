@@ -10,7 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from projections.calendar import month_bounds
-from projections.documentation import CONSENT_FAMILY, consent_periods, inpatient_intervals
+from projections.documentation import (
+    CONSENT_FAMILY,
+    FOREVER,
+    consent_periods,
+    inpatient_intervals,
+)
 from projections.intervals import Interval, intersect_all, subtract, total, union
 from projections.ledger import Activity, PatientState
 from projections.rulebook import Policy
@@ -142,6 +147,11 @@ def account(
                 consent_cache[key] = consent_periods(patient, family, a.practitioner_id, tz)
             periods = consent_cache[key]
             if periods is not None:
+                # minutes before a consent (or before a renewed one) do not count; minutes
+                # after a final revocation stay counted and the gate blocks them with
+                # ``missing_consent`` (G10, RULES.md §6.3)
+                if periods[-1][1] < FOREVER:
+                    periods = [*periods, (periods[-1][1], FOREVER)]
                 pieces, cut = intersect_all(pieces, periods)
                 if cut:
                     at.exclude("consent_after_activity", cut)

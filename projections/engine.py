@@ -99,10 +99,11 @@ class Projector:
         elif isinstance(event, DeviceReading):
             minute = epoch(event.data.taken_at) // 60
             if earliest is not None and minute >= earliest:
-                # the reading lands in the period containing it, which ends in its month
-                # or the next; an earlier first reading can move every period (None)
+                # the reading lands in the period containing it, which ends at most 29
+                # days later: in its month, the next, or (Jan 31 -> Mar 1) the one after;
+                # an earlier first reading can move every period (None)
                 m = month_of(minute * 60, tz)
-                months = {m, next_month(m)}
+                months = {m, next_month(m), next_month(next_month(m))}
         self._refresh(org, pid, months, event, result)
         return result
 
