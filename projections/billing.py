@@ -8,6 +8,7 @@ gates and fees come from :mod:`projections.rulebook`; this module is the procedu
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -25,11 +26,11 @@ from projections.calendar import (
 from projections.documentation import (
     complex_month,
     condition_count,
+    consent_periods,
     enrollment_of_record,
     episodes,
     established,
     has_care_plan,
-    has_consent,
 )
 from projections.intervals import Interval
 from projections.ledger import Activity, PatientState, Practice
@@ -182,8 +183,11 @@ def _reading_days(patient: PatientState, tz: str) -> dict[str, set[date]]:
     }
 
 
-def _periods(patient: PatientState, family: str, days: set[date]) -> list[tuple[date, date, int]]:
-    """(start, end inclusive, index in episode) of every 30-day period holding a reading.
+def _periods(
+    patient: PatientState, family: str, days: set[date]
+) -> list[tuple[date, date, int, int]]:
+    """(start, end inclusive, index in episode, transmission days) of every 30-day period
+    holding a reading.
 
     Periods start at each enrollment in the program, a new episode per enrollment;
     readings before the first enrollment open an episode at the first reading
@@ -191,23 +195,23 @@ def _periods(patient: PatientState, family: str, days: set[date]) -> list[tuple[
     """
     if not days:
         return []
-    first = min(days)
+    ordered = sorted(days)
+    first = ordered[0]
     starts = episodes(patient, family)
     if not starts or first < starts[0]:
         starts = sorted({first, *starts})
     period = timedelta(days=30)
-    out: list[tuple[date, date, int]] = []
+    last = timedelta(days=29)
+    out: list[tuple[date, date, int, int]] = []
     for i, start in enumerate(starts):
-        stop = starts[i + 1] - timedelta(days=1) if i + 1 < len(starts) else max(days)
+        nxt = starts[i + 1] if i + 1 < len(starts) else None
+        stop = nxt - timedelta(days=1) if nxt is not None else ordered[-1]
         p, k = start, 0
         while p <= stop:
-            end = (
-                min(p + period - timedelta(days=1), stop)
-                if i + 1 < len(starts)
-                else (p + period - timedelta(days=1))
-            )
-            if any(p <= d <= end for d in days):
-                out.append((p, end, k))
+            end = p + last if nxt is None else min(p + last, stop)
+            n = bisect_right(ordered, end) - bisect_left(ordered, p)
+            if n:
+                out.append((p, end, k, n))
             p, k = p + period, k + 1
     return out
 
@@ -234,7 +238,7 @@ class _Context:
         months = set(self.by_month)
         for fam, fam_days in self.days.items():
             months.update(month_of_date(d) for d in fam_days)
-            months.update(month_of_date(end) for _, end, _ in self.periods[fam])
+            months.update(month_of_date(end) for _, end, _, _ in self.periods[fam])
         apcm = [e.on for e in self.patient.enrollments if e.program == "apcm"]
         if apcm:
             # APCM has no time threshold: bill each month from enrollment to the last
@@ -249,6 +253,12 @@ class _Context:
                 months.add(m)
                 m = next_month(m)
         return sorted(months)
+
+    def consent_periods(self, family: str, practitioner: str) -> list[Interval] | None:
+        key = (family, practitioner)
+        if key not in self.consent_cache:
+            self.consent_cache[key] = consent_periods(self.patient, family, practitioner, self.tz)
+        return self.consent_cache[key]
 
     def month(self, month: str) -> MonthBilling:
         book = book_for_month(month)
@@ -276,6 +286,7 @@ class _MonthEval:
         self.lines: list[Line] = []
         self.blocked: list[Blocked] = []
         self.progress: list[Progress] = []
+        self._gates: dict[tuple[str, str | None], list[str]] = {}
 
     # -- driver --------------------------------------------------------------
 
@@ -360,16 +371,24 @@ class _MonthEval:
     # -- step 6: documentation gates --------------------------------------------
 
     def _gate_reasons(self, family: str, practitioner: str | None) -> list[str]:
+        key = (family, practitioner)
+        cached = self._gates.get(key)
+        if cached is None:
+            cached = self._gates[key] = self._check_gate(family, practitioner)
+        return list(cached)
+
+    def _check_gate(self, family: str, practitioner: str | None) -> list[str]:
         gate = self.book.gates.get(family)
         if gate is None:
             return []
         p, m, reasons = self.patient, self.month, []
         if gate.consent:
-            ok = (
-                has_consent(p, family, practitioner, m, self.tz)
-                if practitioner is not None
-                else any(c.program == family and not c.revoked for c in p.consents)
-            )
+            if practitioner is not None:
+                periods = self.ctx.consent_periods(family, practitioner)
+                lo, hi = self.mt.start, self.mt.end
+                ok = periods is not None and any(a < hi and b > lo for a, b in periods)
+            else:
+                ok = any(c.program == family and not c.revoked for c in p.consents)
             if not ok:
                 reasons.append("missing_consent")
         if gate.min_conditions and condition_count(p, m, self.tz) < gate.min_conditions:
@@ -508,10 +527,9 @@ class _MonthEval:
             wanted = {self.policy.rtm_device_code, self.policy.rtm_device_code_low_days}
             codes = [r for r in codes if r.code in wanted]
         setup = [r for r in self.book.codes.values() if r.family == family and r.kind == "setup"]
-        for start, end, index in self.ctx.periods[family]:
+        for start, end, index, n in self.ctx.periods[family]:
             if not lo <= end <= hi:
                 continue
-            n = sum(1 for d in days if start <= d <= end)
             enr = enrollment_of_record(self.patient, (family,), month_of_date(start))
             practitioner = enr.practitioner_id if enr is not None and enr.on <= start else None
             chosen = [

@@ -48,16 +48,6 @@ def consent_periods(
     return union(periods)
 
 
-def has_consent(
-    patient: PatientState, program: str, practitioner_id: str, month: str, tz: str
-) -> bool:
-    periods = consent_periods(patient, program, practitioner_id, tz)
-    if not periods:
-        return False
-    lo, hi = month_bounds(month, tz)
-    return any(s < hi and e > lo for s, e in periods)
-
-
 def has_care_plan(patient: PatientState, program: str, month: str) -> bool:
     end = last_day(month)
     return any(p == program and on <= end for _, p, on, _ in patient.care_plans)

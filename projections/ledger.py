@@ -16,6 +16,7 @@ import hashlib
 from dataclasses import dataclass, field
 from datetime import date
 from enum import Enum
+from sys import intern
 from typing import Any
 
 from projections.calendar import DEFAULT_TIMEZONE, epoch
@@ -204,9 +205,9 @@ class Ledger:
         patient.activities[d.activity_id] = Activity(
             activity_id=d.activity_id,
             seq=previous.seq if previous is not None else seq,
-            staff_id=d.staff_id,
+            staff_id=intern(d.staff_id),
             role=d.staff_role,
-            practitioner_id=d.practitioner_id,
+            practitioner_id=intern(d.practitioner_id),
             program=d.program,
             start=start,
             end=end,

@@ -8,8 +8,6 @@ from collections.abc import Iterable
 from typing import Any, TextIO
 
 import orjson
-from rich.console import Console
-from rich.table import Table
 
 CSV_COLUMNS = [
     "org_id",
@@ -64,6 +62,9 @@ def write_csv(views: Iterable[dict[str, Any]], out: TextIO) -> int:
 
 
 def write_table(views: Iterable[dict[str, Any]], out: TextIO | None = None) -> int:
+    from rich.console import Console  # imported here: json and csv output do not need it
+    from rich.table import Table
+
     console = Console(file=out or sys.stdout, width=160)
     table = Table(title="caretally: billing by patient-month", show_lines=False)
     for col, kw in [
