@@ -20,6 +20,7 @@ from sys import intern
 from typing import Any
 
 from projections.calendar import DEFAULT_TIMEZONE, epoch
+from projections.digest_index import DigestIndex
 from schemas.events import (
     ActivityLogged,
     ActivityVoided,
@@ -146,8 +147,9 @@ class Ledger:
     def __init__(self) -> None:
         self.practices: dict[str, Practice] = {}
         self.patients: dict[tuple[str, str], PatientState] = {}
-        # per org: 64-bit digest of event_id -> 64-bit digest of the body
-        self.seen: dict[str, dict[int, int]] = {}
+        # 64-bit digest of (org_id, event_id) -> 64-bit digest of the body: event ids are
+        # idempotency keys within an org, never across orgs
+        self.seen = DigestIndex()
         self.seq = 0
         self._handlers: dict[type, Any] = {
             ActivityLogged: self._activity_logged,
@@ -181,15 +183,12 @@ class Ledger:
 
     def apply(self, event: Event, raw: bytes | None = None) -> Outcome:
         """Fold one validated event; ``raw`` is its wire bytes when the caller has them."""
-        seen = self.seen.get(event.org_id)
-        if seen is None:
-            seen = self.seen[event.org_id] = {}
-        key = _digest(event.event_id)
+        key = _digest(f"{event.org_id}\x1f{event.event_id}")
         body = body_digest(event, raw)
-        prior = seen.get(key)
+        prior = self.seen.get(key)
         if prior is not None:
             return _DUPLICATE if prior == body else _CONFLICT
-        seen[key] = body
+        self.seen.add(key, body)
         self.seq += 1
         previous = self._handlers[type(event)](event, self.seq)
         return Outcome(Status.APPLIED, self.seq, previous=previous)
