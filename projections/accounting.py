@@ -28,7 +28,7 @@ class ActivityTime:
     activity: Activity
     in_month: int
     counted: int = 0
-    excluded: dict[str, int] = field(default_factory=dict)
+    excluded: dict[str, int] = field(default_factory=dict)  # reason -> seconds
 
     def exclude(self, reason: str, seconds: int) -> None:
         if seconds > 0:
@@ -94,6 +94,33 @@ class MonthTime:
         return p
 
 
+_UNSET: list[Interval] = []
+
+
+def _counting_window(
+    cache: dict[tuple[str, str], list[Interval] | None],
+    key: tuple[str, str],
+    patient: PatientState,
+    family: str,
+    practitioner_id: str,
+    tz: str,
+) -> list[Interval] | None:
+    """Instants whose minutes may count under consent for (family, practitioner).
+
+    Minutes before a consent (or before a renewed one) do not count; minutes after a
+    final revocation stay counted and the gate blocks them with ``missing_consent``
+    (G10, RULES.md §6.3). None: never consented (no cut; the gate flags it).
+    """
+    if key not in cache:
+        cache[key] = consent_periods(patient, family, practitioner_id, tz)
+    periods = cache[key]
+    if not periods:  # never consented, or only revocations: no cut
+        return None
+    if periods[-1][1] < FOREVER:
+        periods = [*periods, (periods[-1][1], FOREVER)]
+    return periods
+
+
 def account(
     patient: PatientState,
     month: str,
@@ -114,6 +141,7 @@ def account(
     if consent_cache is None:
         consent_cache = {}
     inpatient = inpatient_intervals(patient, tz) if patient.stays else []
+    counting: dict[tuple[str, str], list[Interval] | None] = {}
     fingerprints: set[tuple[str, int, int, str]] = set()
     claimed: dict[str, list[tuple[int, int, str, str]]] = {}
 
@@ -143,16 +171,13 @@ def account(
         family = CONSENT_FAMILY.get(a.program)
         if family is not None:
             key = (family, a.practitioner_id)
-            if key not in consent_cache:
-                consent_cache[key] = consent_periods(patient, family, a.practitioner_id, tz)
-            periods = consent_cache[key]
-            if periods is not None:
-                # minutes before a consent (or before a renewed one) do not count; minutes
-                # after a final revocation stay counted and the gate blocks them with
-                # ``missing_consent`` (G10, RULES.md §6.3)
-                if periods[-1][1] < FOREVER:
-                    periods = [*periods, (periods[-1][1], FOREVER)]
-                pieces, cut = intersect_all(pieces, periods)
+            allowed = counting.get(key, _UNSET)
+            if allowed is _UNSET:
+                allowed = counting[key] = _counting_window(
+                    consent_cache, key, patient, family, a.practitioner_id, tz
+                )
+            if allowed and not any(cs <= s and e <= ce for cs, ce in allowed):
+                pieces, cut = intersect_all(pieces, allowed)
                 if cut:
                     at.exclude("consent_after_activity", cut)
                     flags.add("consent_after_activity")

@@ -66,6 +66,7 @@ class Projector:
     def __init__(self, ledger: Ledger | None = None) -> None:
         self.ledger = ledger if ledger is not None else Ledger()
         self.views: dict[tuple[str, str, str], MonthBilling] = {}
+        self._months: dict[tuple[str, str], set[str]] = {}  # months in ``views`` per patient
 
     def step(self, event: Event, raw: bytes | None = None) -> StepResult:
         """Fold one event (``raw``: its wire bytes, if the caller has them)."""
@@ -150,14 +151,10 @@ class Projector:
             return
         practice = self.ledger.practice(org)
         valid = set(patient_months(patient, practice))
-        known = (
-            {m for (o, p, m) in self.views if o == org and p == pid} if months is None else set()
-        )
-        wanted = (
-            (valid | known)
-            if months is None
-            else (months & valid) | {m for m in months if (org, pid, m) in self.views}
-        )
+        known = self._months.setdefault((org, pid), set())
+        # besides the months the event touches, any month that appeared or vanished (APCM
+        # months span enrollment to the last month the record speaks of, activities included)
+        wanted = (valid | known) if months is None else (months & (valid | known)) | (valid ^ known)
         fresh = evaluate(patient, practice, sorted(wanted & valid))
         for m in sorted(wanted):
             key = (org, pid, m)
@@ -166,6 +163,7 @@ class Projector:
             if after is None:  # the month no longer has anything in it
                 if before is not None:
                     del self.views[key]
+                    known.discard(m)
                     empty = MonthBilling(org, pid, m, before.rule_year, {}, [], [], set(), 0.0)
                     result.alerts.extend(diff(before, empty, event.event_id))
                     result.changed.append(empty)
@@ -174,6 +172,7 @@ class Projector:
                 self.views[key] = after
                 continue
             self.views[key] = after
+            known.add(m)
             result.alerts.extend(diff(before, after, event.event_id))
             result.changed.append(after)
 
