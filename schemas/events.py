@@ -293,7 +293,7 @@ def _describe(exc: ValidationError) -> str:
         if loc and loc[0] in EVENT_TYPES:
             loc = loc[1:]
         field = ".".join(loc) or "event"
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "union_tag_invalid":
             msg = f"unknown type; expected one of {', '.join(sorted(EVENT_TYPES))}"
             field = "type"

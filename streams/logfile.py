@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -38,7 +38,7 @@ def fold_file(
     path: str | Path,
     ledger: Ledger | None = None,
     as_of: datetime | None = None,
-    on_bad: callable | None = None,  # type: ignore[valid-type]
+    on_bad: Callable[[BadLine], None] | None = None,
 ) -> tuple[Ledger, FoldStats]:
     """Fold an NDJSON log in file order; bad lines go to ``on_bad`` and are skipped."""
     ledger = ledger if ledger is not None else Ledger()

@@ -77,7 +77,7 @@ def write_table(views: Iterable[dict[str, Any]], out: TextIO | None = None) -> i
         ("flags", {"style": "yellow", "overflow": "fold"}),
         ("est. $", {"justify": "right"}),
     ]:
-        table.add_column(col, **kw)
+        table.add_column(col, **kw)  # type: ignore[arg-type]
     n = 0
     total = 0.0
     for v in views:

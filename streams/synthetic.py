@@ -497,7 +497,7 @@ class _Practice:
         active = [p for p in self.patients if p.start <= mi <= p.end]
         cases = self._cases(active, guarantee=first)
         for idx, p in enumerate(active):
-            self._patient_month(out, p, mi, cases.get(idx, ()))
+            self._patient_month(out, p, mi, cases.get(idx, []))
         return out
 
     def _cases(self, active: list[_Patient], guarantee: bool) -> dict[int, list[str]]:

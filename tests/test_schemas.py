@@ -249,19 +249,19 @@ REJECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], None], str]] = [
         "ended_at before started_at",
         "activity.logged",
         _activity_ending("2025-03-14T09:59:00-04:00"),
-        "data: Value error, ended_at must be after started_at",
+        "data: ended_at must be after started_at",
     ),
     (
         "ended_at equal to started_at",
         "activity.logged",
         _activity_ending("2025-03-14T10:00:00-04:00"),
-        "data: Value error, ended_at must be after started_at",
+        "data: ended_at must be after started_at",
     ),
     (
         "ended_at over 24 h",
         "activity.logged",
         _activity_ending("2025-03-15T10:01:00-04:00"),
-        "data: Value error, an activity may last at most 24 h (ended_at - started_at)",
+        "data: an activity may last at most 24 h (ended_at - started_at)",
     ),
     (
         "minutes 1441",
@@ -285,13 +285,13 @@ REJECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], None], str]] = [
         "bad IANA zone",
         "practice.configured",
         _set("data.timezone", "Mars/Olympus_Mons"),
-        "data.timezone: Value error, unknown IANA time zone 'Mars/Olympus_Mons'",
+        "data.timezone: unknown IANA time zone 'Mars/Olympus_Mons'",
     ),
     (
         "path as zone",
         "practice.configured",
         _set("data.timezone", "../../etc/passwd"),
-        "data.timezone: Value error, unknown IANA time zone '../../etc/passwd'",
+        "data.timezone: unknown IANA time zone '../../etc/passwd'",
     ),
     (
         "extra envelope field",
@@ -321,13 +321,13 @@ REJECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], None], str]] = [
         "neither ended_at nor minutes",
         "activity.logged",
         _without("data.minutes"),
-        "data: Value error, give ended_at or minutes",
+        "data: give ended_at or minutes",
     ),
     (
         "minutes disagree with ended_at",
         "activity.logged",
         _set("data.ended_at", "2025-03-14T10:45:00-04:00"),
-        "data: Value error, minutes disagrees with ended_at - started_at",
+        "data: minutes disagrees with ended_at - started_at",
     ),
     (
         "unknown program",
@@ -345,7 +345,7 @@ REJECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], None], str]] = [
         "discharge before admission",
         "stay.recorded",
         _set("data.discharged_on", "2025-03-04"),
-        "data: Value error, discharged_on must not be before admitted_on",
+        "data: discharged_on must not be before admitted_on",
     ),
 ]
 
