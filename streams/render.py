@@ -38,25 +38,26 @@ def _minutes(m: dict[str, float]) -> str:
     return " ".join(f"{k}={v:g}" for k, v in m.items())
 
 
+def cells(v: dict[str, Any], list_sep: str = " ") -> list[str]:
+    """A view as flat text cells, in ``CSV_COLUMNS`` order (CSV and the table share it)."""
+    return [
+        v["org_id"],
+        v["patient_id"],
+        v["month"],
+        _minutes(v["minutes"]),
+        _codes(v["billable"]),
+        " ".join(f"{b['code']}x{b['units']}({'|'.join(b['reasons'])})" for b in v["blocked"]),
+        list_sep.join(v["flags"]),
+        f"{v['estimated_payment']:.2f}",
+    ]
+
+
 def write_csv(views: Iterable[dict[str, Any]], out: TextIO) -> int:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     n = 0
     for v in views:
-        writer.writerow(
-            [
-                v["org_id"],
-                v["patient_id"],
-                v["month"],
-                _minutes(v["minutes"]),
-                _codes(v["billable"]),
-                " ".join(
-                    f"{b['code']}x{b['units']}({'|'.join(b['reasons'])})" for b in v["blocked"]
-                ),
-                " ".join(v["flags"]),
-                f"{v['estimated_payment']:.2f}",
-            ]
-        )
+        writer.writerow(cells(v))
         n += 1
     return n
 
@@ -81,16 +82,7 @@ def write_table(views: Iterable[dict[str, Any]], out: TextIO | None = None) -> i
     n = 0
     total = 0.0
     for v in views:
-        table.add_row(
-            v["org_id"],
-            v["patient_id"],
-            v["month"],
-            _minutes(v["minutes"]),
-            _codes(v["billable"]),
-            " ".join(f"{b['code']}x{b['units']} ({', '.join(b['reasons'])})" for b in v["blocked"]),
-            ", ".join(v["flags"]),
-            f"{v['estimated_payment']:.2f}",
-        )
+        table.add_row(*cells(v, list_sep=", "))
         total += v["estimated_payment"]
         n += 1
     table.caption = f"{n} patient-month(s); estimated payment ${total:,.2f}"
