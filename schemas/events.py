@@ -7,7 +7,7 @@ timestamps and dates as ISO strings; they must carry a UTC offset.
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -18,6 +18,7 @@ from pydantic import (
     Field,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -77,18 +78,35 @@ class ActivityLoggedData(_Strict):
         default=None, description="hash of the normalized note, never the note"
     )
 
+    @field_validator("ended_at")
+    @classmethod
+    def _ends_after_start(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
+        start = info.data.get("started_at")
+        if value is not None and start is not None:
+            elapsed = value - start
+            if elapsed <= timedelta(0):
+                raise ValueError("must be after started_at")
+            if elapsed > MAX_ACTIVITY:
+                raise ValueError("an activity may last at most 24 h after started_at")
+        return value
+
+    @field_validator("minutes")
+    @classmethod
+    def _agrees_with_end(cls, value: float | None, info: ValidationInfo) -> float | None:
+        start, end = info.data.get("started_at"), info.data.get("ended_at")
+        if (
+            value is not None
+            and start is not None
+            and end is not None
+            and abs((end - start).total_seconds() - value * 60) >= 60
+        ):
+            raise ValueError("disagrees with ended_at - started_at")
+        return value
+
     @model_validator(mode="after")
-    def _duration(self) -> ActivityLoggedData:
+    def _has_duration(self) -> ActivityLoggedData:
         if self.ended_at is None and self.minutes is None:
             raise ValueError("give ended_at or minutes")
-        if self.ended_at is not None:
-            elapsed = self.ended_at - self.started_at
-            if elapsed <= timedelta(0):
-                raise ValueError("ended_at must be after started_at")
-            if elapsed > MAX_ACTIVITY:
-                raise ValueError("an activity may last at most 24 h (ended_at - started_at)")
-            if self.minutes is not None and abs(elapsed.total_seconds() - self.minutes * 60) >= 60:
-                raise ValueError("minutes disagrees with ended_at - started_at")
         return self
 
     @property

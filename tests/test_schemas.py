@@ -249,19 +249,19 @@ REJECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], None], str]] = [
         "ended_at before started_at",
         "activity.logged",
         _activity_ending("2025-03-14T09:59:00-04:00"),
-        "data: ended_at must be after started_at",
+        "data.ended_at: must be after started_at",
     ),
     (
         "ended_at equal to started_at",
         "activity.logged",
         _activity_ending("2025-03-14T10:00:00-04:00"),
-        "data: ended_at must be after started_at",
+        "data.ended_at: must be after started_at",
     ),
     (
         "ended_at over 24 h",
         "activity.logged",
         _activity_ending("2025-03-15T10:01:00-04:00"),
-        "data: an activity may last at most 24 h (ended_at - started_at)",
+        "data.ended_at: an activity may last at most 24 h after started_at",
     ),
     (
         "minutes 1441",
@@ -327,7 +327,7 @@ REJECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], None], str]] = [
         "minutes disagree with ended_at",
         "activity.logged",
         _set("data.ended_at", "2025-03-14T10:45:00-04:00"),
-        "data: minutes disagrees with ended_at - started_at",
+        "data.minutes: disagrees with ended_at - started_at",
     ),
     (
         "unknown program",
