@@ -145,23 +145,36 @@ def account(
     fingerprints: set[tuple[str, int, int, str]] = set()
     claimed: dict[str, list[tuple[int, int, str, str]]] = {}
 
+    # step 1, in log order: exact re-sends under a new event id (same staff, start,
+    # length, program) count once
+    kept: list[ActivityTime] = []
     for a in acts:
-        s, e = max(a.start, lo), min(a.end, hi)
-        at = ActivityTime(a, e - s)
+        at = ActivityTime(a, min(a.end, hi) - max(a.start, lo))
         mt.activities.append(at)
         if a.start < lo or a.end > hi:
             flags.add("cross_month_split")
-        # step 1: exact re-sends under a new event id (same staff, start, length, program)
         fp = (a.staff_id, a.start, a.end - a.start, a.program)
         if fp in fingerprints:
             at.exclude("duplicate_event", at.in_month)
             flags.add("duplicate_event")
             continue
         fingerprints.add(fp)
-        # step 3: exclusions
+        kept.append(at)
+
+    # steps 3-4 in claim order: a person's TCM time and excluded face-to-face time hold
+    # their minutes whatever the log order (TCM minutes are never CCM minutes, G6; time
+    # inside a face-to-face visit belongs to the visit, G7); then log order decides
+    def claims_first(a: Activity) -> bool:
+        return a.program == "tcm" or (policy.exclude_face_to_face and a.face_to_face)
+
+    for at in sorted(kept, key=lambda at: (not claims_first(at.activity), at.activity.seq)):
+        a = at.activity
+        s, e = max(a.start, lo), min(a.end, hi)
         if policy.exclude_face_to_face and a.face_to_face:
             at.exclude("face_to_face_excluded", at.in_month)
             flags.add("face_to_face_excluded")
+            if a.role != "non_clinical":
+                claimed.setdefault(a.staff_id, []).append((s, e, a.program, a.activity_id))
             continue
         if a.role == "non_clinical":
             at.exclude("non_clinical_staff_excluded", at.in_month)

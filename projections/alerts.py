@@ -114,7 +114,7 @@ def diff(before: MonthBilling | None, after: MonthBilling, cause: str | None) ->
                 after,
                 None,
                 f"activity {p.other} {what} activity {p.kept} by {p.seconds} s "
-                f"({p.flag}); the earlier activity keeps the minutes",
+                f"({p.flag}); activity {p.kept} keeps the minutes",
                 f"{p.kept}|{p.other}",
                 cause,
             )

@@ -53,25 +53,12 @@ _FLAG_ORDER = {
     c: i
     for i, c in enumerate(
         [
-            "G0556",
-            "G0557",
-            "G0558",
-            "99424",
-            "99426",
-            "98979",
-            "98980",
-            "99491",
-            "99487",
-            "99490",
-            "99470",
-            "99457",
+            *("G0556", "G0557", "G0558"),  # APCM
+            *("99424", "99426"),  # PCM
+            *("98979", "98980", "98975", "98976", "98977", "98984", "98985"),  # RTM
+            *("99491", "99487", "99490"),  # CCM
+            *("99470", "99457", "99453", "99454", "99445"),  # RPM
             "99484",
-            "98977",
-            "98976",
-            "98985",
-            "98984",
-            "99454",
-            "99445",
         ]
     )
 }
@@ -187,32 +174,30 @@ def _periods(
     patient: PatientState, family: str, days: set[date]
 ) -> list[tuple[date, date, int, int]]:
     """(start, end inclusive, index in episode, transmission days) of every 30-day period
-    holding a reading.
+    holding a reading (RULES.md §6.1, G1).
 
-    Periods start at each enrollment in the program, a new episode per enrollment;
-    readings before the first enrollment open an episode at the first reading
-    (RULES.md §6.1, G1).
+    Periods start at the program's enrollment date and are always 30 days long; a new
+    enrollment opens a new episode (99453 again, D-12) when the running period ends, so
+    device codes never come twice within 30 days. Readings before the first enrollment
+    belong to no period; with no enrollment at all, periods start at the first reading.
     """
     if not days:
         return []
     ordered = sorted(days)
-    first = ordered[0]
-    starts = episodes(patient, family)
-    if not starts or first < starts[0]:
-        starts = sorted({first, *starts})
-    period = timedelta(days=30)
-    last = timedelta(days=29)
+    starts = episodes(patient, family) or [ordered[0]]
+    length, last = timedelta(days=30), timedelta(days=29)
     out: list[tuple[date, date, int, int]] = []
-    for i, start in enumerate(starts):
-        nxt = starts[i + 1] if i + 1 < len(starts) else None
-        stop = nxt - timedelta(days=1) if nxt is not None else ordered[-1]
-        p, k = start, 0
-        while p <= stop:
-            end = p + last if nxt is None else min(p + last, stop)
-            n = bisect_right(ordered, end) - bisect_left(ordered, p)
-            if n:
-                out.append((p, end, k, n))
-            p, k = p + period, k + 1
+    p, k, j = starts[0], 0, 1
+    while p <= ordered[-1]:
+        end = p + last
+        n = bisect_right(ordered, end) - bisect_left(ordered, p)
+        if n:
+            out.append((p, end, k, n))
+        p, k = p + length, k + 1
+        if j < len(starts) and starts[j] <= p:
+            k = 0  # an enrollment during the period just ended: a new episode starts now
+            while j < len(starts) and starts[j] <= p:
+                j += 1
     return out
 
 
@@ -387,8 +372,13 @@ class _MonthEval:
                 periods = self.ctx.consent_periods(family, practitioner)
                 lo, hi = self.mt.start, self.mt.end
                 ok = periods is not None and any(a < hi and b > lo for a, b in periods)
-            else:
-                ok = any(c.program == family and not c.revoked for c in p.consents)
+            else:  # device lines with no practitioner of record: anyone's consent
+                lo, hi = self.mt.start, self.mt.end
+                ok = any(
+                    a < hi and b > lo
+                    for pr in {c.practitioner_id for c in p.consents if c.program == family}
+                    for a, b in self.ctx.consent_periods(family, pr) or ()
+                )
             if not ok:
                 reasons.append("missing_consent")
         if gate.min_conditions and condition_count(p, m, self.tz) < gate.min_conditions:
@@ -472,6 +462,13 @@ class _MonthEval:
             self.flags.add("complex_criteria_not_met")
         if qualifies and t_s < self._threshold(cx.base):
             self.flags.add(f"below_threshold:{cx.base}")
+            self.progress.append(
+                Progress("ccm", practitioner, cx.base, t_s, self._threshold(cx.base))
+            )
+        if 0 < p_s < self._threshold(phys.base):
+            self.progress.append(
+                Progress("ccm", practitioner, phys.base, p_s, self._threshold(phys.base))
+            )
         if p_s >= self._threshold(phys.base):
             opt = _Option(set())
             if s_s >= self._threshold(staff.base):
@@ -497,6 +494,9 @@ class _MonthEval:
             return self._earn(phys, p_s, practitioner)
         if p_s > 0:
             self.flags |= {"physician_time_pooled", f"below_threshold:{phys.base}"}
+            self.progress.append(
+                Progress("pcm", practitioner, phys.base, p_s, self._threshold(phys.base))
+            )
         if t_s < self._threshold(staff.base):
             self.flags.add(f"below_threshold:{staff.base}")
         return self._earn(staff, t_s, practitioner)
@@ -546,6 +546,8 @@ class _MonthEval:
     # -- step 12: APCM -----------------------------------------------------------
 
     def _apcm(self) -> None:
+        """Step 12: an APCM enrollment naming X makes CCM/PCM by X not billable that month,
+        whether or not the APCM code itself is billable (G0556-G0558 by condition count)."""
         enr = enrollment_of_record(self.patient, ("apcm",), self.month)
         if enr is None or first_day(self.month) < self.book.effective_from:
             return
@@ -554,6 +556,25 @@ class _MonthEval:
         if not self.book.has(code):
             return
         self._emit("apcm", enr.practitioner_id, [(code, 1)])
+        barred = {
+            self.book.code(other).family
+            for pair in self.book.exclusives
+            for mine, other in ((pair.a, pair.b), (pair.b, pair.a))
+            if self.book.code(mine).family == "apcm" and self.book.code(other).family != "apcm"
+        }
+        for family in sorted(barred):
+            mine = [
+                ln
+                for ln in self.lines
+                if ln.family == family and ln.practitioner_id == enr.practitioner_id
+            ]
+            base = next((ln.code for ln in mine if self.book.code(ln.code).role == "base"), None)
+            if base is None:
+                continue
+            flag = _conflict_flag(code, base)
+            self.flags.add(flag)
+            for ln in mine:
+                self._block(ln, [flag])
 
     # -- step 8: one practitioner per family --------------------------------------
 
@@ -604,29 +625,26 @@ class _MonthEval:
     # -- steps 9, 11, 12: exclusive pairs resolved by program of record ------------
 
     def _exclusive_pairs(self) -> None:
-        present = {ln.code for ln in self.lines}
-        if len(present) < 2:
-            return
+        """Steps 9 and 11: families never billed together (per practitioner or for the
+        patient, as each pair's scope says) keep the program of record."""
         for pair in self.book.exclusives:
             if pair.resolution == "allow_flagged":
                 self._disputed(pair.a, pair.b)
                 continue
-            if pair.a not in present or pair.b not in present:
-                continue
             if pair.resolution != "program_of_record":
+                continue  # track_order pairs are settled inside a family's tracks
+            fa, fb = self.book.code(pair.a).family, self.book.code(pair.b).family
+            if "apcm" in (fa, fb) or fa == fb:
+                continue  # APCM is settled from its enrollment (step 12)
+            left = {ln.practitioner_id for ln in self.lines if ln.family == fa}
+            right = {ln.practitioner_id for ln in self.lines if ln.family == fb}
+            if not left or not right:
                 continue
-            a_lines = [ln for ln in self.lines if ln.code == pair.a]
-            b_lines = [ln for ln in self.lines if ln.code == pair.b]
-            for a in a_lines:
-                for b in b_lines:
-                    same = a.practitioner_id == b.practitioner_id
-                    if pair.resolution == "allow_flagged":
-                        if not same:
-                            self.flags.add("disputed_rule:pcm_ccm_different_practitioners")
-                        continue
-                    if pair.scope == "same_practitioner" and not same:
-                        continue
-                    self._resolve(a, b)
+            if pair.scope == "same_practitioner":
+                for who in sorted(left & right, key=lambda x: x or ""):
+                    self._resolve(fa, fb, who)
+            else:
+                self._resolve(fa, fb, None)
 
     def _disputed(self, a: str, b: str) -> None:
         """Families of ``a`` and ``b`` billed by different practitioners: allowed, but
@@ -637,30 +655,31 @@ class _MonthEval:
         if any(x != y for x in left for y in right):
             self.flags.add(f"disputed_rule:{fb}_{fa}_different_practitioners")
 
-    def _resolve(self, a: Line, b: Line) -> None:
-        if a not in self.lines or b not in self.lines:
-            return
-        flag = _conflict_flag(a.code, b.code)
-        self.flags.add(flag)
-        if "apcm" in (a.family, b.family):
-            losers = [b] if a.family == "apcm" else [a]
-        else:
-            who = a.practitioner_id if a.practitioner_id == b.practitioner_id else None
-            rec = enrollment_of_record(self.patient, (a.family, b.family), self.month, who)
-            if rec is not None and rec.program == a.family:
-                losers = [b]
-            elif rec is not None and rec.program == b.family:
-                losers = [a]
-            else:
-                losers = [a, b]  # no program of record: hold both
-        for loser in losers:
-            family_lines = [
+    def _resolve(self, fa: str, fb: str, who: str | None) -> None:
+        """Keep the family of record (latest enrollment among the two, for ``who`` when the
+        pair is per practitioner); without one, hold both."""
+
+        def lines(family: str) -> list[Line]:
+            return [
                 ln
                 for ln in self.lines
-                if ln.family == loser.family and ln.practitioner_id == loser.practitioner_id
+                if ln.family == family and (who is None or ln.practitioner_id == who)
             ]
-            for ln in family_lines:
-                self._block(ln, [flag])
+
+        la, lb = lines(fa), lines(fb)
+        if not la or not lb:
+            return
+        flag = _conflict_flag(_base_of(self.book, la), _base_of(self.book, lb))
+        self.flags.add(flag)
+        rec = enrollment_of_record(self.patient, (fa, fb), self.month, who)
+        if rec is not None and rec.program == fa:
+            losers = lb
+        elif rec is not None and rec.program == fb:
+            losers = la
+        else:
+            losers = la + lb
+        for ln in losers:
+            self._block(ln, [flag])
 
     # -- step 13 -----------------------------------------------------------------
 
@@ -674,6 +693,11 @@ class _MonthEval:
             and self.lines
         ):
             self.flags.add("g0511_transition_option")
+
+
+def _base_of(book: RuleBook, lines: list[Line]) -> str:
+    """The base code among a family's lines (its first line if none is a base)."""
+    return next((ln.code for ln in lines if book.code(ln.code).role == "base"), lines[0].code)
 
 
 def _conflict_flag(a: str, b: str) -> str:

@@ -198,7 +198,7 @@ class Ledger:
     def _activity_logged(self, ev: ActivityLogged, seq: int) -> Activity | None:
         d = ev.data
         start = epoch(d.started_at)
-        end = epoch(d.ended_at) if d.ended_at is not None else start + d.seconds
+        end = start + d.seconds  # the duration is rounded down, never up (G3)
         patient = self.patient(ev.org_id, ev.patient_id)
         previous = patient.activities.get(d.activity_id)
         patient.activities[d.activity_id] = Activity(

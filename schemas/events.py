@@ -7,11 +7,13 @@ timestamps and dates as ISO strings; they must carry a UTC offset.
 
 from __future__ import annotations
 
+import math
 from datetime import date, datetime, timedelta
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -26,6 +28,17 @@ from pydantic import (
 MAX_ACTIVITY = timedelta(hours=24)
 MONTH_PATTERN = r"^\d{4}-(0[1-9]|1[0-2])$"
 
+FIRST_YEAR, LAST_YEAR = 1900, 2199  # a bounded calendar: no sentinel 9999-12-31 dates
+
+
+def _year_in_range(value: date) -> date:
+    if not FIRST_YEAR <= value.year <= LAST_YEAR:
+        raise ValueError(f"year must be between {FIRST_YEAR} and {LAST_YEAR}")
+    return value
+
+
+Day = Annotated[date, AfterValidator(_year_in_range)]
+Instant = Annotated[AwareDatetime, AfterValidator(_year_in_range)]
 Identifier = Annotated[str, Field(min_length=1, max_length=128)]
 EventId = Annotated[str, Field(min_length=1, max_length=128)]
 Label = Annotated[str, Field(min_length=1, max_length=200)]
@@ -69,8 +82,8 @@ class ActivityLoggedData(_Strict):
     practitioner_id: Identifier = Field(description="the billing practitioner")
     program: Program
     activity: Label = Field(description="what was done, e.g. medication_review")
-    started_at: AwareDatetime
-    ended_at: AwareDatetime | None = None
+    started_at: Instant
+    ended_at: Instant | None = None
     minutes: Annotated[float, Field(gt=0, le=1440, allow_inf_nan=False)] | None = None
     face_to_face: bool = False
     interactive: bool = Field(default=False, description="a real-time exchange with the patient")
@@ -111,11 +124,12 @@ class ActivityLoggedData(_Strict):
 
     @property
     def seconds(self) -> int:
-        """Elapsed seconds on absolute instants (DST-safe)."""
+        """Whole elapsed seconds on absolute instants (DST-safe), rounded down: a
+        threshold is met only by time really spent (19.992 min is 1199 s, not 1200)."""
         if self.ended_at is not None:
-            return int((self.ended_at - self.started_at).total_seconds())
+            return math.floor((self.ended_at - self.started_at).total_seconds())
         assert self.minutes is not None
-        return round(self.minutes * 60)
+        return math.floor(self.minutes * 60 + 1e-9)
 
 
 class ActivityVoidedData(_Strict):
@@ -127,17 +141,17 @@ class ConsentData(_Strict):
     program: ConsentProgram
     practitioner_id: Identifier
     method: Literal["verbal", "written"]
-    on: date
+    on: Day
 
 
 class CarePlanRecordedData(_Strict):
     program: CarePlanProgram
-    on: date
+    on: Day
     complexity: Literal["low", "moderate", "high"]
 
 
 class ConditionsRecordedData(_Strict):
-    chronic: list[Annotated[str, Field(pattern=r"^[A-TV-Z][0-9][0-9A-Z](\.?[0-9A-Z]{1,4})?$")]] = (
+    chronic: list[Annotated[str, Field(pattern=r"^[A-Z][0-9][0-9A-Z](\.?[0-9A-Z]{1,4})?$")]] = (
         Field(
             description="ICD-10 codes: the patient's current chronic-condition list", max_length=200
         )
@@ -147,20 +161,20 @@ class ConditionsRecordedData(_Strict):
 class EnrollmentRecordedData(_Strict):
     program: EnrollmentProgram
     practitioner_id: Identifier
-    on: date
+    on: Day
     qmb: bool = Field(default=False, description="Qualified Medicare Beneficiary (APCM G0558)")
 
 
 class VisitRecordedData(_Strict):
     practitioner_id: Identifier
-    on: date
+    on: Day
     kind: Literal["e_m", "awv", "ippe", "tcm"]
 
 
 class StayRecordedData(_Strict):
     setting: Literal["inpatient", "snf"]
-    admitted_on: date
-    discharged_on: date
+    admitted_on: Day
+    discharged_on: Day
 
     @model_validator(mode="after")
     def _order(self) -> StayRecordedData:
@@ -172,7 +186,7 @@ class StayRecordedData(_Strict):
 class DeviceReadingData(_Strict):
     device_id: Identifier
     program: DeviceProgram
-    taken_at: AwareDatetime
+    taken_at: Instant
 
 
 class MonthClosedData(_Strict):
@@ -186,7 +200,7 @@ class _Envelope(_Strict):
     event_id: EventId = Field(description="idempotency key, at most 128 characters")
     schema_version: Literal[1]
     org_id: Identifier
-    recorded_at: AwareDatetime = Field(description="when the source recorded the event")
+    recorded_at: Instant = Field(description="when the source recorded the event")
     source: Label
 
 

@@ -1,0 +1,204 @@
+"""Edge cases found in review, each pinned to the rule it protects (RULES.md, DESIGN.md)."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pytest
+from builders import Log
+
+from projections.alerts import approaching
+from projections.engine import replay
+from schemas.events import EventRejected
+
+P = "P-1"
+
+
+def _daily_readings(log: Log, first: date, last: date, program: str = "rpm") -> None:
+    for ordinal in range(first.toordinal(), last.toordinal() + 1):
+        day = date.fromordinal(ordinal).isoformat()
+        log.reading(P, f"{day}T08:00:00-05:00", program=program)
+
+
+def test_rpm_and_rtm_without_a_program_of_record_are_both_held() -> None:
+    """§4, §6.2 step 11: RPM management and RTM device codes in one month with no
+    enrollment in either: neither is billed, both are blocked with the conflict."""
+    log = Log()
+    log.practice()
+    log.visit(P)
+    for program in ("rpm", "rtm"):
+        log.consent(P, program)
+    _daily_readings(log, date(2025, 3, 1), date(2025, 3, 20), program="rtm")  # ends Mar 30
+    log.activity(P, "m1", "2025-03-10T10:00:00-04:00", 25, program="rpm", interactive=True)
+    view = log.view(P, "2025-03")
+    assert view["billable"] == []
+    flag = "exclusive_conflict:98977+99457"
+    assert view["blocked"] == [
+        {"code": c, "units": 1, "reasons": [flag]} for c in ("98975", "98977", "99457")
+    ]
+    assert flag in view["flags"]
+
+
+def test_rpm_management_against_rtm_device_keeps_the_program_of_record() -> None:
+    """§4, §6.2 step 11: 99457 (RPM) and 98977 (RTM device) in one month: keep the family
+    the patient is enrolled in; the other is blocked with exclusive_conflict."""
+    log = Log()
+    log.practice()
+    log.visit(P)
+    for program in ("rpm", "rtm"):
+        log.consent(P, program)
+    log.enrollment(P, "rtm", on="2025-02-01")
+    _daily_readings(log, date(2025, 2, 1), date(2025, 2, 20), program="rtm")  # ends Mar 2
+    log.activity(P, "m1", "2025-03-10T10:00:00-04:00", 25, program="rpm", interactive=True)
+    view = log.view(P, "2025-03")
+    assert view["billable"] == [{"code": "98975", "units": 1}, {"code": "98977", "units": 1}]
+    assert view["blocked"] == [
+        {"code": "99457", "units": 1, "reasons": ["exclusive_conflict:98977+99457"]}
+    ]
+    assert "exclusive_conflict:98977+99457" in view["flags"]
+
+
+def test_device_periods_start_at_enrollment_and_never_overlap() -> None:
+    """§6.1, §3.3, D-12: readings before the enrollment date belong to no period; one
+    99453 + 99454 for the 30-day period that starts at the enrollment (2026 rules)."""
+    log = Log()
+    log.practice()
+    log.visit(P)
+    log.consent(P, "rpm")
+    log.enrollment(P, "rpm", on="2026-03-20")
+    _daily_readings(log, date(2026, 3, 1), date(2026, 4, 18))
+    views = log.replay()
+    assert views[(P, "2026-03")]["billable"] == []
+    assert views[(P, "2026-04")]["billable"] == [
+        {"code": "99453", "units": 1}, {"code": "99454", "units": 1},
+    ]
+
+
+def test_re_enrollment_opens_a_new_episode_when_the_running_period_ends() -> None:
+    """§6.1, D-12: a new enrollment mid-period does not cut the period short: device codes
+    never come twice within 30 days; the new episode (99453 again) starts after it."""
+    log = Log()
+    log.practice()
+    log.visit(P)
+    log.consent(P, "rpm")
+    log.enrollment(P, "rpm", on="2025-03-01")
+    log.enrollment(P, "rpm", on="2025-03-15")
+    _daily_readings(log, date(2025, 3, 1), date(2025, 4, 29))
+    views = log.replay()
+    # Mar 1 - Mar 30, then Mar 31 - Apr 29 (new episode): one period ending in each month
+    assert views[(P, "2025-03")]["billable"] == [
+        {"code": "99453", "units": 1}, {"code": "99454", "units": 1},
+    ]
+    assert views[(P, "2025-04")]["billable"] == [
+        {"code": "99453", "units": 1}, {"code": "99454", "units": 1},
+    ]
+
+
+def test_unattributed_device_codes_respect_a_revoked_consent() -> None:
+    """G10: a consent revoked in January no longer covers May, even with no practitioner
+    of record to attribute the device codes to."""
+    log = Log()
+    log.practice()
+    log.visit(P)
+    log.consent(P, "rpm", on="2025-01-02")
+    log.consent(P, "rpm", on="2025-01-10", revoked=True)
+    _daily_readings(log, date(2025, 5, 1), date(2025, 5, 20))
+    view = log.view(P, "2025-05")
+    assert view["billable"] == []
+    assert {b["code"] for b in view["blocked"]} == {"99453", "99454"}
+    assert all(b["reasons"] == ["missing_consent"] for b in view["blocked"])
+
+
+def test_apcm_enrollment_bars_ccm_even_when_apcm_itself_is_blocked() -> None:
+    """§6.2 step 12: an APCM enrollment naming DR-1 makes CCM by DR-1 not billable that
+    month, whatever happens to the APCM code (here blocked: no APCM consent)."""
+    log = Log()
+    log.practice()
+    log.documented(P)
+    log.enrollment(P, "apcm", on="2025-03-01")
+    log.activity(P, "a1", "2025-03-10T10:00:00-04:00", 25)
+    view = log.view(P, "2025-03")
+    assert view["billable"] == []
+    assert {"code": "G0557", "units": 1, "reasons": ["missing_consent"]} in view["blocked"]
+    assert {
+        "code": "99490", "units": 1, "reasons": ["exclusive_conflict:G0557+99490"]
+    } in view["blocked"]
+
+
+@pytest.mark.parametrize("tcm_first", [True, False])
+def test_tcm_minutes_are_never_ccm_minutes_whatever_the_log_order(tcm_first: bool) -> None:
+    """§6.2 step 3, G6: one person's TCM time holds its minutes against CCM in either
+    log order (the earliest-received rule applies only between the other programs)."""
+    log = Log()
+    log.practice()
+    log.documented(P)
+    entries = [("t1", "tcm"), ("c1", "ccm")] if tcm_first else [("c1", "ccm"), ("t1", "tcm")]
+    for aid, program in entries:
+        log.activity(P, aid, "2025-03-10T10:00:00-04:00", 25, program=program)
+    view = log.view(P, "2025-03")
+    assert view["minutes"] == {"ccm": 0.0, "tcm": 25.0}
+    assert view["billable"] == []
+    assert "double_count:tcm+ccm" in view["flags"]
+
+
+@pytest.mark.parametrize("visit_first", [True, False])
+def test_face_to_face_time_holds_the_persons_minutes(visit_first: bool) -> None:
+    """G7, G9: minutes inside one person's (excluded) face-to-face visit cannot count for
+    a care-management entry of the same person at the same time, in either log order."""
+    log = Log()
+    log.practice()
+    log.documented(P)
+    entries = [("f1", True), ("c1", False)] if visit_first else [("c1", False), ("f1", True)]
+    for aid, f2f in entries:
+        log.activity(P, aid, "2025-03-10T10:00:00-04:00", 25 if f2f else 24, face_to_face=f2f)
+    view = log.view(P, "2025-03")
+    assert view["minutes"] == {"ccm": 0.0}
+    assert view["billable"] == []
+    assert {"face_to_face_excluded", "overlap"} <= set(view["flags"])
+
+
+@pytest.mark.parametrize(
+    ("started", "kwargs"),
+    [
+        ("2025-03-10T10:00:00.9-04:00", {"ended_at": "2025-03-10T10:20:00.1-04:00"}),
+        ("2025-03-10T10:00:00-04:00", {"minutes": 19.992}),
+    ],
+    ids=["sub-second ends", "fractional minutes"],
+)
+def test_thresholds_need_the_full_time_to_the_second(started: str, kwargs: dict) -> None:
+    """G3: a 20-minute threshold needs 1200 s; 1199.2 s is not rounded up to it."""
+    log = Log()
+    log.practice()
+    log.documented(P)
+    log.activity(P, "a1", started, **kwargs)
+    view = log.view(P, "2025-03")
+    assert view["billable"] == []
+    assert view["minutes"]["ccm"] < 20
+
+
+def test_sentinel_dates_are_rejected_with_the_field_named() -> None:
+    """Wire contract: a stay 'discharged' on 9999-12-31 is refused, not a crash later."""
+    log = Log()
+    log.stay(P, "2025-01-01", "9999-12-31")
+    with pytest.raises(EventRejected, match=r"data\.discharged_on: year must be between"):
+        log.events()
+
+
+def test_u_chapter_icd10_codes_are_accepted() -> None:
+    """U09.9 (post-COVID condition) is a valid chronic ICD-10-CM code."""
+    log = Log()
+    log.conditions(P, ["U09.9", "I10"])
+    assert len(log.events()) == 1
+
+
+def test_approaching_names_the_physician_and_complex_base_codes() -> None:
+    """threshold_approaching can name 99491 (25 personal minutes) and 99487 (55 pooled
+    minutes in a complex month), not only the track that is currently billed."""
+    log = Log()
+    log.practice()
+    log.documented(P, complexity="high", plan_on="2025-03-02")
+    log.activity(P, "p1", "2025-03-03T10:00:00-05:00", 25, staff="DR-1", role="physician")
+    log.activity(P, "s1", "2025-03-04T10:00:00-05:00", 30)
+    (billing,) = [b for b in replay(log.events()) if b.month == "2025-03"]
+    codes = {a.code for a in approaching(billing, date(2025, 3, 27))}
+    assert {"99491", "99487"} <= codes
