@@ -33,7 +33,7 @@ from projections.documentation import (
     has_care_plan,
 )
 from projections.intervals import Interval
-from projections.ledger import Activity, PatientState, Practice
+from projections.ledger import QUARTER_HOUR, Activity, PatientState, Practice
 from projections.rulebook import RuleBook, Track, book_for_month, rule_books
 
 TIME_FAMILIES = ("ccm", "pcm", "rpm", "rtm", "bhi")
@@ -164,9 +164,9 @@ def evaluate(
 
 def _reading_days(patient: PatientState, tz: str) -> dict[str, set[date]]:
     return {
-        fam: {local_day(m * 60, tz) for m in minutes}
-        for fam, minutes in patient.readings.items()
-        if minutes
+        fam: {local_day(q * QUARTER_HOUR, tz) for q in quarters}
+        for fam, quarters in patient.readings.items()
+        if quarters
     }
 
 

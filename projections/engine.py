@@ -16,7 +16,7 @@ from datetime import datetime
 from projections.alerts import alert_id, diff
 from projections.billing import MonthBilling, evaluate, patient_months
 from projections.calendar import epoch, month_of, months_spanned, next_month
-from projections.ledger import Activity, Ledger, Outcome, Status
+from projections.ledger import QUARTER_HOUR, Activity, Ledger, Outcome, Status
 from schemas.events import (
     ActivityLogged,
     ActivityVoided,
@@ -98,20 +98,20 @@ class Projector:
                     months.update(months_spanned(version.start, version.end, tz))
             self._late(event, months, result, outcome.previous)
         elif isinstance(event, DeviceReading):
-            minute = epoch(event.data.taken_at) // 60
-            if earliest is not None and minute >= earliest:
+            quarter = epoch(event.data.taken_at) // QUARTER_HOUR
+            if earliest is not None and quarter >= earliest:
                 # the reading lands in the period containing it, which ends at most 29
                 # days later: in its month, the next, or (Jan 31 -> Mar 1) the one after;
                 # an earlier first reading can move every period (None)
-                m = month_of(minute * 60, tz)
+                m = month_of(quarter * QUARTER_HOUR, tz)
                 months = {m, next_month(m), next_month(next_month(m))}
         self._refresh(org, pid, months, event, result)
         return result
 
     def _earliest_reading(self, event: DeviceReading) -> int | None:
         patient = self.ledger.patients.get((event.org_id, event.patient_id))
-        minutes = patient.readings.get(event.data.program) if patient is not None else None
-        return min(minutes) if minutes else None
+        quarters = patient.readings.get(event.data.program) if patient is not None else None
+        return min(quarters) if quarters else None
 
     def _late(
         self,

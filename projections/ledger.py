@@ -38,6 +38,7 @@ from schemas.events import (
 )
 
 PERSONAL_ROLES = frozenset({"physician", "qhp"})
+QUARTER_HOUR = 900
 
 
 @dataclass(slots=True)
@@ -90,7 +91,9 @@ class PatientState:
     enrollments: list[EnrollmentEntry] = field(default_factory=list)
     visits: list[tuple[str, date, str]] = field(default_factory=list)  # practitioner, on, kind
     stays: list[tuple[str, date, date]] = field(default_factory=list)
-    readings: dict[str, set[int]] = field(default_factory=dict)  # program -> epoch minutes
+    # program -> epoch quarter-hours with a reading: exact for local days (every UTC offset
+    # is a multiple of 15 minutes) and at most 96 a day however often a device sends
+    readings: dict[str, set[int]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -255,10 +258,10 @@ class Ledger:
     def _reading(self, ev: DeviceReading, seq: int) -> None:
         d = ev.data
         patient = self.patient(ev.org_id, ev.patient_id)
-        minutes = patient.readings.get(d.program)
-        if minutes is None:
-            minutes = patient.readings[d.program] = set()
-        minutes.add(epoch(d.taken_at) // 60)
+        quarters = patient.readings.get(d.program)
+        if quarters is None:
+            quarters = patient.readings[d.program] = set()
+        quarters.add(epoch(d.taken_at) // QUARTER_HOUR)
 
     def _practice(self, ev: PracticeConfigured, seq: int) -> None:
         p = self.practice(ev.org_id)
