@@ -8,12 +8,11 @@ timestamps and dates as ISO strings; they must carry a UTC offset.
 from __future__ import annotations
 
 import math
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
-    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -28,17 +27,16 @@ from pydantic import (
 MAX_ACTIVITY = timedelta(hours=24)
 MONTH_PATTERN = r"^\d{4}-(0[1-9]|1[0-2])$"
 
-FIRST_YEAR, LAST_YEAR = 1900, 2199  # a bounded calendar: no sentinel 9999-12-31 dates
-
-
-def _year_in_range(value: date) -> date:
-    if not FIRST_YEAR <= value.year <= LAST_YEAR:
-        raise ValueError(f"year must be between {FIRST_YEAR} and {LAST_YEAR}")
-    return value
-
-
-Day = Annotated[date, AfterValidator(_year_in_range)]
-Instant = Annotated[AwareDatetime, AfterValidator(_year_in_range)]
+# A bounded calendar (checked natively by pydantic-core): no sentinel 9999-12-31 dates
+FIRST_DAY, LAST_DAY = date(1900, 1, 1), date(2199, 12, 31)
+Day = Annotated[date, Field(ge=FIRST_DAY, le=LAST_DAY)]
+Instant = Annotated[
+    AwareDatetime,
+    Field(
+        ge=datetime(1900, 1, 2, tzinfo=UTC),
+        le=datetime(2199, 12, 30, tzinfo=UTC),
+    ),
+]
 Identifier = Annotated[str, Field(min_length=1, max_length=128)]
 EventId = Annotated[str, Field(min_length=1, max_length=128)]
 Label = Annotated[str, Field(min_length=1, max_length=200)]
