@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterable
 from pathlib import Path
 
 import orjson
 from rich.console import Console
 from rich.table import Table
 
+from projections.billing import MonthBilling
 from projections.engine import Projector
 from projections.ledger import Status
+from projections.rulebook import book_for_month
 from schemas.events import EventRejected, parse_event
 from schemas.views import Alert
 from streams.synthetic import generate_practice_log, write_ndjson
@@ -72,7 +73,7 @@ def run_demo(
     if sum(kinds.values()) > shown:
         console.print(f"[dim]... and {sum(kinds.values()) - shown} more alerts[/]")
     billing = projector.billing()
-    _summary(console, (b.view() for b in billing))
+    _summary(console, billing)
     payment = round(sum(b.estimated_payment for b in billing), 2)
     console.print(
         f"alerts by kind: {dict(sorted(kinds.items()))}; {duplicates} duplicate and "
@@ -96,29 +97,31 @@ def _print_alert(console: Console, alert: Alert) -> None:
     )
 
 
-def _summary(console: Console, views: Iterable[dict]) -> None:
-    codes: Counter[str] = Counter()
+def _summary(console: Console, billing: list[MonthBilling]) -> None:
+    units: Counter[str] = Counter()
+    dollars: dict[str, float] = {}
     blocked: Counter[str] = Counter()
-    fees: dict[str, float] = {}
-    months = 0
-    for v in views:
-        months += 1
-        for item in v["billable"]:
-            codes[item["code"]] += item["units"]
-        for item in v["blocked"]:
-            for reason in item["reasons"]:
-                blocked[f"{item['code']}: {reason}"] += item["units"]
-        fees[v["month"]] = fees.get(v["month"], 0.0) + v["estimated_payment"]
-    table = Table(title=f"billing summary ({months} patient-months)")
+    for b in billing:
+        book = book_for_month(b.month)
+        for line in b.billable:
+            units[line.code] += line.units
+            fee = (book.fee(line.code) or 0.0) * line.units
+            dollars[line.code] = dollars.get(line.code, 0.0) + fee
+        for item in b.blocked:
+            for reason in sorted(set(item.reasons)):
+                blocked[f"{item.line.code}: {reason}"] += item.line.units
+    table = Table(title=f"billing summary ({len(billing)} patient-months)")
     table.add_column("code")
     table.add_column("units", justify="right")
-    for code, units in sorted(codes.items()):
-        table.add_row(code, str(units))
+    table.add_column("est. $", justify="right")
+    for code in sorted(units):
+        table.add_row(code, str(units[code]), f"{dollars[code]:,.2f}")
+    table.add_row("total", str(sum(units.values())), f"{sum(dollars.values()):,.2f}", style="bold")
     console.print(table)
     if blocked:
         bt = Table(title="blocked (time met, billing held)")
         bt.add_column("code: reason")
         bt.add_column("units", justify="right")
-        for key, units in blocked.most_common():
-            bt.add_row(key, str(units))
+        for key, n in blocked.most_common():
+            bt.add_row(key, str(n))
         console.print(bt)
