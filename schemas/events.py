@@ -211,61 +211,99 @@ class _PracticeEnvelope(_Envelope):
 
 
 class PracticeConfigured(_PracticeEnvelope):
+    """The practice's settings: its IANA time zone (minutes belong to the calendar month there)
+    and facility type.
+    """
+
     type: Literal["practice.configured"]
     data: PracticeConfiguredData
 
 
 class ActivityLogged(_PatientEnvelope):
+    """Minutes of care work by one person for one patient under one program; re-logging an
+    activity_id amends it.
+    """
+
     type: Literal["activity.logged"]
     data: ActivityLoggedData
 
 
 class ActivityVoided(_PatientEnvelope):
+    """Removes a logged activity (entered in error, duplicate, ...); the reason is kept for
+    audit.
+    """
+
     type: Literal["activity.voided"]
     data: ActivityVoidedData
 
 
 class ConsentRecorded(_PatientEnvelope):
+    """The patient's consent to a program with a billing practitioner; obtained once (RULES.md
+    G10).
+    """
+
     type: Literal["consent.recorded"]
     data: ConsentData
 
 
 class ConsentRevoked(_PatientEnvelope):
+    """The patient withdraws consent; effective at the end of that calendar month (G10)."""
+
     type: Literal["consent.revoked"]
     data: ConsentData
 
 
 class CarePlanRecorded(_PatientEnvelope):
+    """A care plan established or revised on a date, with the complexity of medical decision
+    making.
+    """
+
     type: Literal["care_plan.recorded"]
     data: CarePlanRecordedData
 
 
 class ConditionsRecorded(_PatientEnvelope):
+    """The patient's current list of chronic conditions (ICD-10 codes); replaces the previous
+    list.
+    """
+
     type: Literal["conditions.recorded"]
     data: ConditionsRecordedData
 
 
 class EnrollmentRecorded(_PatientEnvelope):
+    """The program and practitioner of record from a date (also APCM, with QMB status)."""
+
     type: Literal["enrollment.recorded"]
     data: EnrollmentRecordedData
 
 
 class VisitRecorded(_PatientEnvelope):
+    """A visit with a practitioner (E/M, AWV, IPPE, TCM): establishes the patient for RPM."""
+
     type: Literal["visit.recorded"]
     data: VisitRecordedData
 
 
 class StayRecorded(_PatientEnvelope):
+    """An inpatient or SNF stay; CCM time on those dates does not count (G17)."""
+
     type: Literal["stay.recorded"]
     data: StayRecordedData
 
 
 class DeviceReading(_PatientEnvelope):
+    """A transmission from a remote-monitoring device; device codes count distinct days per
+    30-day period.
+    """
+
     type: Literal["device.reading"]
     data: DeviceReadingData
 
 
 class MonthClosed(_PracticeEnvelope):
+    """Claims for the month are out; later activities or voids in it raise late_activity."""
+
     type: Literal["month.closed"]
     data: MonthClosedData
 
@@ -345,4 +383,8 @@ def parse_event(raw: bytes | str) -> Event:
 
 def event_json_schemas() -> dict[str, dict[str, Any]]:
     """One JSON Schema per event type, keyed by the ``type`` value."""
-    return {name: model.model_json_schema() for name, model in sorted(EVENT_TYPES.items())}
+    out = {}
+    for name, model in sorted(EVENT_TYPES.items()):
+        schema = model.model_json_schema()
+        out[name] = {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+    return out
