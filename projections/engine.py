@@ -15,7 +15,7 @@ from datetime import datetime
 
 from projections.alerts import alert_id, diff
 from projections.billing import MonthBilling, evaluate, patient_months
-from projections.calendar import epoch, month_of, months_spanned, next_month
+from projections.calendar import epoch, month_bounds, month_of, months_spanned, next_month
 from projections.ledger import QUARTER_HOUR, Activity, Ledger, Outcome, Status
 from schemas.events import (
     ActivityLogged,
@@ -39,18 +39,27 @@ def fold(
     return ledger
 
 
-def billing(ledger: Ledger) -> Iterator[MonthBilling]:
-    """Every patient-month's billing, sorted by org, patient, month."""
+def billing(ledger: Ledger, as_of: datetime | None = None) -> Iterator[MonthBilling]:
+    """Every patient-month's billing, sorted by org, patient, month.
+
+    With ``as_of``, months that had not begun at that instant (in the practice's time
+    zone) are left out: a device period or an enrollment may point into them, but
+    nothing in them was known yet.
+    """
+    cutoff = None if as_of is None else epoch(as_of)
     for key in sorted(ledger.patients):
         patient = ledger.patients[key]
         practice = ledger.practice(key[0])
         months = evaluate(patient, practice)
         for m in sorted(months):
+            if cutoff is not None and month_bounds(m, practice.timezone)[0] > cutoff:
+                continue
             yield months[m]
 
 
 def replay(events: Iterable[Event], as_of: datetime | None = None) -> list[MonthBilling]:
-    return list(billing(fold(events, as_of=as_of)))
+    """Fold ``events`` and evaluate every patient-month (as known at ``as_of``)."""
+    return list(billing(fold(events, as_of=as_of), as_of=as_of))
 
 
 @dataclass(slots=True)

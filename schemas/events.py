@@ -8,6 +8,7 @@ timestamps and dates as ISO strings; they must carry a UTC offset.
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -367,6 +368,9 @@ def _describe(exc: ValidationError) -> str:
             field = "type"
         elif err["type"] == "union_tag_not_found":
             msg, field = "missing", "type"
+        elif err["type"] == "json_invalid":
+            # the position is within this one line: "line 1" would only confuse
+            msg = re.sub(r" at line 1 column (\d+)$", r" at column \1", msg)
         elif err["type"] == "literal_error" and field == "schema_version":
             msg = "unsupported schema_version; this service speaks version 1"
         parts.append(f"{field}: {msg}")

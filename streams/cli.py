@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -10,11 +11,12 @@ import click
 import orjson
 
 from projections.engine import billing
-from schemas.events import event_json_schemas
+from schemas.events import EVENT_TYPES, event_json_schemas
 from streams.logfile import BadLine, fold_file
 from streams.render import write_csv, write_json_lines, write_table
 
 EXIT_BAD_LINES = 3
+GZIP_MAGIC = b"\x1f\x8b"
 
 
 def _parse_as_of(
@@ -31,18 +33,42 @@ def _parse_as_of(
     return ts
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _parse_month(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", value):
+        raise click.BadParameter(f"{value!r} is not a month; write YYYY-MM, e.g. 2025-03")
+    return value
+
+
+def _writable_file(_ctx: click.Context, _param: click.Parameter, value: Path | None) -> Path | None:
+    if value is not None and not value.parent.is_dir():
+        raise click.BadParameter(f"folder {str(value.parent)!r} does not exist")
+    return value
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"]},
+    invoke_without_command=True,
+)
 @click.version_option(package_name="caretally")
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """caretally: an event-sourced time ledger for Medicare care-management billing.
 
     Every minute of care work is an immutable event (wire contract v1, see
     `caretally schema`); caretally turns them into billable CPT codes per patient
     and calendar month, with the reasons for anything it will not bill.
+
+    \b
+    Start here:
+      caretally demo                                   a sample practice, live alerts
+      caretally demo --save-log sample.ndjson          ... and keep its events
+      caretally replay --input sample.ndjson --format table
     """
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
 
 
-@cli.command()
+@cli.command(short_help="Fold an event log offline and print billing per patient-month.")
 @click.option(
     "--input",
     "input_path",
@@ -55,7 +81,8 @@ def cli() -> None:
     "as_of",
     callback=_parse_as_of,
     metavar="TS",
-    help="Only events recorded at or before TS (ISO-8601 with offset): what was known then.",
+    help="Only events recorded at or before TS (ISO-8601 with offset): what was known then. "
+    "Months that had not begun at TS are left out.",
 )
 @click.option(
     "--format",
@@ -76,15 +103,24 @@ def replay(input_path: Path, as_of: datetime | None, fmt: str) -> None:
     code is 3 if there were any, 0 otherwise.
 
     \b
-    Example:
-      caretally replay --input events.ndjson --as-of 2025-04-01T00:00:00Z --format table
+    Examples:
+      caretally replay --input events.ndjson
+      caretally replay --input events.ndjson --format table
+      caretally replay --input events.ndjson --as-of 2025-04-01T00:00:00Z --format csv
     """
+    with open(input_path, "rb") as probe:
+        if probe.read(2) == GZIP_MAGIC:
+            raise click.UsageError(
+                f"{input_path} is gzip-compressed; decompress it first (gunzip -k FILE)"
+            )
 
     def report(bad: BadLine) -> None:
         click.echo(f"{input_path}:{bad.line}: rejected: {bad.reason}", err=True)
 
     ledger, stats = fold_file(input_path, as_of=as_of, on_bad=report)
-    views = (b.view() for b in billing(ledger))
+    if stats.lines == 0:
+        click.echo(f"warning: {input_path} holds no events", err=True)
+    views = (b.view() for b in billing(ledger, as_of=as_of))
     out = sys.stdout
     if fmt == "json":
         write_json_lines(views, out)
@@ -102,47 +138,78 @@ def replay(input_path: Path, as_of: datetime | None, fmt: str) -> None:
         sys.exit(EXIT_BAD_LINES)
 
 
-@cli.command()
-@click.option("--type", "event_type", default=None, help="Print only this event type's schema.")
+@cli.command(short_help="Print the JSON Schema of each wire-contract event type.")
+@click.option(
+    "--type",
+    "event_type",
+    default=None,
+    type=click.Choice(sorted(EVENT_TYPES)),
+    help="Print only this event type's schema, as a standalone JSON Schema document.",
+)
 def schema(event_type: str | None) -> None:
-    """Print the JSON Schema of every wire-contract v1 event type (hand it to an EHR vendor)."""
+    """Print the JSON Schema of every wire-contract v1 event type (hand it to an EHR vendor).
+
+    Without --type: one object keyed by event type. With --type: that type's schema alone.
+
+    \b
+    Examples:
+      caretally schema > caretally-events-v1.json
+      caretally schema --type activity.logged
+    """
     schemas = event_json_schemas()
-    if event_type is not None:
-        if event_type not in schemas:
-            raise click.BadParameter(
-                f"unknown type {event_type!r}; known: {', '.join(schemas)}", param_hint="--type"
-            )
-        schemas = {event_type: schemas[event_type]}
-    click.echo(orjson.dumps(schemas, option=orjson.OPT_INDENT_2).decode())
+    doc = schemas if event_type is None else schemas[event_type]
+    click.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
 
 
-@cli.command()
-@click.option("--patients", default=40, show_default=True, help="Patients in the sample practice.")
-@click.option("--month", default="2025-03", show_default=True, help="Month of traffic (YYYY-MM).")
+@cli.command(short_help="Run the main job on a sample practice: live alerts, billing summary.")
+@click.option(
+    "--patients",
+    default=40,
+    show_default=True,
+    type=click.IntRange(min=1, max=5000),
+    help="Patients in the sample practice.",
+)
+@click.option(
+    "--month",
+    default="2025-03",
+    show_default=True,
+    callback=_parse_month,
+    help="Month of traffic (YYYY-MM).",
+)
 @click.option("--seed", default=7, show_default=True, help="Seed of the synthetic traffic.")
 @click.option(
     "--pace",
     default=0.0,
     show_default=True,
+    type=click.FloatRange(min=0.0, max=5.0),
     help="Seconds to pause after each printed alert (0: as fast as possible).",
 )
 @click.option(
     "--save-log",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
+    callback=_writable_file,
     help="Also write the generated events as NDJSON (replay it with `caretally replay`).",
 )
 def demo(patients: int, month: str, seed: int, pace: float, save_log: Path | None) -> None:
     """Run the main job on a sample practice: a month of EHR traffic, live alerts, and
     the closing billing summary (codes, units, estimated payment, blocked reasons).
 
-    This edition runs the pure core in-process; no broker is needed.
+    This edition runs the pure core in-process; no broker is needed. Alerts name a
+    short alert id and a demo alias for the patient, never the patient identifier.
+
+    \b
+    Examples:
+      caretally demo
+      caretally demo --patients 100 --month 2026-01 --pace 0.05
+      caretally demo --save-log sample.ndjson && caretally replay --input sample.ndjson
     """
     from rich.console import Console
 
     from streams.demo import run_demo
 
-    run_demo(Console(), patients=patients, month=month, seed=seed, pace=pace, log_path=save_log)
+    console = Console(width=None if sys.stdout.isatty() else 120)
+    run_demo(console, patients=patients, month=month, seed=seed, pace=pace, log_path=save_log)
 
 
 def main() -> None:

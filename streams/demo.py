@@ -49,6 +49,7 @@ def run_demo(
     console.rule(f"[bold]caretally demo[/] - {patients} patients, {month}, {len(raw)} events")
     projector = Projector()
     kinds: Counter[str] = Counter()
+    aliases: dict[str, str] = {}
     rejected = duplicates = shown = 0
     for obj in raw:
         line = orjson.dumps(obj)
@@ -66,7 +67,7 @@ def run_demo(
         for alert in result.alerts:
             kinds[alert.kind] += 1
             if shown < show_alerts:
-                _print_alert(console, alert)
+                _print_alert(console, alert, aliases)
                 shown += 1
                 if pace:
                     time.sleep(pace)
@@ -89,11 +90,15 @@ def run_demo(
     }
 
 
-def _print_alert(console: Console, alert: Alert) -> None:
+def _print_alert(console: Console, alert: Alert, aliases: dict[str, str]) -> None:
+    """One live alert line. Patient ids are PHI: the feed shows a demo alias and a
+    short alert id instead."""
     style = _STYLE.get(alert.kind, "white")
-    # patient ids are PHI: the live feed names the alert, not the patient
+    alias = aliases.setdefault(alert.patient_id, f"pt-{len(aliases) + 1:02d}")
     console.print(
-        f"[{style}]{alert.kind:<20}[/] {alert.month} {alert.code or '':<6} {alert.detail}"
+        f"[dim]{alert.alert_id[:8]}[/] [{style}]{alert.kind:<18}[/] {alias} {alert.month} "
+        f"{alert.code or '':<6} {alert.detail}",
+        overflow="fold",
     )
 
 

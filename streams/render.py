@@ -66,7 +66,9 @@ def write_table(views: Iterable[dict[str, Any]], out: TextIO | None = None) -> i
     from rich.console import Console  # imported here: json and csv output do not need it
     from rich.table import Table
 
-    console = Console(file=out or sys.stdout, width=160)
+    stream = out or sys.stdout
+    # a terminal sets its own width; a file or pipe gets a wide, unwrapped table
+    console = Console(file=stream, width=None if stream.isatty() else 200)
     table = Table(title="caretally: billing by patient-month", show_lines=False)
     for col, kw in [
         ("org", {}),
@@ -74,7 +76,7 @@ def write_table(views: Iterable[dict[str, Any]], out: TextIO | None = None) -> i
         ("month", {}),
         ("minutes", {}),
         ("billable", {"style": "green"}),
-        ("blocked", {"style": "red"}),
+        ("blocked", {"style": "red", "overflow": "fold"}),
         ("flags", {"style": "yellow", "overflow": "fold"}),
         ("est. $", {"justify": "right"}),
     ]:

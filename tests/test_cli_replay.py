@@ -21,10 +21,20 @@ def _log_file(tmp_path: Path, extra_lines: list[bytes] | None = None) -> Path:
     log.practice()
     for patient in ("P-2", "P-1"):  # out of order on purpose: output is sorted
         log.documented(patient)
-        log.activity(patient, f"{patient}-a1", "2025-03-03T10:00:00-05:00", 25,
-                     recorded_at="2025-03-03T16:00:00Z")
-        log.activity(patient, f"{patient}-a2", "2025-04-03T10:00:00-04:00", 45,
-                     recorded_at="2025-04-03T16:00:00Z")
+        log.activity(
+            patient,
+            f"{patient}-a1",
+            "2025-03-03T10:00:00-05:00",
+            25,
+            recorded_at="2025-03-03T16:00:00Z",
+        )
+        log.activity(
+            patient,
+            f"{patient}-a2",
+            "2025-04-03T10:00:00-04:00",
+            45,
+            recorded_at="2025-04-03T16:00:00Z",
+        )
     lines = [orjson.dumps(e) for e in log.raw]
     lines[4:4] = extra_lines or []
     path = tmp_path / "events.ndjson"
@@ -41,10 +51,19 @@ def test_replay_prints_one_sorted_line_per_patient_month(tmp_path: Path) -> None
     assert result.exit_code == 0, result.output
     views = _json_lines(result.stdout)
     assert [(v["patient_id"], v["month"]) for v in views] == [
-        ("P-1", "2025-03"), ("P-1", "2025-04"), ("P-2", "2025-03"), ("P-2", "2025-04"),
+        ("P-1", "2025-03"),
+        ("P-1", "2025-04"),
+        ("P-2", "2025-03"),
+        ("P-2", "2025-04"),
     ]
     assert set(views[0]) == {
-        "org_id", "patient_id", "month", "minutes", "billable", "blocked", "flags",
+        "org_id",
+        "patient_id",
+        "month",
+        "minutes",
+        "billable",
+        "blocked",
+        "flags",
         "estimated_payment",
     }
     assert views[1]["billable"] == [{"code": "99439", "units": 1}, {"code": "99490", "units": 1}]
@@ -114,7 +133,9 @@ def test_console_script_runs_as_a_process(tmp_path: Path) -> None:
     path = _log_file(tmp_path)
     proc = subprocess.run(
         [sys.executable, "-m", "streams.cli", "replay", "--input", str(path)],
-        capture_output=True, check=False, timeout=120,
+        capture_output=True,
+        check=False,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     assert len(proc.stdout.splitlines()) == 4
@@ -139,3 +160,72 @@ def test_demo_runs_and_summarises(tmp_path: Path) -> None:
     assert f"billing summary ({len(_json_lines(replay.stdout))} patient-months)" in " ".join(
         result.output.split()
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["demo", "--month", "2025-13"], "'2025-13' is not a month; write YYYY-MM"),
+        (["demo", "--month", "March"], "'March' is not a month"),
+        (["demo", "--patients", "0"], "Invalid value for '--patients'"),
+        (["demo", "--save-log", "/nonexistent/dir/x.ndjson"], "does not exist"),
+    ],
+)
+def test_demo_rejects_bad_options_without_a_traceback(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_gzip_input_is_refused_with_advice(tmp_path: Path) -> None:
+    import gzip
+
+    path = tmp_path / "events.ndjson.gz"
+    path.write_bytes(gzip.compress(_log_file(tmp_path).read_bytes()))
+    result = CliRunner().invoke(cli, ["replay", "--input", str(path)])
+    assert result.exit_code == 2
+    assert "gzip-compressed; decompress it first" in result.stderr
+
+
+def test_empty_file_warns(tmp_path: Path) -> None:
+    path = tmp_path / "empty.ndjson"
+    path.write_bytes(b"")
+    result = CliRunner().invoke(cli, ["replay", "--input", str(path)])
+    assert result.exit_code == 0
+    assert "holds no events" in result.stderr
+    assert result.stdout == ""
+
+
+def test_json_errors_give_the_column_within_the_line(tmp_path: Path) -> None:
+    path = _log_file(tmp_path, [b'{"event_id": oops}'])
+    result = CliRunner().invoke(cli, ["replay", "--input", str(path)])
+    assert f"{path}:5: rejected: event: Invalid JSON: expected value at column 14" in (
+        result.stderr
+    )
+
+
+def test_bare_command_prints_help() -> None:
+    result = CliRunner().invoke(cli, [])
+    assert result.exit_code == 0
+    assert "Start here:" in result.output and "replay" in result.output
+
+
+def test_as_of_leaves_out_months_not_yet_begun(tmp_path: Path) -> None:
+    """As of March 20 an April patient-month (here from a device period that ends in
+    April) is not shown: nothing in April was known yet."""
+    log = Log()
+    log.practice()
+    log.visit("P-1")
+    log.consent("P-1", "rpm")
+    log.enrollment("P-1", "rpm", on="2025-03-10", recorded_at="2025-03-10T12:00:00Z")
+    for day in range(10, 20):
+        log.reading("P-1", f"2025-03-{day}T08:00:00-04:00", recorded_at="2025-03-19T12:00:00Z")
+    path = tmp_path / "rpm.ndjson"
+    path.write_bytes(b"\n".join(orjson.dumps(e) for e in log.raw) + b"\n")
+    full = CliRunner().invoke(cli, ["replay", "--input", str(path)])
+    assert [v["month"] for v in _json_lines(full.stdout)] == ["2025-03", "2025-04"]
+    early = CliRunner().invoke(
+        cli, ["replay", "--input", str(path), "--as-of", "2025-03-20T00:00:00Z"]
+    )
+    assert [v["month"] for v in _json_lines(early.stdout)] == ["2025-03"]

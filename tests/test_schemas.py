@@ -418,12 +418,14 @@ def test_schema_command_prints_all_twelve() -> None:
 
 
 def test_schema_command_one_type() -> None:
-    """``caretally schema --type activity.logged`` prints that type only."""
+    """``caretally schema --type activity.logged`` prints that type alone, as a standalone
+    JSON Schema document."""
     result = CliRunner().invoke(cli, ["schema", "--type", "activity.logged"])
     assert result.exit_code == 0, result.output
-    schemas = json.loads(result.stdout)
-    assert list(schemas) == ["activity.logged"]
-    data = schemas["activity.logged"]["$defs"]["ActivityLoggedData"]
+    schema = json.loads(result.stdout)
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert schema["title"] == "ActivityLogged"
+    data = schema["$defs"]["ActivityLoggedData"]
     assert {"staff_id", "started_at", "ended_at", "minutes"} <= set(data["properties"])
 
 
@@ -432,5 +434,5 @@ def test_schema_command_unknown_type() -> None:
     result = CliRunner().invoke(cli, ["schema", "--type", "activity.deleted"])
     assert result.exit_code == 2
     assert result.stdout == ""
-    assert "Invalid value for --type: unknown type 'activity.deleted'" in result.stderr
+    assert "Invalid value for '--type': 'activity.deleted' is not one of" in result.stderr
     assert "activity.logged" in result.stderr and "month.closed" in result.stderr
