@@ -73,9 +73,12 @@ def condition_count(patient: PatientState, month: str, tz: str) -> int:
 
 
 def established(patient: PatientState, month: str, years: int) -> bool:
-    """Seen in a visit within ``years`` before the month's end (RPM, RULES.md G11)."""
+    """Seen in a visit within ``years`` calendar years before the month's end (RPM, G11)."""
     end = last_day(month)
-    since = end - timedelta(days=365 * years + years // 4)
+    try:
+        since = end.replace(year=end.year - years)
+    except ValueError:  # Feb 29 in a leap year -> Feb 28
+        since = end.replace(year=end.year - years, day=28)
     return any(since <= on <= end for _, on, _ in patient.visits)
 
 

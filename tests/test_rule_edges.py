@@ -208,3 +208,115 @@ def test_approaching_names_the_physician_and_complex_base_codes() -> None:
     (billing,) = [b for b in replay(log.events()) if b.month == "2025-03"]
     codes = {a.code for a in approaching(billing, date(2025, 3, 27))}
     assert {"99491", "99487"} <= codes
+
+
+# --- documentation edges found by mutation testing ------------------------------------------
+
+
+def _ccm_minutes(log: Log, minutes: float = 25, month: str = "2025-03") -> None:
+    log.activity(P, f"a-{month}", f"{month}-10T10:00:00-04:00", minutes)
+
+
+def test_revocation_on_the_first_still_covers_that_month() -> None:
+    """G10: a revocation takes effect at the end of its calendar month, even when it is
+    dated the 1st; the next month has no consent."""
+    log = Log()
+    log.practice()
+    log.documented(P)
+    log.consent(P, on="2025-03-01", revoked=True)
+    _ccm_minutes(log, month="2025-03")
+    _ccm_minutes(log, month="2025-04")
+    views = log.replay()
+    assert views[(P, "2025-03")]["billable"] == [{"code": "99490", "units": 1}]
+    assert views[(P, "2025-04")]["flags"] == ["missing_consent"]
+
+
+def test_repeated_condition_codes_count_once() -> None:
+    """G13: CCM needs two or more distinct chronic conditions."""
+    log = Log()
+    log.practice()
+    log.conditions(P, ["E11.9", "E11.9"])
+    log.consent(P)
+    log.care_plan(P)
+    _ccm_minutes(log)
+    view = log.view(P, "2025-03")
+    assert view["billable"] == []
+    assert view["blocked"] == [
+        {"code": "99490", "units": 1, "reasons": ["insufficient_chronic_conditions"]}
+    ]
+
+
+def test_a_care_plan_for_another_program_does_not_satisfy_ccm() -> None:
+    """G12: CCM needs a CCM care plan; a PCM or BHI plan does not count."""
+    log = Log()
+    log.practice()
+    log.conditions(P)
+    log.consent(P)
+    log.care_plan(P, program="pcm")
+    _ccm_minutes(log)
+    assert log.view(P, "2025-03")["flags"] == ["missing_care_plan"]
+
+
+@pytest.mark.parametrize(
+    ("visit_on", "established"),
+    [
+        ("2025-04-02", False),  # after the month: not yet established in March
+        ("2022-03-31", True),  # exactly three calendar years before the month's end
+        ("2022-03-30", False),
+    ],
+)
+def test_established_patient_window_is_three_calendar_years(
+    visit_on: str, established: bool
+) -> None:
+    """G11 (RPM established patient), policy established_patient_years = 3 calendar years
+    up to the month's end (a Feb 29 inside the window does not shorten it)."""
+    log = Log()
+    log.practice()
+    log.visit(P, on=visit_on)
+    log.consent(P, "rpm")
+    log.activity(P, "m1", "2025-03-10T10:00:00-04:00", 25, program="rpm", interactive=True)
+    view = log.view(P, "2025-03")
+    if established:
+        assert view["billable"] == [{"code": "99457", "units": 1}]
+    else:
+        assert "rpm_not_established_patient" in view["flags"]
+
+
+def test_same_day_enrollments_resolve_to_the_later_logged() -> None:
+    """§6.2 step 8: of two enrollments on the same day, the later in the log is of record."""
+    log = Log()
+    log.practice()
+    log.conditions(P)
+    log.care_plan(P)
+    for dr in ("DR-1", "DR-2"):
+        log.consent(P, practitioner=dr)
+    log.enrollment(P, on="2025-03-01", practitioner="DR-1")
+    log.enrollment(P, on="2025-03-01", practitioner="DR-2")
+    log.activity(P, "a1", "2025-03-10T10:00:00-04:00", 25, practitioner="DR-1", staff="RN-1")
+    log.activity(P, "a2", "2025-03-11T10:00:00-04:00", 45, practitioner="DR-2", staff="RN-2")
+    (billing,) = [b for b in replay(log.events()) if b.month == "2025-03"]
+    assert {(ln.code, ln.practitioner_id) for ln in billing.billable} == {
+        ("99490", "DR-2"),
+        ("99439", "DR-2"),
+    }
+
+
+def test_conditions_recorded_at_the_next_months_midnight_do_not_count() -> None:
+    """§6.1: the latest list recorded before the month's end (local midnight) applies."""
+    log = Log()
+    log.practice()
+    log.conditions(P, ["E11.9"], recorded_at="2025-02-01T00:00:00Z")
+    log.conditions(P, ["E11.9", "I10"], recorded_at="2025-04-01T04:00:00Z")  # 00:00 EDT
+    log.consent(P)
+    log.care_plan(P)
+    _ccm_minutes(log)
+    assert "insufficient_chronic_conditions" in log.view(P, "2025-03")["flags"]
+
+
+def test_2026_fee_uses_the_2026_conversion_factor() -> None:
+    """§5: 2026 payment = RVU x CF 33.4009 (2025 RVU 1.87 for 99490, marked unverified)."""
+    log = Log()
+    log.practice()
+    log.documented(P)
+    log.activity(P, "a1", "2026-03-10T10:00:00-04:00", 25)
+    assert log.view(P, "2026-03")["estimated_payment"] == 62.46  # 1.87 x 33.4009
