@@ -6,7 +6,7 @@ lose minutes); buckets (months, days) are local to the practice (RULES.md G2).
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
@@ -32,11 +32,6 @@ def month_key(year: int, month: int) -> str:
 def next_month(month: str) -> str:
     y, m = int(month[:4]), int(month[5:7])
     return month_key(y + (m == 12), 1 if m == 12 else m + 1)
-
-
-def prev_month(month: str) -> str:
-    y, m = int(month[:4]), int(month[5:7])
-    return month_key(y - (m == 1), 12 if m == 1 else m - 1)
 
 
 @lru_cache(maxsize=4096)
@@ -112,7 +107,3 @@ def months_spanned(start: int, end: int, tz: str) -> list[str]:
         m = next_month(m)
         out.append(m)
     return out
-
-
-def utc_date(ts: int) -> date:
-    return datetime.fromtimestamp(ts, UTC).date()

@@ -51,11 +51,6 @@ def subtract(pieces: list[Interval], cut: Interval) -> tuple[list[Interval], int
     return out, removed
 
 
-def clip(interval: Interval, lo: int, hi: int) -> Interval | None:
-    s, e = max(interval[0], lo), min(interval[1], hi)
-    return (s, e) if s < e else None
-
-
 def intersect_all(pieces: list[Interval], allowed: list[Interval]) -> tuple[list[Interval], int]:
     """Parts of ``pieces`` inside ``allowed`` (disjoint), and the seconds outside it."""
     kept: list[Interval] = []
