@@ -147,14 +147,14 @@ class MonthBilling:
 def patient_months(patient: PatientState, practice: Practice) -> list[str]:
     """Months a patient has something to bill or explain: activity, readings, device
     periods that end in them, and APCM enrollment months up to the last active month."""
-    return _Context(patient, practice).months()
+    return PatientContext(patient, practice).months()
 
 
 def evaluate(
     patient: PatientState, practice: Practice, months: Iterable[str] | None = None
 ) -> dict[str, MonthBilling]:
     """Billing for each of ``months`` (default: all of the patient's months)."""
-    ctx = _Context(patient, practice)
+    ctx = PatientContext(patient, practice)
     wanted = ctx.months() if months is None else sorted(set(months))
     return {m: ctx.month(m) for m in wanted}
 
@@ -204,8 +204,9 @@ def _periods(
 # -- evaluation -----------------------------------------------------------------
 
 
-class _Context:
-    """What the months of one patient share in one evaluation, computed once."""
+class PatientContext:
+    """What the months of one patient share in one evaluation, computed once: build one
+    per patient and state, then ask for ``months()`` and ``month(m)``."""
 
     def __init__(self, patient: PatientState, practice: Practice) -> None:
         self.patient = patient
@@ -259,7 +260,7 @@ class _Context:
 
 
 class _MonthEval:
-    def __init__(self, ctx: _Context, book: RuleBook, mt: MonthTime) -> None:
+    def __init__(self, ctx: PatientContext, book: RuleBook, mt: MonthTime) -> None:
         self.ctx = ctx
         self.patient = ctx.patient
         self.book = book

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from projections.alerts import alert_id, diff
-from projections.billing import MonthBilling, evaluate, patient_months
+from projections.billing import MonthBilling, PatientContext, evaluate
 from projections.calendar import epoch, month_bounds, month_of, months_spanned, next_month
 from projections.ledger import QUARTER_HOUR, Activity, Ledger, Outcome, Status
 from schemas.events import (
@@ -159,12 +159,13 @@ class Projector:
         if patient is None:
             return
         practice = self.ledger.practice(org)
-        valid = set(patient_months(patient, practice))
+        ctx = PatientContext(patient, practice)
+        valid = set(ctx.months())
         known = self._months.setdefault((org, pid), set())
         # besides the months the event touches, any month that appeared or vanished (APCM
         # months span enrollment to the last month the record speaks of, activities included)
         wanted = (valid | known) if months is None else (months & (valid | known)) | (valid ^ known)
-        fresh = evaluate(patient, practice, sorted(wanted & valid))
+        fresh = {m: ctx.month(m) for m in sorted(wanted & valid)}
         for m in sorted(wanted):
             key = (org, pid, m)
             before = self.views.get(key)
