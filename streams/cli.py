@@ -212,6 +212,11 @@ def demo(patients: int, month: str, seed: int, pace: float, save_log: Path | Non
     run_demo(console, patients=patients, month=month, seed=seed, pace=pace, log_path=save_log)
 
 
+# Commands that live in modules of their own (each imports its heavy dependencies lazily).
+# One line each; keep this block in alphabetical order.
+# (registered commands)
+
+
 def main() -> None:
     cli(prog_name="caretally")
 

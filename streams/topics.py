@@ -1,0 +1,102 @@
+"""The topics of the pipeline, their settings, and idempotent creation.
+
+Names carry an optional prefix (``--topic-prefix`` / ``CARETALLY_TOPIC_PREFIX``) so
+several pipelines (tests, tenants of a shared broker) can live on one cluster.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+DEFAULT_PARTITIONS = 8
+UNLIMITED = "-1"
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topic names; ``prefix`` is prepended verbatim (use a trailing dot)."""
+
+    prefix: str = ""
+
+    @classmethod
+    def from_env(cls, prefix: str | None = None) -> Topics:
+        return cls(prefix if prefix is not None else os.environ.get("CARETALLY_TOPIC_PREFIX", ""))
+
+    @property
+    def ingress(self) -> str:
+        """Untrusted input: whatever feeds send, as sent."""
+        return f"{self.prefix}care.ingress.v1"
+
+    @property
+    def events(self) -> str:
+        """The immutable log: validated, new events, keyed ``org_id:patient_id``."""
+        return f"{self.prefix}care.events.v1"
+
+    @property
+    def deadletter(self) -> str:
+        """Rejected input with its raw bytes, the reason and where it came from."""
+        return f"{self.prefix}care.deadletter.v1"
+
+    @property
+    def alerts(self) -> str:
+        return f"{self.prefix}care.alerts.v1"
+
+    @property
+    def billing(self) -> str:
+        """Latest billing view per patient-month, keyed ``org_id:patient_id:month``."""
+        return f"{self.prefix}care.billing.v1"
+
+    @property
+    def staff(self) -> str:
+        """Activity intervals repartitioned by ``org_id:staff_id`` (internal)."""
+        return f"{self.prefix}care.staff.v1"
+
+    def settings(self) -> dict[str, dict[str, str]]:
+        """Explicit per-topic configs (Kafka names). Tansu stores but does not apply them."""
+        week = str(7 * 24 * 3600 * 1000)
+        return {
+            self.ingress: {"cleanup.policy": "delete", "retention.ms": week},
+            self.events: {"cleanup.policy": "delete", "retention.ms": UNLIMITED,
+                          "retention.bytes": UNLIMITED},
+            self.deadletter: {"cleanup.policy": "delete", "retention.ms": UNLIMITED},
+            self.alerts: {"cleanup.policy": "delete", "retention.ms": str(90 * 24 * 3600 * 1000)},
+            self.billing: {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"},
+            self.staff: {"cleanup.policy": "delete", "retention.ms": UNLIMITED},
+        }
+
+
+def ensure_topics(bootstrap: str, topics: Topics, partitions: int = DEFAULT_PARTITIONS) -> list[str]:
+    """Create the missing topics (existing ones are left as they are); returns those created."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="caretally-admin")
+    try:
+        existing = set(admin.list_topics())
+        created = []
+        for name, config in topics.settings().items():
+            if name in existing:
+                continue
+            try:
+                admin.create_topics(
+                    [NewTopic(name, partitions, 1, topic_configs=config)], timeout_ms=15000
+                )
+                created.append(name)
+            except TopicAlreadyExistsError:  # another process won the race
+                pass
+        return created
+    finally:
+        admin.close()
+
+
+def partition_counts(bootstrap: str, names: list[str]) -> dict[str, int]:
+    """Partitions per topic, as the broker reports them."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id="caretally-meta")
+    try:
+        return {n: len(consumer.partitions_for_topic(n) or ()) for n in names}
+    finally:
+        consumer.close()
