@@ -134,6 +134,11 @@ def _digest(text: str | bytes) -> int:
     return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big")
 
 
+def idempotency_digest(org_id: str, event_id: str) -> int:
+    """Digest of an event's idempotency key: ``event_id`` scoped to its org."""
+    return _digest(f"{org_id}\x1f{event_id}")
+
+
 def body_digest(event: Event, raw: bytes | None = None) -> int:
     """Digest of an event's body: its raw bytes when the caller has them (a log line,
     a Kafka value), else its canonical JSON. The log topic stores canonical JSON, so
@@ -186,7 +191,7 @@ class Ledger:
 
     def apply(self, event: Event, raw: bytes | None = None) -> Outcome:
         """Fold one validated event; ``raw`` is its wire bytes when the caller has them."""
-        key = _digest(f"{event.org_id}\x1f{event.event_id}")
+        key = idempotency_digest(event.org_id, event.event_id)
         body = body_digest(event, raw)
         prior = self.seen.get(key)
         if prior is not None:

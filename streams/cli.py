@@ -215,6 +215,9 @@ def demo(patients: int, month: str, seed: int, pace: float, save_log: Path | Non
 # Commands that live in modules of their own (each imports its heavy dependencies lazily).
 # One line each; keep this block in alphabetical order.
 # (registered commands)
+from streams.cmd_worker import worker  # noqa: E402
+
+cli.add_command(worker)
 
 
 def main() -> None:

@@ -100,3 +100,14 @@ def partition_counts(bootstrap: str, names: list[str]) -> dict[str, int]:
         return {n: len(consumer.partitions_for_topic(n) or ()) for n in names}
     finally:
         consumer.close()
+
+
+def topic_ids(bootstrap: str, names: list[str]) -> dict[str, str]:
+    """The broker's id of each topic (a recreated topic gets a new one)."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="caretally-admin")
+    try:
+        return {d["name"]: str(d.get("topic_id") or "") for d in admin.describe_topics(names)}
+    finally:
+        admin.close()

@@ -1,0 +1,96 @@
+"""``caretally worker``: run the stream processors (see ``streams.worker``)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from streams.topics import DEFAULT_PARTITIONS
+
+
+def bootstrap_option(f):  # type: ignore[no-untyped-def]
+    return click.option(
+        "--bootstrap",
+        metavar="HOST:PORT",
+        help="Kafka bootstrap address [default: $KAFKA_BOOTSTRAP, else 127.0.0.1:9092].",
+    )(f)
+
+
+def prefix_option(f):  # type: ignore[no-untyped-def]
+    return click.option(
+        "--topic-prefix",
+        default=None,
+        metavar="PREFIX",
+        help="Prepended to every topic name, e.g. 'staging.' [default: $CARETALLY_TOPIC_PREFIX].",
+    )(f)
+
+
+@click.command(short_help="Run the stream processors: validate, fold, alert.")
+@bootstrap_option
+@prefix_option
+@click.option("--partitions", default=DEFAULT_PARTITIONS, show_default=True, type=click.IntRange(1),
+              help="Partitions of each topic, when the worker creates them.")
+@click.option("--app-id", default="caretally", show_default=True,
+              help="Consumer group and Faust app id; workers with one id share the work.")
+@click.option("--state-dir", type=click.Path(path_type=Path), default=Path(".caretally/state"),
+              show_default=True, help="Where partition snapshots are kept.")
+@click.option("--snapshot-interval", default=30.0, show_default=True, type=click.FloatRange(0.1),
+              help="Seconds between snapshots of the fold state.")
+@click.option("--sweep-interval", default=60.0, show_default=True, type=click.FloatRange(0.1),
+              help="Seconds between checks for a new practice-local day to sweep.")
+@click.option("--sweep-clock", type=click.Choice(["wall", "log"]), default="wall",
+              show_default=True,
+              help="The sweep's today: the wall clock, or the newest event time in the log "
+                   "(for replays and demos of past months).")
+@click.option("--loglevel", type=click.Choice(["debug", "info", "warning", "error"]),
+              default="warning", show_default=True)
+def worker(
+    bootstrap: str | None,
+    topic_prefix: str | None,
+    partitions: int,
+    app_id: str,
+    state_dir: Path,
+    snapshot_interval: float,
+    sweep_interval: float,
+    sweep_clock: str,
+    loglevel: str,
+) -> None:
+    """Run the stream processors until Ctrl-C or SIGTERM.
+
+    \b
+    care.ingress.v1  -> validate, dedupe -> care.events.v1 | care.deadletter.v1
+    care.events.v1   -> fold per patient -> care.billing.v1, care.alerts.v1
+    care.staff.v1    -> staff_overlap alerts; a daily threshold_approaching sweep
+
+    The topics are created if missing. State is rebuilt from snapshots in
+    --state-dir and the log itself, so a worker can be killed at any moment.
+
+    \b
+    Examples:
+      caretally broker &                   # an embedded broker on 127.0.0.1:9092
+      caretally worker
+      KAFKA_BOOTSTRAP=kafka:9092 caretally worker --partitions 16
+    """
+    from streams import bootstrap as bs
+    from streams.broker import reachable
+    from streams.topics import Topics
+    from streams.worker import WorkerConfig, run
+
+    address, _named = bs.resolve(bootstrap)
+    if not reachable(address):
+        click.echo(f"error: no Kafka broker answers at {address} "
+                   "(start one with `caretally broker`, or pass --bootstrap)", err=True)
+        sys.exit(1)
+    cfg = WorkerConfig(
+        bootstrap=address,
+        topics=Topics.from_env(topic_prefix),
+        partitions=partitions,
+        app_id=app_id,
+        state_dir=state_dir,
+        snapshot_interval=snapshot_interval,
+        sweep_interval=sweep_interval,
+        sweep_clock=sweep_clock,
+    )
+    run(cfg, loglevel=loglevel)

@@ -1,0 +1,74 @@
+"""Reading stretches of a topic directly (no consumer group), with aiokafka.
+
+Used to rebuild state from the log: the ingress gate's index at start, and a fold
+partition's tail between its snapshot and where the worker's group resumes. "The end"
+is the fetch highwater, never ListOffsets: Tansu answers LATEST wrongly after batched
+produce (KAFKA-NOTES.md §0.2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+
+def _consumer(bootstrap: str) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        group_id=None,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+        fetch_max_wait_ms=100,
+    )
+
+
+async def read_range(
+    bootstrap: str, topic: str, partition: int, start: int, stop: int
+) -> AsyncIterator[Any]:
+    """Records of one partition with ``start <= offset < stop``, in order."""
+    if stop <= start:
+        return
+    consumer = _consumer(bootstrap)
+    tp = TopicPartition(topic, partition)
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        consumer.seek(tp, start)
+        while True:
+            batch = await consumer.getmany(tp, timeout_ms=1000)
+            for record in batch.get(tp, ()):
+                if record.offset >= stop:
+                    return
+                if record.offset >= start:
+                    yield record
+            if await consumer.position(tp) >= stop:
+                return
+    finally:
+        await consumer.stop()
+
+
+async def read_to_end(
+    bootstrap: str, topic: str, partitions: Iterable[int]
+) -> AsyncIterator[Any]:
+    """Every record of the given partitions from the start to the highwater seen on arrival."""
+    consumer = _consumer(bootstrap)
+    tps = [TopicPartition(topic, p) for p in partitions]
+    await consumer.start()
+    try:
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        pending = set(tps)
+        while pending:
+            batch = await consumer.getmany(*pending, timeout_ms=300)
+            for records in batch.values():
+                for record in records:
+                    yield record
+            for tp in list(pending):
+                high = consumer.highwater(tp)
+                if high is not None and await consumer.position(tp) >= high:
+                    pending.discard(tp)
+    finally:
+        await consumer.stop()
