@@ -65,6 +65,11 @@ def pair_of(a: Identity, b: Identity) -> Pair:
     return (a, b) if a <= b else (b, a)
 
 
+def pair_key(pair: Pair) -> str:
+    """The pair's part of an ``alert_id``: both activity identities, in sorted order."""
+    return "\x1e".join("\x1d".join(ident) for ident in pair)
+
+
 def overlap_seconds(a: StaffInterval, b: StaffInterval) -> int:
     """Length of ``[a) ∩ [b)`` in seconds (0 when they only touch or are apart)."""
     return max(0, min(a.end, b.end) - max(a.start, b.start))
@@ -165,7 +170,7 @@ def _alert(
 ) -> Alert:
     """The alert for ``side``'s patient about its overlap with ``other``."""
     month = month_of(max(side.start, other.start), side.timezone)
-    key = "\x1e".join("\x1d".join(ident) for ident in pair)
+    key = pair_key(pair)
     return Alert(
         alert_id=alert_id("staff_overlap", side.org_id, side.patient_id, month, None, key, cause),
         kind="staff_overlap",

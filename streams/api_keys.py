@@ -218,7 +218,7 @@ class ApiKeyStore:
 
     def resolve(self, key: str | None) -> str | None:
         """The org of an active key, else None."""
-        if not key:
+        if not key or not key.isascii():
             return None
         self._maybe_reload()
         presented = hashlib.sha256(key.encode()).digest()

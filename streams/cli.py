@@ -161,7 +161,7 @@ def schema(event_type: str | None) -> None:
     click.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
 
 
-@cli.command(short_help="Run the main job on a sample practice: live alerts, billing summary.")
+@cli.command(short_help="Run the main job: broker, worker, a month of traffic, live alerts.")
 @click.option(
     "--patients",
     default=40,
@@ -178,11 +178,28 @@ def schema(event_type: str | None) -> None:
 )
 @click.option("--seed", default=7, show_default=True, help="Seed of the synthetic traffic.")
 @click.option(
+    "--feed-seconds",
+    default=25.0,
+    show_default=True,
+    type=click.FloatRange(min=0.0, max=600.0),
+    help="Spread the traffic over this many seconds (0: as fast as possible).",
+)
+@click.option(
+    "--bootstrap",
+    metavar="HOST:PORT",
+    help="Use this Kafka instead of the embedded broker [default: $KAFKA_BOOTSTRAP].",
+)
+@click.option(
+    "--offline",
+    is_flag=True,
+    help="No broker: step the pure core in-process (the same alerts and summary).",
+)
+@click.option(
     "--pace",
     default=0.0,
     show_default=True,
     type=click.FloatRange(min=0.0, max=5.0),
-    help="Seconds to pause after each printed alert (0: as fast as possible).",
+    help="With --offline: seconds to pause after each printed alert.",
 )
 @click.option(
     "--save-log",
@@ -191,25 +208,59 @@ def schema(event_type: str | None) -> None:
     callback=_writable_file,
     help="Also write the generated events as NDJSON (replay it with `caretally replay`).",
 )
-def demo(patients: int, month: str, seed: int, pace: float, save_log: Path | None) -> None:
-    """Run the main job on a sample practice: a month of EHR traffic, live alerts, and
-    the closing billing summary (codes, units, estimated payment, blocked reasons).
+def demo(
+    patients: int,
+    month: str,
+    seed: int,
+    feed_seconds: float,
+    bootstrap: str | None,
+    offline: bool,
+    pace: float,
+    save_log: Path | None,
+) -> None:
+    """Run the main job on a sample practice: a month of EHR traffic through the whole
+    pipeline, live alerts, and the closing billing summary (codes, units, estimated
+    payment, blocked reasons); then everything is shut down. About a minute.
 
-    This edition runs the pure core in-process; no broker is needed. Alerts name a
-    short alert id and a demo alias for the patient, never the patient identifier.
+    It starts the embedded broker (Tansu, memory only, on a free loopback port) unless
+    --bootstrap or $KAFKA_BOOTSTRAP names one, and a worker; the traffic goes in
+    through care.ingress.v1 (topics get a fresh demo-... prefix), alerts are read off
+    care.alerts.v1, and the summary off care.billing.v1, checked against an offline
+    replay of the same events. Alerts name a short alert id and a demo alias for the
+    patient, never the patient identifier.
 
     \b
     Examples:
       caretally demo
-      caretally demo --patients 100 --month 2026-01 --pace 0.05
-      caretally demo --save-log sample.ndjson && caretally replay --input sample.ndjson
+      caretally demo --patients 100 --month 2026-01 --feed-seconds 40
+      caretally demo --offline --save-log sample.ndjson && caretally replay --input sample.ndjson
     """
     from rich.console import Console
 
-    from streams.demo import run_demo
-
     console = Console(width=None if sys.stdout.isatty() else 120)
-    run_demo(console, patients=patients, month=month, seed=seed, pace=pace, log_path=save_log)
+    if offline:
+        from streams.demo import run_demo
+
+        run_demo(console, patients=patients, month=month, seed=seed, pace=pace, log_path=save_log)
+        return
+    from streams import bootstrap as bs
+    from streams.demo_live import DemoError, run_live_demo
+
+    address, named = bs.resolve(bootstrap)
+    try:
+        run_live_demo(
+            console,
+            patients=patients,
+            month=month,
+            seed=seed,
+            feed_seconds=feed_seconds,
+            bootstrap=address,
+            bootstrap_named=named,
+            log_path=save_log,
+        )
+    except DemoError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
 
 
 # Commands that live in modules of their own (each imports its heavy dependencies lazily).

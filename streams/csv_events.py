@@ -1,0 +1,340 @@
+"""CSV rows to wire-contract v1 JSON events (what ``caretally ingest --format csv`` sends).
+
+One row is one event; the first non-blank row is the header and names the columns:
+
+* Envelope columns: ``event_id``, ``type``, ``org_id``, ``recorded_at``, ``source``
+  (required), ``patient_id`` (optional; leave the cell empty for practice-wide events such
+  as ``practice.configured`` and ``month.closed``) and ``schema_version`` (optional; an
+  empty cell or a missing column means 1).
+* Every other column is ``data.<field>``, a field of the event's ``data`` object, e.g.
+  ``data.activity_id``, ``data.minutes``, ``data.started_at``. The field must belong to
+  some event type; which fields apply to a row depends on its ``type`` (see
+  ``caretally schema``), so one file can mix types with a column per field in use.
+
+Cells:
+
+* Surrounding whitespace is stripped; an empty cell is omitted from the event (the field
+  takes its default, or the event is rejected when the field is required).
+* Each ``data`` field is converted by its kind in ``schemas.events`` (the model of the
+  row's ``type``; for an unknown type, the field's kind in any model). Today:
+
+  ======== ============================================== ==========================
+  kind     fields                                         cell
+  ======== ============================================== ==========================
+  number   ``minutes``                                    ``25``, ``12.5``
+  boolean  ``face_to_face``, ``interactive``, ``qmb``      ``true`` / ``false``
+  list     ``chronic``                                    ``E11.9;I10``; ``[]`` empty
+  text     everything else (ids, labels, timestamps,      as written
+           dates ``YYYY-MM-DD``, enumerations)
+  ======== ============================================== ==========================
+
+  ``schema_version`` is an integer. Booleans are case-insensitive.
+* Blank rows, and rows whose cells are all empty, are skipped.
+
+Every other row becomes one event, as compact JSON (orjson) with the keys in wire-contract
+order. Problems are reported per row with the row's first line number (a quoted cell may
+span lines), and the row still goes to ingress so the worker dead-letters it with its
+reason; nothing is dropped:
+
+* a cell that does not convert ("data.minutes: 'abc' is not a number") stays a string in
+  the JSON, which the strict schema then rejects;
+* a row with more or fewer cells than the header, or a row that is not valid UTF-8, is
+  sent as its raw CSV text (not JSON).
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import math
+import re
+import types
+import typing
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal, TextIO
+
+import orjson
+
+from schemas.events import EVENT_TYPES
+from streams.records import event_key
+
+Kind = Literal["number", "boolean", "list", "text"]
+
+ENVELOPE_REQUIRED = ("event_id", "type", "org_id", "recorded_at", "source")
+ENVELOPE_OPTIONAL = ("patient_id", "schema_version")
+# Key order of the JSON we write: the wire contract's (DESIGN.md).
+_ENVELOPE_ORDER = (
+    "event_id", "type", "schema_version", "org_id", "patient_id", "recorded_at", "source"
+)
+DATA_PREFIX = "data."
+LIST_SEPARATOR = ";"
+EMPTY_LIST = "[]"
+
+_INTEGER = re.compile(r"[+-]?\d+")
+
+
+class CsvHeaderError(ValueError):
+    """The header row does not describe events; nothing in the file can be converted."""
+
+
+def _kind(annotation: Any) -> Kind:
+    """The CSV kind of a pydantic field annotation (Optional/Annotated unwrapped)."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _kind(args[0])
+    if origin in (typing.Union, types.UnionType):
+        kinds = {_kind(a) for a in args if a is not type(None)}
+        return kinds.pop() if len(kinds) == 1 else "text"
+    if origin in (list, tuple, set, frozenset):
+        return "list"
+    if origin is Literal:
+        if all(isinstance(a, bool) for a in args):
+            return "boolean"
+        if all(isinstance(a, int | float) and not isinstance(a, bool) for a in args):
+            return "number"
+        return "text"
+    if annotation is bool:
+        return "boolean"
+    if isinstance(annotation, type) and issubclass(annotation, int | float):
+        return "number"
+    return "text"
+
+
+def _data_field_kinds() -> dict[str, dict[str, Kind]]:
+    out: dict[str, dict[str, Kind]] = {}
+    for name, model in EVENT_TYPES.items():
+        data_model = model.model_fields["data"].annotation
+        fields = getattr(data_model, "model_fields", {})
+        out[name] = {f: _kind(info.annotation) for f, info in fields.items()}
+    return out
+
+
+DATA_FIELD_KINDS: dict[str, dict[str, Kind]] = _data_field_kinds()
+"""Per event type: its ``data`` fields and their CSV kind (derived from ``schemas.events``)."""
+
+
+def _any_kinds() -> dict[str, Kind]:
+    merged: dict[str, Kind] = {}
+    for fields in DATA_FIELD_KINDS.values():
+        for field, kind in fields.items():
+            merged[field] = kind if merged.get(field, kind) == kind else "text"
+    return merged
+
+
+ANY_FIELD_KINDS: dict[str, Kind] = _any_kinds()
+"""Every known ``data`` field, for rows whose ``type`` is unknown."""
+
+
+def fields_of_kind(kind: Kind) -> list[str]:
+    """The known ``data`` fields of one kind, sorted (for help texts)."""
+    return sorted(f for f, k in ANY_FIELD_KINDS.items() if k == kind)
+
+
+def mapping_summary() -> str:
+    """A short plain-text account of the CSV mapping (for ``--help``)."""
+    return (
+        "CSV: a header row names the columns. Envelope: "
+        f"{', '.join(ENVELOPE_REQUIRED)}, optional patient_id (empty for practice-wide events) "
+        "and schema_version (default 1). Every other column is data.FIELD. "
+        f"Numbers: {', '.join(fields_of_kind('number'))}; "
+        f"booleans (true/false): {', '.join(fields_of_kind('boolean'))}; "
+        f"lists ('{LIST_SEPARATOR}'-separated, '{EMPTY_LIST}' for none): "
+        f"{', '.join(fields_of_kind('list'))}; other fields are text as written. "
+        "Empty cells are omitted."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    name: str
+    field: str
+    in_data: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CsvRecord:
+    """One converted row: ``value`` goes to ingress under ``key``; ``error`` is set when the
+    row could not be converted cleanly (it is then certain to be dead-lettered)."""
+
+    line: int
+    value: bytes
+    key: bytes | None
+    error: str | None = None
+
+
+def parse_header(cells: list[str]) -> list[Column]:
+    """Columns of a header row; raises :class:`CsvHeaderError` with what to fix."""
+    names = [c.strip() for c in cells]
+    problems = []
+    seen: set[str] = set()
+    columns = []
+    for name in names:
+        if name in seen:
+            problems.append(f"column {name!r} appears twice")
+        seen.add(name)
+        if name.startswith(DATA_PREFIX):
+            field = name[len(DATA_PREFIX) :]
+            if field not in ANY_FIELD_KINDS:
+                close = difflib.get_close_matches(field, list(ANY_FIELD_KINDS), n=1)
+                hint = f" (did you mean data.{close[0]}?)" if close else ""
+                problems.append(f"unknown data field {name!r}{hint}")
+            columns.append(Column(name, field, True))
+        elif name in ENVELOPE_REQUIRED or name in ENVELOPE_OPTIONAL:
+            columns.append(Column(name, name, False))
+        else:
+            hint = f"one of {', '.join(ENVELOPE_REQUIRED + ENVELOPE_OPTIONAL)} or data.FIELD"
+            problems.append(f"unknown column {name!r} (expected {hint})")
+    missing = [n for n in ENVELOPE_REQUIRED if n not in seen]
+    if missing:
+        problems.append(f"missing column(s) {', '.join(missing)}")
+    if problems:
+        raise CsvHeaderError("; ".join(problems))
+    return columns
+
+
+def _convert(kind: Kind, cell: str) -> tuple[Any, str | None]:
+    """The JSON value of a non-empty cell, and a problem (the cell is kept as text then)."""
+    if kind == "text":
+        return cell, None
+    if kind == "list":
+        if cell == EMPTY_LIST:
+            return [], None
+        return [p.strip() for p in cell.split(LIST_SEPARATOR) if p.strip()], None
+    if kind == "boolean":
+        low = cell.lower()
+        if low in ("true", "false"):
+            return low == "true", None
+        return cell, f"{cell!r} is not a boolean (write true or false)"
+    if _INTEGER.fullmatch(cell):
+        return int(cell), None
+    try:
+        number = float(cell)
+    except ValueError:
+        return cell, f"{cell!r} is not a number"
+    if not math.isfinite(number):
+        return cell, f"{cell!r} is not a finite number"
+    return number, None
+
+
+def convert_row(columns: list[Column], cells: list[str]) -> tuple[bytes, bytes | None, str | None]:
+    """One row (as many cells as columns) to (JSON bytes, key, problems or None)."""
+    envelope: dict[str, Any] = {}
+    data: dict[str, Any] = {}
+    raw_data: dict[str, str] = {}
+    problems = []
+    for column, cell in zip(columns, cells, strict=True):
+        value = cell.strip()
+        if not value:
+            continue
+        if column.in_data:
+            raw_data[column.field] = value
+        elif column.field == "schema_version":
+            converted, problem = _convert("number", value)
+            if problem is None and not isinstance(converted, int):
+                problem = f"{value!r} is not an integer"
+                converted = value
+            if problem:
+                problems.append(f"schema_version: {problem}")
+            envelope["schema_version"] = converted
+        else:
+            envelope[column.field] = value
+    envelope.setdefault("schema_version", 1)
+    kinds = DATA_FIELD_KINDS.get(envelope.get("type", ""), ANY_FIELD_KINDS)
+    for field, text in raw_data.items():
+        converted, problem = _convert(kinds.get(field, "text"), text)
+        if problem:
+            problems.append(f"data.{field}: {problem}")
+        data[field] = converted
+    event = {k: envelope[k] for k in _ENVELOPE_ORDER if k in envelope}
+    event["data"] = data
+    key = event_key(envelope["org_id"], envelope.get("patient_id")) if "org_id" in envelope else None
+    return orjson.dumps(event), key, "; ".join(problems) or None
+
+
+class _LineTap:
+    """Iterates a text stream's lines for ``csv.reader`` and keeps those of the current row."""
+
+    def __init__(self, text: TextIO) -> None:
+        self._text = text
+        self.lines: list[str] = []
+        self.consumed = 0
+
+    def __iter__(self) -> _LineTap:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self._text)
+        self.lines.append(line)
+        self.consumed += 1
+        return line
+
+    def take(self) -> str:
+        raw = "".join(self.lines)
+        self.lines.clear()
+        return raw
+
+
+def _has_surrogates(cells: list[str]) -> bool:
+    try:
+        for cell in cells:
+            cell.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def read_csv_events(text: TextIO) -> Iterator[CsvRecord]:
+    """Read the header now, and return an iterator converting the rows one by one.
+
+    ``text`` should be opened with ``newline=""`` and ``errors="surrogateescape"`` so a
+    row that is not UTF-8 is reported and sent as its original bytes. Raises
+    :class:`CsvHeaderError` for a bad header; a file without any rows yields nothing.
+    """
+    tap = _LineTap(text)
+    reader = csv.reader(tap, strict=False)
+    columns = None
+    while columns is None:
+        start = tap.consumed + 1
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return iter(())
+        except csv.Error as exc:
+            raise CsvHeaderError(f"line {start}: {exc}") from None
+        tap.take()
+        if not any(c.strip() for c in cells):
+            continue
+        if _has_surrogates(cells):
+            raise CsvHeaderError(f"line {start}: the header is not valid UTF-8")
+        columns = parse_header(cells)
+    return _rows(tap, reader, columns)
+
+
+def _rows(tap: _LineTap, reader: Iterator[list[str]], columns: list[Column]) -> Iterator[CsvRecord]:
+    while True:
+        start = tap.consumed + 1
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield CsvRecord(start, _raw_bytes(tap.take()), None, f"not a CSV row: {exc}")
+            continue
+        raw = tap.take()
+        if not any(c.strip() for c in cells):
+            continue
+        if len(cells) != len(columns):
+            problem = f"row has {len(cells)} cells but the header has {len(columns)} columns"
+            yield CsvRecord(start, _raw_bytes(raw), None, problem)
+        elif _has_surrogates(cells):
+            yield CsvRecord(start, _raw_bytes(raw), None, "row is not valid UTF-8")
+        else:
+            value, key, problem = convert_row(columns, cells)
+            yield CsvRecord(start, value, key, problem)
+
+
+def _raw_bytes(raw: str) -> bytes:
+    """A row's original bytes (line endings trimmed)."""
+    return raw.rstrip("\r\n").encode("utf-8", "surrogateescape")
