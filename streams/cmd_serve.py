@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -21,7 +22,7 @@ _keys_option = click.option(
 )
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(1)
 
@@ -106,7 +107,8 @@ def serve(
     from streams import bootstrap as bs
     from streams.api_keys import ApiKeyError, ApiKeyStore, resolve_path
     from streams.broker import reachable
-    from streams.http_api import Server, build_app, serve as run_server
+    from streams.http_api import Server, build_app
+    from streams.http_api import serve as run_server
     from streams.topics import Topics, ensure_topics
 
     logging.basicConfig(
@@ -157,6 +159,8 @@ def serve(
 
     try:
         asyncio.run(main())
+    except KeyboardInterrupt:  # Ctrl-C before the signal handlers were in place
+        sys.exit(130)
     except KafkaError as exc:
         _fail(f"Kafka at {address}: {exc}")
     except OSError as exc:
@@ -248,7 +252,9 @@ def keys_list(keys_file: Path | None, as_json: bool) -> None:
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(row[:4], widths, strict=True)) + "  " + row[4])
+        click.echo(
+            "  ".join(c.ljust(w) for c, w in zip(row[:4], widths, strict=True)) + "  " + row[4]
+        )
 
 
 @keys.command("revoke", short_help="Revoke a key by its id (see `keys list`).")

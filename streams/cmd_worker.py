@@ -30,22 +30,54 @@ def prefix_option(f):  # type: ignore[no-untyped-def]
 @click.command(short_help="Run the stream processors: validate, fold, alert.")
 @bootstrap_option
 @prefix_option
-@click.option("--partitions", default=DEFAULT_PARTITIONS, show_default=True, type=click.IntRange(1),
-              help="Partitions of each topic, when the worker creates them.")
-@click.option("--app-id", default="caretally", show_default=True,
-              help="Consumer group and Faust app id; workers with one id share the work.")
-@click.option("--state-dir", type=click.Path(path_type=Path), default=Path(".caretally/state"),
-              show_default=True, help="Where partition snapshots are kept.")
-@click.option("--snapshot-interval", default=30.0, show_default=True, type=click.FloatRange(0.1),
-              help="Seconds between snapshots of the fold state.")
-@click.option("--sweep-interval", default=60.0, show_default=True, type=click.FloatRange(0.1),
-              help="Seconds between checks for a new practice-local day to sweep.")
-@click.option("--sweep-clock", type=click.Choice(["wall", "log"]), default="wall",
-              show_default=True,
-              help="The sweep's today: the wall clock, or the newest event time in the log "
-                   "(for replays and demos of past months).")
-@click.option("--loglevel", type=click.Choice(["debug", "info", "warning", "error"]),
-              default="warning", show_default=True)
+@click.option(
+    "--partitions",
+    default=DEFAULT_PARTITIONS,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Partitions of each topic, when the worker creates them.",
+)
+@click.option(
+    "--app-id",
+    default="caretally",
+    show_default=True,
+    help="Consumer group and Faust app id; workers with one id share the work.",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path),
+    default=Path(".caretally/state"),
+    show_default=True,
+    help="Where partition snapshots are kept.",
+)
+@click.option(
+    "--snapshot-interval",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(0.1),
+    help="Seconds between snapshots of the fold state.",
+)
+@click.option(
+    "--sweep-interval",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(0.1),
+    help="Seconds between checks for a new practice-local day to sweep.",
+)
+@click.option(
+    "--sweep-clock",
+    type=click.Choice(["wall", "log"]),
+    default="wall",
+    show_default=True,
+    help="The sweep's today: the wall clock, or the newest event time in the log "
+    "(for replays and demos of past months).",
+)
+@click.option(
+    "--loglevel",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="warning",
+    show_default=True,
+)
 def worker(
     bootstrap: str | None,
     topic_prefix: str | None,
@@ -80,8 +112,11 @@ def worker(
 
     address, _named = bs.resolve(bootstrap)
     if not reachable(address):
-        click.echo(f"error: no Kafka broker answers at {address} "
-                   "(start one with `caretally broker`, or pass --bootstrap)", err=True)
+        click.echo(
+            f"error: no Kafka broker answers at {address} "
+            "(start one with `caretally broker`, or pass --bootstrap)",
+            err=True,
+        )
         sys.exit(1)
     cfg = WorkerConfig(
         bootstrap=address,

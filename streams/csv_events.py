@@ -32,9 +32,10 @@ Cells:
 * Blank rows, and rows whose cells are all empty, are skipped.
 
 Every other row becomes one event, as compact JSON (orjson) with the keys in wire-contract
-order. Problems are reported per row with the row's first line number (a quoted cell may
-span lines), and the row still goes to ingress so the worker dead-letters it with its
-reason; nothing is dropped:
+order (``data`` fields in the order of the type's model, whatever the column order).
+Problems are reported per row with the row's first line number (a quoted cell may span
+lines), and the row still goes to ingress so the worker dead-letters it with its reason;
+nothing is dropped:
 
 * a cell that does not convert ("data.minutes: 'abc' is not a number") stays a string in
   the JSON, which the strict schema then rejects;
@@ -65,7 +66,13 @@ ENVELOPE_REQUIRED = ("event_id", "type", "org_id", "recorded_at", "source")
 ENVELOPE_OPTIONAL = ("patient_id", "schema_version")
 # Key order of the JSON we write: the wire contract's (DESIGN.md).
 _ENVELOPE_ORDER = (
-    "event_id", "type", "schema_version", "org_id", "patient_id", "recorded_at", "source"
+    "event_id",
+    "type",
+    "schema_version",
+    "org_id",
+    "patient_id",
+    "recorded_at",
+    "source",
 )
 DATA_PREFIX = "data."
 LIST_SEPARATOR = ";"
@@ -225,6 +232,8 @@ def convert_row(columns: list[Column], cells: list[str]) -> tuple[bytes, bytes |
     raw_data: dict[str, str] = {}
     problems = []
     for column, cell in zip(columns, cells, strict=True):
+        if not cell:
+            continue
         value = cell.strip()
         if not value:
             continue
@@ -242,14 +251,17 @@ def convert_row(columns: list[Column], cells: list[str]) -> tuple[bytes, bytes |
             envelope[column.field] = value
     envelope.setdefault("schema_version", 1)
     kinds = DATA_FIELD_KINDS.get(envelope.get("type", ""), ANY_FIELD_KINDS)
-    for field, text in raw_data.items():
-        converted, problem = _convert(kinds.get(field, "text"), text)
+    # data fields in the model's order (as `caretally schema` lists them), then any others
+    ordered = [f for f in kinds if f in raw_data] + [f for f in raw_data if f not in kinds]
+    for field in ordered:
+        converted, problem = _convert(kinds.get(field, "text"), raw_data[field])
         if problem:
             problems.append(f"data.{field}: {problem}")
         data[field] = converted
     event = {k: envelope[k] for k in _ENVELOPE_ORDER if k in envelope}
     event["data"] = data
-    key = event_key(envelope["org_id"], envelope.get("patient_id")) if "org_id" in envelope else None
+    org_id = envelope.get("org_id")
+    key = event_key(org_id, envelope.get("patient_id")) if org_id else None
     return orjson.dumps(event), key, "; ".join(problems) or None
 
 
@@ -276,10 +288,12 @@ class _LineTap:
         return raw
 
 
-def _has_surrogates(cells: list[str]) -> bool:
+def _has_surrogates(text: str) -> bool:
+    """Whether decoding with ``surrogateescape`` met bytes that are not UTF-8."""
+    if text.isascii():
+        return False
     try:
-        for cell in cells:
-            cell.encode("utf-8")
+        text.encode("utf-8")
     except UnicodeEncodeError:
         return True
     return False
@@ -306,7 +320,7 @@ def read_csv_events(text: TextIO) -> Iterator[CsvRecord]:
         tap.take()
         if not any(c.strip() for c in cells):
             continue
-        if _has_surrogates(cells):
+        if _has_surrogates("".join(cells)):
             raise CsvHeaderError(f"line {start}: the header is not valid UTF-8")
         columns = parse_header(cells)
     return _rows(tap, reader, columns)
@@ -326,9 +340,9 @@ def _rows(tap: _LineTap, reader: Iterator[list[str]], columns: list[Column]) -> 
         if not any(c.strip() for c in cells):
             continue
         if len(cells) != len(columns):
-            problem = f"row has {len(cells)} cells but the header has {len(columns)} columns"
-            yield CsvRecord(start, _raw_bytes(raw), None, problem)
-        elif _has_surrogates(cells):
+            count = f"row has {len(cells)} cells but the header has {len(columns)} columns"
+            yield CsvRecord(start, _raw_bytes(raw), None, count)
+        elif _has_surrogates(raw):
             yield CsvRecord(start, _raw_bytes(raw), None, "row is not valid UTF-8")
         else:
             value, key, problem = convert_row(columns, cells)

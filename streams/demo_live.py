@@ -80,17 +80,31 @@ def run_live_demo(
         where = broker.bootstrap
     topics = Topics(prefix=f"demo-{uuid.uuid4().hex[:8]}.")
     with tempfile.TemporaryDirectory(prefix="caretally-demo-") as tmp:
-        worker = WorkerProcess(where, topics, PARTITIONS, Path(tmp) / "state",
-                               "--sweep-clock", "log", "--sweep-interval", "1",
-                               "--snapshot-interval", "5", "--app-id", f"caretally-{topics.prefix}",
-                               log_path=Path(tmp) / "worker.log")
+        worker = WorkerProcess(
+            where,
+            topics,
+            PARTITIONS,
+            Path(tmp) / "state",
+            "--sweep-clock",
+            "log",
+            "--sweep-interval",
+            "1",
+            "--snapshot-interval",
+            "5",
+            "--app-id",
+            f"caretally-{topics.prefix}",
+            log_path=Path(tmp) / "worker.log",
+        )
         try:
             ensure_topics(where, topics, PARTITIONS)
-            console.rule(f"[bold]caretally demo[/] - {patients} patients, {month}, "
-                         f"{len(lines)} events via {where}")
+            console.rule(
+                f"[bold]caretally demo[/] - {patients} patients, {month}, "
+                f"{len(lines)} events via {where}"
+            )
             worker.start()
-            result = asyncio.run(_feed_and_follow(console, where, topics, lines, feed_seconds,
-                                                  show_alerts, worker))
+            result = asyncio.run(
+                _feed_and_follow(console, where, topics, lines, feed_seconds, show_alerts, worker)
+            )
         finally:
             worker.stop()
             if broker is not None:
@@ -100,9 +114,15 @@ def run_live_demo(
     return result
 
 
-async def _feed_and_follow(console: Console, bootstrap: str, topics: Topics,
-                           lines: list[bytes], feed_seconds: float, show_alerts: int,
-                           worker: WorkerProcess) -> dict[str, Any]:
+async def _feed_and_follow(
+    console: Console,
+    bootstrap: str,
+    topics: Topics,
+    lines: list[bytes],
+    feed_seconds: float,
+    show_alerts: int,
+    worker: WorkerProcess,
+) -> dict[str, Any]:
     expected = expected_views(lines)
     kinds: Counter[str] = Counter()
     aliases: dict[str, str] = {}
@@ -150,13 +170,20 @@ async def _feed_and_follow(console: Console, bootstrap: str, topics: Topics,
         f"{len(follower.got.deadletter)} dead-lettered; estimated payment [bold]${payment:,.2f}[/]"
     )
     verdict = "[green]matches[/]" if matches else "[red]DIFFERS FROM[/]"
-    console.print(f"care.billing.v1 {verdict} an offline `caretally replay` of the same events "
-                  f"({len(expected)} patient-months)")
+    console.print(
+        f"care.billing.v1 {verdict} an offline `caretally replay` of the same events "
+        f"({len(expected)} patient-months)"
+    )
     if not matches:
         raise DemoError("streaming billing differs from the offline replay")
-    return {"events": len(lines), "alerts": sum(kinds.values()), "patient_months": len(views),
-            "deadletter": len(follower.got.deadletter), "estimated_payment": payment,
-            "kinds": dict(kinds)}
+    return {
+        "events": len(lines),
+        "alerts": sum(kinds.values()),
+        "patient_months": len(views),
+        "deadletter": len(follower.got.deadletter),
+        "estimated_payment": payment,
+        "kinds": dict(kinds),
+    }
 
 
 def summary_table(console: Console, views: list[dict[str, Any]]) -> None:

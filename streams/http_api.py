@@ -428,7 +428,7 @@ BOOTSTRAP = web.AppKey("bootstrap", str)
 MAX_BODY = web.AppKey("max_body_bytes", int)
 HEARTBEAT = web.AppKey("heartbeat_s", float)
 KAFKA = web.AppKey("kafka", Kafka)
-ORG = "caretally.org_id"  # request-scoped: the org of the presented key
+ORG = web.RequestKey("org_id", str)  # the org of the presented key
 
 
 def _route_name(request: web.BaseRequest) -> str:
@@ -558,7 +558,7 @@ async def post_events(request: web.Request) -> web.Response:
     body = await _read_limited(request, limit)
     if body is None:
         return error(413, f"body larger than {limit} bytes; split the batch")
-    org_id: str = request[ORG]
+    org_id = request[ORG]
     ndjson = ctype in NDJSON_TYPES
     if len(body) > OFFLOAD_BYTES:
         loop = asyncio.get_running_loop()
@@ -636,7 +636,7 @@ async def get_alerts(request: web.Request) -> web.StreamResponse:
         return error(400, f"replay must be an integer from 0 to {cache.alerts_per_org}")
     if (busy := _warming_up(request)) is not None:
         return busy
-    org_id: str = request[ORG]
+    org_id = request[ORG]
     if cache.subscriber_count(org_id) >= MAX_STREAMS_PER_ORG:
         return error(429, "too many open alert streams for this organisation")
     last_id = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")

@@ -50,9 +50,7 @@ async def read_range(
         await consumer.stop()
 
 
-async def read_to_end(
-    bootstrap: str, topic: str, partitions: Iterable[int]
-) -> AsyncIterator[Any]:
+async def read_to_end(bootstrap: str, topic: str, partitions: Iterable[int]) -> AsyncIterator[Any]:
     """Every record of the given partitions from the start to the highwater seen on arrival."""
     consumer = _consumer(bootstrap)
     tps = [TopicPartition(topic, p) for p in partitions]

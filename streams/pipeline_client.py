@@ -94,13 +94,20 @@ class Follower:
         self._consumer: AIOKafkaConsumer | None = None
 
     async def __aenter__(self) -> Follower:
-        c = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
-                             enable_auto_commit=False, auto_offset_reset="earliest",
-                             fetch_max_wait_ms=50)
+        c = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=50,
+        )
         await c.start()
         t = self.topics
-        tps = [TopicPartition(n, p) for n in (t.billing, t.alerts, t.deadletter)
-               for p in range(self.partitions)]
+        tps = [
+            TopicPartition(n, p)
+            for n in (t.billing, t.alerts, t.deadletter)
+            for p in range(self.partitions)
+        ]
         c.assign(tps)
         await c.seek_to_beginning(*tps)
         self._consumer = c
@@ -144,18 +151,42 @@ class Follower:
 class WorkerProcess:
     """``caretally worker`` as a child process (stopped with SIGTERM, or killed)."""
 
-    def __init__(self, bootstrap: str, topics: Topics, partitions: int, state_dir: Path,
-                 *extra: str, log_path: Path | None = None) -> None:
-        self.args = [sys.executable, "-m", "streams.cli", "worker", "--bootstrap", bootstrap,
-                     "--topic-prefix", topics.prefix, "--partitions", str(partitions),
-                     "--state-dir", str(state_dir), *extra]
+    def __init__(
+        self,
+        bootstrap: str,
+        topics: Topics,
+        partitions: int,
+        state_dir: Path,
+        *extra: str,
+        log_path: Path | None = None,
+    ) -> None:
+        self.args = [
+            sys.executable,
+            "-m",
+            "streams.cli",
+            "worker",
+            "--bootstrap",
+            bootstrap,
+            "--topic-prefix",
+            topics.prefix,
+            "--partitions",
+            str(partitions),
+            "--state-dir",
+            str(state_dir),
+            *extra,
+        ]
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self.proc = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, env={**os.environ})
+        self.proc = subprocess.Popen(
+            self.args,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ},
+        )
         return self
 
     def kill(self) -> None:

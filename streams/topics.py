@@ -25,7 +25,9 @@ class Topics:
 
     @property
     def ingress(self) -> str:
-        """Untrusted input: whatever feeds send, as sent."""
+        """Untrusted input: whatever feeds send, as sent. One partition, whatever the
+        setting: its order is the log's order, and the order across patients matters
+        (an activity after ``month.closed`` is late; one before it is not)."""
         return f"{self.prefix}care.ingress.v1"
 
     @property
@@ -57,8 +59,11 @@ class Topics:
         week = str(7 * 24 * 3600 * 1000)
         return {
             self.ingress: {"cleanup.policy": "delete", "retention.ms": week},
-            self.events: {"cleanup.policy": "delete", "retention.ms": UNLIMITED,
-                          "retention.bytes": UNLIMITED},
+            self.events: {
+                "cleanup.policy": "delete",
+                "retention.ms": UNLIMITED,
+                "retention.bytes": UNLIMITED,
+            },
             self.deadletter: {"cleanup.policy": "delete", "retention.ms": UNLIMITED},
             self.alerts: {"cleanup.policy": "delete", "retention.ms": str(90 * 24 * 3600 * 1000)},
             self.billing: {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"},
@@ -66,7 +71,9 @@ class Topics:
         }
 
 
-def ensure_topics(bootstrap: str, topics: Topics, partitions: int = DEFAULT_PARTITIONS) -> list[str]:
+def ensure_topics(
+    bootstrap: str, topics: Topics, partitions: int = DEFAULT_PARTITIONS
+) -> list[str]:
     """Create the missing topics (existing ones are left as they are); returns those created."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
@@ -80,8 +87,9 @@ def ensure_topics(bootstrap: str, topics: Topics, partitions: int = DEFAULT_PART
             if name in existing:
                 continue
             try:
+                count = 1 if name == topics.ingress else partitions
                 admin.create_topics(
-                    [NewTopic(name, partitions, 1, topic_configs=config)], timeout_ms=15000
+                    [NewTopic(name, count, 1, topic_configs=config)], timeout_ms=15000
                 )
                 created.append(name)
             except TopicAlreadyExistsError:  # another process won the race

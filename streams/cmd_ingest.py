@@ -1,0 +1,497 @@
+"""``caretally ingest FILE``: send a file of events (NDJSON or CSV) to the ingress topic.
+
+Every non-empty line (NDJSON) or row (CSV, converted by ``streams.csv_events``) goes to
+``care.ingress.v1`` under ``event_key(org_id, patient_id)``: ingress is the untrusted
+input, and the worker dead-letters what it rejects, with the reason. Each line is also
+validated here, so the sender learns at once which lines will be dead-lettered and why.
+The producer is kafka-python's idempotent one (``acks=all``); every send is confirmed
+before the command reports success.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Literal, NoReturn
+
+import click
+import orjson
+
+from schemas.events import EventRejected, parse_event
+from streams.csv_events import CsvHeaderError, mapping_summary, read_csv_events
+from streams.logfile import iter_lines
+from streams.records import event_key
+from streams.topics import DEFAULT_PARTITIONS
+
+EXIT_FAILED = 1  # broker unreachable, a send failed, the input could not be read
+EXIT_USAGE = 2  # click's own code for usage errors
+EXIT_BAD_LINES = 3  # as ``caretally replay`` (streams.cli.EXIT_BAD_LINES)
+EXIT_INTERRUPTED = 130
+MAX_REPORTED = 20
+GZIP_MAGIC = b"\x1f\x8b"
+STDIN_NAME = "<stdin>"
+READ_BUFFER = 1 << 20
+
+Format = Literal["ndjson", "csv"]
+
+PRODUCER_SETTINGS: dict[str, Any] = {
+    "client_id": "caretally-ingest",
+    "acks": "all",
+    "linger_ms": 10,
+    "batch_size": 256 * 1024,
+    "compression_type": None,
+    "allow_auto_create_topics": False,  # ensure_topics creates them with their settings
+    "bootstrap_timeout_ms": 5_000,
+    "request_timeout_ms": 15_000,
+    "max_block_ms": 15_000,
+    "delivery_timeout_ms": 30_000,
+    "max_request_size": 1 << 20,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One line to send: its line number, bytes, key, and why it is invalid (if it is)."""
+
+    line: int
+    value: bytes
+    key: bytes | None
+    reason: str | None
+
+
+def key_of(raw: bytes) -> bytes | None:
+    """``event_key`` of a raw line that may not be a valid event (None if it has no org_id)."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(obj, dict) or not isinstance(obj.get("org_id"), str):
+        return None
+    patient = obj.get("patient_id")
+    return event_key(obj["org_id"], patient if isinstance(patient, str) else None)
+
+
+def ndjson_records(stream: BinaryIO) -> Iterator[Outgoing]:
+    """Each non-empty line as sent, validated."""
+    for number, raw in iter_lines(stream):
+        try:
+            event = parse_event(raw)
+        except EventRejected as exc:
+            yield Outgoing(number, raw, key_of(raw), exc.reason)
+        else:
+            yield Outgoing(number, raw, event_key(event.org_id, event.patient_id), None)
+
+
+def csv_records(stream: BinaryIO) -> Iterator[Outgoing]:
+    """Each CSV row converted to JSON, validated; the header is read at once."""
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
+    rows = read_csv_events(text)  # raises CsvHeaderError now
+
+    def convert() -> Iterator[Outgoing]:
+        try:
+            for row in rows:
+                reason = row.error
+                if reason is None:
+                    try:
+                        parse_event(row.value)
+                    except EventRejected as exc:
+                        reason = exc.reason
+                yield Outgoing(row.line, row.value, row.key, reason)
+        finally:
+            with contextlib.suppress(ValueError):  # already closed
+                text.detach()  # else the wrapper closes the file when collected
+
+    return convert()
+
+
+@dataclass
+class Source:
+    """An opened input: a decompressed, peekable byte stream and how far into the file we are."""
+
+    name: str
+    stream: BinaryIO
+    size: int | None = None
+    position: Callable[[], int] | None = None
+
+
+def open_source(path: str, stack: contextlib.ExitStack) -> Source:
+    """Open FILE or stdin (``-``); gzip is recognised by its magic bytes.
+
+    Reads go through 1 MiB buffers: a read that reaches the OS releases the GIL, and the
+    producer's sender thread may then hold it for a whole switch interval (5 ms), so small
+    reads would cap the rate at a few thousand lines a second.
+    """
+    if path == "-":
+        stdin: Any = click.get_binary_stream("stdin")
+        try:
+            raw: Any = stack.enter_context(
+                open(stdin.fileno(), "rb", buffering=READ_BUFFER, closefd=False)  # noqa: SIM115
+            )
+        except (AttributeError, OSError, ValueError):  # not a real file (tests)
+            raw = stdin if hasattr(stdin, "peek") else io.BufferedReader(stdin, READ_BUFFER)
+        name, size, position = STDIN_NAME, None, None
+    else:
+        raw = stack.enter_context(open(path, "rb", buffering=READ_BUFFER))  # noqa: SIM115
+        name, size, position = path, os.fstat(raw.fileno()).st_size, raw.tell
+    stream = raw
+    if raw.peek(2)[:2] == GZIP_MAGIC:
+        unzipped = stack.enter_context(gzip.GzipFile(fileobj=raw, mode="rb"))
+        stream = stack.enter_context(io.BufferedReader(unzipped, READ_BUFFER))
+    return Source(name, stream, size, position)
+
+
+def detect_format(source: Source) -> Format:
+    """From the file name (``.csv``, ``.ndjson``, ``.jsonl``, ``.json``, each maybe ``.gz``),
+    else from the first byte: ``{`` is NDJSON, anything else CSV."""
+    base = source.name.lower().removesuffix(".gz")
+    if base.endswith(".csv"):
+        return "csv"
+    if base.endswith((".ndjson", ".jsonl", ".json")):
+        return "ndjson"
+    head = source.stream.peek(4096)[:4096].lstrip(b"\xef\xbb\xbf \t\r\n")  # type: ignore[attr-defined]
+    return "ndjson" if not head or head.startswith(b"{") else "csv"
+
+
+class Delivery:
+    """Counts broker acknowledgements and failures (callbacks run on the sender thread)."""
+
+    def __init__(self) -> None:
+        self.acked = 0
+        self.failed = 0
+        self.first_error: str | None = None
+
+    def ok(self, _metadata: Any) -> None:
+        self.acked += 1
+
+    def fail(self, exc: BaseException) -> None:
+        self.failed += 1
+        if self.first_error is None:
+            self.first_error = describe(exc)
+
+
+def describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def make_producer(bootstrap: str) -> Any:
+    """kafka-python's idempotent producer, with a partitioner that remembers each key's
+    partition (murmur2 in pure Python is a tenth of the send cost)."""
+    from kafka import KafkaProducer
+    from kafka.partitioner import DefaultPartitioner
+
+    class KeyCachingPartitioner(DefaultPartitioner):  # type: ignore[misc]
+        """The default (murmur2) partitioner, memoised per topic, partition count and key."""
+
+        def __init__(self) -> None:
+            self.cache: dict[tuple[str, int, bytes], int] = {}
+
+        def partition(self, topic, key, serialized_key, value, serialized_value, cluster):  # type: ignore[no-untyped-def]
+            if serialized_key is None:
+                return super().partition(topic, key, None, value, serialized_value, cluster)
+            slot = (topic, len(cluster.partitions_for_topic(topic) or ()), serialized_key)
+            found = self.cache.get(slot)
+            if found is None:
+                if len(self.cache) > 1_000_000:
+                    self.cache.clear()
+                found = super().partition(
+                    topic, key, serialized_key, value, serialized_value, cluster
+                )
+                self.cache[slot] = found
+            return found
+
+    return KafkaProducer(
+        bootstrap_servers=bootstrap, partitioner=KeyCachingPartitioner(), **PRODUCER_SETTINGS
+    )
+
+
+class Reporter:
+    """Prints rejected lines (the first ``MAX_REPORTED``) and progress on stderr."""
+
+    def __init__(self, name: str, show_progress: bool, total: int | None) -> None:
+        self.name = name
+        self.shown = 0
+        self.started = time.perf_counter()
+        self.progress: Any = None
+        self.task: Any = None
+        if show_progress:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                Progress,
+                TaskProgressColumn,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            self.progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(bar_width=16),
+                TaskProgressColumn(),
+                TextColumn("{task.fields[lines]:>9,} lines {task.fields[rate]:>6,.0f}/s"),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+            )
+            label = os.path.basename(name)
+            label = label if len(label) <= 24 else label[:23] + "…"
+            self.task = self.progress.add_task(label, total=total, lines=0, rate=0.0)
+
+    def __enter__(self) -> Reporter:
+        if self.progress is not None:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def say(self, message: str) -> None:
+        if self.progress is not None:
+            self.progress.console.print(message, markup=False, highlight=False, soft_wrap=True)
+        else:
+            click.echo(message, err=True)
+
+    def rejected(self, line: int, reason: str) -> None:
+        if self.shown < MAX_REPORTED:
+            self.shown += 1
+            self.say(f"{self.name}:{line}: rejected: {reason}")
+
+    def advance(self, completed: int, lines: int) -> None:
+        if self.progress is not None:
+            rate = lines / max(time.perf_counter() - self.started, 1e-3)
+            self.progress.update(self.task, completed=completed, lines=lines, rate=rate)
+
+
+@dataclass
+class Stats:
+    """Lines handed to the producer (``not_sent``: refused by it as too large) and their
+    local verdicts; ``errors`` end the ingest as failed."""
+
+    lines: int = 0
+    valid: int = 0
+    rejected: int = 0
+    sent_bytes: int = 0
+    not_sent: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def send_all(
+    records: Iterator[Outgoing],
+    producer: Any,
+    topic: str,
+    reporter: Reporter,
+    source: Source,
+    delivery: Delivery,
+    stats: Stats,
+) -> None:
+    """Send every record, counting into ``stats``; stop early if a delivery fails."""
+    from kafka.errors import KafkaError, MessageSizeTooLargeError
+
+    send = producer.send
+    ok, fail = delivery.ok, delivery.fail
+    position = source.position
+    for record in records:
+        if delivery.failed:
+            break
+        try:
+            future = send(topic, value=record.value, key=record.key)
+        except MessageSizeTooLargeError:
+            future = None
+            stats.not_sent += 1
+            reporter.say(
+                f"{source.name}:{record.line}: not sent: {len(record.value):,} bytes is over "
+                f"the producer's limit of {PRODUCER_SETTINGS['max_request_size']:,}"
+            )
+        except KafkaError as exc:
+            stats.errors.append(f"sending line {record.line} failed: {describe(exc)}")
+            break
+        stats.lines += 1
+        if record.reason is None:
+            stats.valid += 1
+        else:
+            stats.rejected += 1
+            reporter.rejected(record.line, record.reason)
+        if future is None:
+            continue
+        future.add_callback(ok)
+        future.add_errback(fail)
+        stats.sent_bytes += len(record.value)
+        if stats.lines % 512 == 0:
+            reporter.advance(position() if position else stats.sent_bytes, stats.lines)
+    reporter.advance(position() if position else stats.sent_bytes, stats.lines)
+
+
+def _help() -> str:
+    return f"""Send a file of events to the ingress topic (care.ingress.v1).
+
+    FILE is NDJSON (one wire-contract event per line) or CSV (one event per row), plain
+    or gzip-compressed; `-` reads stdin. Every non-empty line is sent as it is, keyed
+    org_id:patient_id; the worker dead-letters the invalid ones with their reason.
+    Each line is also validated here: rejected lines are listed on stderr (the first
+    {MAX_REPORTED}) as FILE:LINE: rejected: REASON.
+
+    Exit code: 0 if every line was valid, 3 if some were rejected (they are sent all
+    the same), 2 for usage errors, 1 if the broker is unreachable or a send failed.
+
+    {mapping_summary()}
+
+    \b
+    Examples:
+      caretally ingest events.ndjson
+      caretally ingest events.ndjson.gz --bootstrap kafka:9092
+      caretally ingest activities.csv --topic-prefix staging.
+      my-ehr-export --since yesterday | caretally ingest - --no-progress
+
+    \b
+    A CSV file:
+      event_id,type,org_id,patient_id,recorded_at,source,data.chronic
+      c-1,conditions.recorded,practice-17,P-000123,2025-03-14T20:02:11Z,ehr-main,E11.9;I10
+    """
+
+
+@click.command(
+    short_help="Send an NDJSON or CSV file of events to the ingress topic.", help=_help()
+)
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["auto", "ndjson", "csv"]),
+    default="auto",
+    show_default=True,
+    help="auto: by the file name (.csv, .ndjson, .jsonl, .json), else by content.",
+)
+@click.option(
+    "--bootstrap",
+    metavar="HOST:PORT",
+    help="Kafka bootstrap address [default: $KAFKA_BOOTSTRAP, else 127.0.0.1:9092].",
+)
+@click.option(
+    "--topic-prefix",
+    default=None,
+    metavar="PREFIX",
+    help="Prepended to every topic name, e.g. 'staging.' [default: $CARETALLY_TOPIC_PREFIX].",
+)
+@click.option(
+    "--partitions",
+    default=DEFAULT_PARTITIONS,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Partitions of each topic, if it must be created.",
+)
+@click.option(
+    "--no-progress",
+    is_flag=True,
+    help="No progress bar (there is none unless stderr is a terminal).",
+)
+def ingest(
+    file: str,
+    fmt: str,
+    bootstrap: str | None,
+    topic_prefix: str | None,
+    partitions: int,
+    no_progress: bool,
+) -> None:
+    """Send FILE to care.ingress.v1 (the help text is ``_help()``)."""
+    from streams import bootstrap as bs
+    from streams.broker import reachable, split_bootstrap
+    from streams.topics import Topics
+
+    address, _named = bs.resolve(bootstrap)
+    try:
+        split_bootstrap(address)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--bootstrap") from None
+    topics = Topics.from_env(topic_prefix)
+
+    with contextlib.ExitStack() as stack:
+        try:
+            source = open_source(file, stack)
+            kind: Format = detect_format(source) if fmt == "auto" else fmt  # type: ignore[assignment]
+            records = (csv_records if kind == "csv" else ndjson_records)(source.stream)
+        except CsvHeaderError as exc:
+            raise click.UsageError(f"{source.name}: CSV header: {exc}") from None
+        except (OSError, EOFError) as exc:
+            raise click.UsageError(f"cannot read {file}: {describe(exc)}") from None
+
+        if not reachable(address, timeout=2.0):
+            _fail(
+                f"no Kafka broker answers at {address} "
+                "(start one with `caretally broker`, or pass --bootstrap)"
+            )
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)  # errors are reported below
+        from kafka.errors import KafkaError
+
+        from streams.topics import ensure_topics
+
+        try:
+            producer = make_producer(address)
+        except KafkaError as exc:
+            _fail(f"cannot connect to Kafka at {address}: {describe(exc)}")
+        try:
+            ensure_topics(address, topics, partitions)
+        except KafkaError as exc:
+            producer.close(timeout=1)
+            _fail(f"cannot create the topics at {address}: {describe(exc)}")
+
+        delivery = Delivery()
+        show = not no_progress and sys.stderr.isatty()
+        started = time.perf_counter()
+        interrupted = False
+        read_error: str | None = None
+        with Reporter(source.name, show, source.size) as reporter:
+            stats = Stats()
+            try:
+                send_all(records, producer, topics.ingress, reporter, source, delivery, stats)
+            except KeyboardInterrupt:
+                interrupted = True
+            except (OSError, EOFError) as exc:
+                read_error = f"reading {source.name} failed: {describe(exc)}"
+            try:
+                producer.flush(timeout=PRODUCER_SETTINGS["delivery_timeout_ms"] / 1000 + 5)
+            except KafkaError as exc:
+                stats.errors.append(f"flush: {describe(exc)}")
+            finally:
+                producer.close(timeout=5)
+        elapsed = time.perf_counter() - started
+
+    sent = stats.lines - stats.not_sent
+    if stats.rejected > MAX_REPORTED:
+        click.echo(f"... and {stats.rejected - MAX_REPORTED:,} more rejected line(s)", err=True)
+    problems = list(stats.errors)
+    if read_error:
+        problems.append(read_error)
+    if delivery.failed:
+        problems.append(f"{delivery.failed:,} line(s) were not delivered: {delivery.first_error}")
+    elif delivery.acked < sent and not problems:
+        problems.append(f"only {delivery.acked:,} of {sent:,} line(s) were acknowledged")
+    if stats.not_sent:
+        problems.append(f"{stats.not_sent:,} line(s) were not sent")
+
+    rate = delivery.acked / elapsed if elapsed > 0 else 0.0
+    click.echo(
+        f"sent {delivery.acked:,} line(s) to {topics.ingress}: {stats.valid:,} valid, "
+        f"{stats.rejected:,} rejected (the worker dead-letters them to {topics.deadletter}); "
+        f"{stats.sent_bytes / 1e6:,.1f} MB in {elapsed:.1f} s ({rate:,.0f} lines/s)"
+    )
+    if stats.lines == 0 and not problems:
+        click.echo(f"warning: {source.name} holds no events", err=True)
+    if interrupted:
+        click.echo(f"interrupted after line {stats.lines:,}; the rest was not sent", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    if problems:
+        _fail("; ".join(problems) + " (the ingest is incomplete)")
+    if stats.rejected:
+        sys.exit(EXIT_BAD_LINES)
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(EXIT_FAILED)

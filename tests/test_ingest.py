@@ -1,0 +1,490 @@
+"""``caretally ingest``: every line reaches care.ingress.v1 as sent (on the embedded broker),
+invalid lines are reported with their line numbers, CSV rows become wire-contract JSON."""
+
+from __future__ import annotations
+
+import gzip
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from click.testing import CliRunner, Result
+from kafka import KafkaConsumer, TopicPartition
+from kafka.future import Future
+from kafka.partitioner.default import murmur2
+
+from schemas.events import parse_event
+from streams import cmd_ingest
+from streams.broker import EmbeddedBroker, free_port
+from streams.cli import EXIT_BAD_LINES, cli
+from streams.csv_events import ANY_FIELD_KINDS, CsvHeaderError, read_csv_events
+from streams.records import event_key
+from streams.synthetic import generate_practice_log
+from streams.topics import Topics
+
+PARTS = 3
+ORG = "practice-17"
+
+
+def ingest(broker: EmbeddedBroker | None, topics: Topics, *args: str, **kw: Any) -> Result:
+    where = ["--bootstrap", broker.bootstrap] if broker else []
+    argv = ["ingest", *args, *where, "--topic-prefix", topics.prefix, "--partitions", str(PARTS)]
+    return CliRunner().invoke(cli, argv, catch_exceptions=False, **kw)
+
+
+@dataclass
+class Ingress:
+    records: list[Any]  # in (partition, offset) order
+    partitions: int
+
+    def partition_of(self, key: bytes) -> int:
+        """Where the default (murmur2, as in the Java client) partitioner puts ``key``."""
+        return (murmur2(key) & 0x7FFFFFFF) % self.partitions
+
+
+def read_ingress(broker: EmbeddedBroker, topics: Topics, expected: int) -> Ingress:
+    """The records on ingress: read until ``expected`` arrived (never trusting end offsets
+    on Tansu), then one more poll to catch any surplus."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=broker.bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        request_timeout_ms=10_000,
+        bootstrap_timeout_ms=5_000,
+    )
+    try:
+        numbers = consumer.partitions_for_topic(topics.ingress)
+        assert numbers, f"no topic {topics.ingress}"
+        parts = [TopicPartition(topics.ingress, p) for p in sorted(numbers)]
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        seen: list[Any] = []
+        deadline = time.monotonic() + 15
+        while len(seen) < expected:
+            assert time.monotonic() < deadline, f"only {len(seen)} of {expected} arrived"
+            for records in consumer.poll(timeout_ms=300).values():
+                seen.extend(records)
+        for records in consumer.poll(timeout_ms=300).values():
+            seen.extend(records)
+        return Ingress(sorted(seen, key=lambda r: (r.partition, r.offset)), len(parts))
+    finally:
+        consumer.close()
+
+
+def practice_lines(patients: int = 6, seed: int = 5) -> list[bytes]:
+    return [
+        orjson.dumps(e)
+        for e in generate_practice_log(seed=seed, patients=patients, months=("2025-03",))
+    ]
+
+
+def key_for(line: bytes) -> bytes:
+    event = orjson.loads(line)
+    return event_key(event["org_id"], event.get("patient_id"))
+
+
+def assert_in_ingress(ingress: Ingress, lines: Sequence[tuple[bytes | None, bytes]]) -> None:
+    """Exactly ``lines`` (key, value) are on ingress, each key's lines in file order (all
+    of them, on a one-partition ingress), each keyed record where the partitioner puts it."""
+    records = ingress.records
+    if ingress.partitions == 1:
+        assert [(r.key, r.value) for r in records] == list(lines)
+    assert sorted((r.key or b"", r.value) for r in records) == sorted(
+        (k or b"", v) for k, v in lines
+    )
+    for key in {k for k, _ in lines if k is not None}:
+        in_file = [v for k, v in lines if k == key]
+        assert [r.value for r in records if r.key == key] == in_file
+        assert {r.partition for r in records if r.key == key} == {ingress.partition_of(key)}
+
+
+# --- NDJSON ----------------------------------------------------------------------------------
+
+
+def test_valid_ndjson_lands_on_ingress_byte_for_byte(
+    broker: EmbeddedBroker, topics: Topics, tmp_path: Path
+) -> None:
+    lines = practice_lines()
+    path = tmp_path / "events.ndjson"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+
+    result = ingest(broker, topics, str(path))
+
+    assert result.exit_code == 0, result.output
+    n = len(lines)
+    assert f"sent {n:,} line(s) to {topics.ingress}: {n:,} valid, 0 rejected" in result.stdout
+    assert "rejected:" not in result.stderr
+    ingress = read_ingress(broker, topics, n)
+    assert_in_ingress(ingress, [(key_for(line), line) for line in lines])
+    assert any(r.key == f"{ORG}:".encode() for r in ingress.records)  # practice-wide events
+
+
+def test_bad_lines_are_reported_and_still_sent(
+    broker: EmbeddedBroker, topics: Topics, tmp_path: Path
+) -> None:
+    good = practice_lines(patients=1)[:3]
+    partial = b'{"event_id": "x1", "type": "activity.logged", "org_id": "practice-17", '
+    partial += b'"patient_id": "P-9"}'
+    unknown = orjson.dumps({**orjson.loads(good[1]), "event_id": "x2", "type": "coffee.poured"})
+    content = [good[0], b"this is not json", b"", partial, b"   ", good[1], unknown, good[2]]
+    path = tmp_path / "mixed.ndjson"
+    path.write_bytes(b"\r\n".join(content) + b"\r\n")
+
+    result = ingest(broker, topics, str(path))
+
+    assert result.exit_code == EXIT_BAD_LINES == 3, result.output
+    err = result.stderr
+    assert f"{path}:2: rejected: event: Invalid JSON" in err
+    assert f"{path}:4: rejected: " in err and "data: Field required" in err
+    assert f"{path}:7: rejected: type: unknown type" in err
+    assert err.count("rejected:") == 3
+    assert "sent 6 line(s)" in result.stdout and "3 valid, 3 rejected" in result.stdout
+    assert_in_ingress(
+        read_ingress(broker, topics, 6),
+        [
+            (key_for(good[0]), good[0]),
+            (None, b"this is not json"),
+            (b"practice-17:P-9", partial),
+            (key_for(good[1]), good[1]),
+            (key_for(unknown), unknown),
+            (key_for(good[2]), good[2]),
+        ],
+    )
+
+
+def test_rejections_printed_are_capped(
+    broker: EmbeddedBroker, topics: Topics, tmp_path: Path
+) -> None:
+    path = tmp_path / "junk.ndjson"
+    path.write_bytes(b"".join(b"[%d]\n" % i for i in range(25)))
+
+    result = ingest(broker, topics, str(path))
+
+    assert result.exit_code == 3
+    assert result.stderr.count("rejected: event: Input should be an object") == 20
+    assert f"{path}:20: rejected" in result.stderr
+    assert f"{path}:21: rejected" not in result.stderr
+    assert "and 5 more rejected line(s)" in result.stderr
+    assert len(read_ingress(broker, topics, 25).records) == 25
+
+
+def test_gzip_input(broker: EmbeddedBroker, topics: Topics, tmp_path: Path) -> None:
+    lines = practice_lines(patients=2, seed=9)
+    path = tmp_path / "events.log.gz"  # neither .ndjson nor .csv: found by content
+    path.write_bytes(gzip.compress(b"\n".join(lines)))  # no final newline
+
+    result = ingest(broker, topics, str(path))
+
+    assert result.exit_code == 0, result.output
+    assert_in_ingress(read_ingress(broker, topics, len(lines)), [(key_for(x), x) for x in lines])
+
+
+def test_stdin(broker: EmbeddedBroker, topics: Topics) -> None:
+    lines = practice_lines(patients=2, seed=11)
+
+    result = ingest(broker, topics, "-", input=b"\n".join(lines) + b"\n{broken\n")
+
+    assert result.exit_code == 3, result.output
+    assert f"<stdin>:{len(lines) + 1}: rejected: event: Invalid JSON" in result.stderr
+    expected = [(key_for(x), x) for x in lines] + [(None, b"{broken")]
+    assert_in_ingress(read_ingress(broker, topics, len(lines) + 1), expected)
+
+
+def test_unreachable_broker_fails_fast(topics: Topics, tmp_path: Path) -> None:
+    path = tmp_path / "events.ndjson"
+    path.write_bytes(b"\n".join(practice_lines(patients=1)))
+    address = f"127.0.0.1:{free_port()}"
+    started = time.monotonic()
+
+    result = CliRunner().invoke(cli, ["ingest", str(path), "--bootstrap", address])
+
+    assert time.monotonic() - started < 5
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        f"error: no Kafka broker answers at {address} "
+        "(start one with `caretally broker`, or pass --bootstrap)"
+    )
+    assert result.stdout == ""
+
+
+# --- CSV -------------------------------------------------------------------------------------
+
+CSV_HEADER = (
+    "event_id,type,org_id,patient_id,recorded_at,source,data.timezone,data.activity_id,"
+    "data.staff_id,data.staff_role,data.practitioner_id,data.program,data.activity,"
+    "data.started_at,data.minutes,data.interactive,data.face_to_face,data.method,data.on,"
+    "data.chronic"
+)
+
+
+def csv_row(**cells: str) -> str:
+    names = [c.removeprefix("data.") for c in CSV_HEADER.split(",")]
+    assert set(cells) <= set(names), set(cells) - set(names)
+    return ",".join(cells.get(name, "") for name in names)
+
+
+ENVELOPE = {"org_id": ORG, "recorded_at": "2025-03-14T20:02:11Z", "source": "ehr-main"}
+
+
+def wire(event_id: str, type_: str, patient_id: str | None, data: dict[str, Any]) -> bytes:
+    """The JSON the converter must write: compact, keys in wire-contract order."""
+    event: dict[str, Any] = {"event_id": event_id, "type": type_, "schema_version": 1}
+    event["org_id"] = ORG
+    if patient_id is not None:
+        event["patient_id"] = patient_id
+    event |= {"recorded_at": ENVELOPE["recorded_at"], "source": ENVELOPE["source"], "data": data}
+    return orjson.dumps(event)
+
+
+def test_csv_rows_become_wire_contract_json(
+    broker: EmbeddedBroker, topics: Topics, tmp_path: Path
+) -> None:
+    rows = [
+        csv_row(event_id="e1", type="practice.configured", timezone="America/Chicago", **ENVELOPE),
+        csv_row(
+            event_id="e2",
+            type="activity.logged",
+            patient_id="P-000123",
+            activity_id="a-1",
+            staff_id="s-1",
+            staff_role="clinical_staff",
+            practitioner_id="dr-1",
+            program="ccm",
+            activity="medication_review",
+            started_at="2025-03-14T19:40:00Z",
+            minutes=" 25 ",
+            interactive="TRUE",
+            face_to_face="false",
+            **ENVELOPE,
+        ),
+        csv_row(
+            event_id="e3",
+            type="consent.recorded",
+            patient_id="P-000123",
+            program="ccm",
+            practitioner_id="dr-1",
+            method="verbal",
+            on="2025-03-02",
+            **ENVELOPE,
+        ),
+        csv_row(
+            event_id="e4",
+            type="conditions.recorded",
+            patient_id="P-000123",
+            chronic="E11.9; I10;J44.9",
+            **ENVELOPE,
+        ),
+    ]
+    path = tmp_path / "feed.csv"
+    path.write_text("\ufeff" + CSV_HEADER + "\r\n" + "\r\n".join(rows) + "\r\n,,,\r\n\r\n")
+    # data in the model's field order, not the columns'
+    activity = {
+        "activity_id": "a-1", "staff_id": "s-1", "staff_role": "clinical_staff",
+        "practitioner_id": "dr-1", "program": "ccm", "activity": "medication_review",
+        "started_at": "2025-03-14T19:40:00Z", "minutes": 25, "face_to_face": False,
+        "interactive": True,
+    }  # fmt: skip
+    consent = {"program": "ccm", "practitioner_id": "dr-1", "method": "verbal", "on": "2025-03-02"}
+    expected = [
+        wire("e1", "practice.configured", None, {"timezone": "America/Chicago"}),
+        wire("e2", "activity.logged", "P-000123", activity),
+        wire("e3", "consent.recorded", "P-000123", consent),
+        wire("e4", "conditions.recorded", "P-000123", {"chronic": ["E11.9", "I10", "J44.9"]}),
+    ]
+
+    result = ingest(broker, topics, str(path))
+
+    assert result.exit_code == 0, result.output
+    assert "sent 4 line(s)" in result.stdout and "4 valid, 0 rejected" in result.stdout
+    ingress = read_ingress(broker, topics, 4)
+    records = ingress.records
+    assert sorted(r.value for r in records) == sorted(expected)
+    for record in records:
+        event = parse_event(record.value)  # the worker will accept it
+        assert record.key == event_key(ORG, event.patient_id)
+        assert record.partition == ingress.partition_of(record.key)
+
+
+def test_csv_conversion_errors_name_their_line(
+    broker: EmbeddedBroker, topics: Topics, tmp_path: Path
+) -> None:
+    note = csv_row(
+        event_id="e2", type="activity.logged", patient_id="P-1", activity_id="a-2",
+        staff_id="s-1", staff_role="clinical_staff", practitioner_id="dr-1", program="ccm",
+        activity='"call\nwith\ndaughter"', started_at="2025-03-14T19:40:00Z", minutes="12.5",
+        **ENVELOPE,
+    )  # fmt: skip
+    bad = csv_row(
+        event_id="e3", type="activity.logged", patient_id="P-1", activity_id="a-3",
+        staff_id="s-1", staff_role="clinical_staff", practitioner_id="dr-1", program="ccm",
+        activity="x", started_at="2025-03-14T19:40:00Z", minutes="abc", interactive="yes",
+        **ENVELOPE,
+    )  # fmt: skip
+    short = b"e4,activity.logged,practice-17"
+    latin1 = csv_row(event_id="e5", type="activity.voided", patient_id="P-1", **ENVELOPE)
+    latin1_bytes = latin1.replace("e5", "e5-caf\xe9").encode("latin-1")
+    path = tmp_path / "feed.csv"
+    # line 1 header, 2-4 the quoted three-line cell, 5 bad, 6 short, 7 not UTF-8
+    rows = [CSV_HEADER.encode(), note.encode(), bad.encode(), short, latin1_bytes]
+    path.write_bytes(b"\n".join(rows) + b"\n")
+
+    result = ingest(broker, topics, str(path))
+
+    assert result.exit_code == 3, result.output
+    assert result.stderr.splitlines()[:3] == [
+        f"{path}:5: rejected: data.minutes: 'abc' is not a number; "
+        "data.interactive: 'yes' is not a boolean (write true or false)",
+        f"{path}:6: rejected: row has 3 cells but the header has 20 columns",
+        f"{path}:7: rejected: row is not valid UTF-8",
+    ]
+    assert "1 valid, 3 rejected" in result.stdout
+    records = read_ingress(broker, topics, 4).records
+    values = {r.value: r.key for r in records}
+    # raw CSV text, byte for byte: the worker dead-letters it as it came
+    assert values.pop(short) is None and values.pop(latin1_bytes) is None
+    sent = {orjson.loads(v)["event_id"]: orjson.loads(v) for v in values}
+    assert sent["e2"]["data"]["activity"] == "call\nwith\ndaughter"
+    assert sent["e2"]["data"]["minutes"] == 12.5
+    assert sent["e3"]["data"]["minutes"] == "abc"  # kept as text: the schema rejects it
+    assert set(values.values()) == {b"practice-17:P-1"}
+
+
+def test_csv_header_errors_are_usage_errors(tmp_path: Path, topics: Topics) -> None:
+    path = tmp_path / "feed.csv"
+    path.write_text("event_id,type,org_id,recorded_at,data.minuts,colour\n")
+
+    result = ingest(None, topics, str(path))  # no broker needed: nothing is sent
+
+    assert result.exit_code == 2
+    assert "unknown data field 'data.minuts' (did you mean data.minutes?)" in result.stderr
+    assert "unknown column 'colour'" in result.stderr
+    assert "missing column(s) source" in result.stderr
+
+
+def test_csv_from_stdin_is_recognised(broker: EmbeddedBroker, topics: Topics) -> None:
+    text = (
+        "event_id,type,org_id,patient_id,recorded_at,source,data.month\n"
+        "m1,month.closed,practice-17,,2025-04-01T00:00:00-04:00,ehr-main,2025-03\n"
+    )
+
+    result = ingest(broker, topics, "-", input=text.encode())
+
+    assert result.exit_code == 0, result.output
+    (record,) = read_ingress(broker, topics, 1).records
+    assert record.key == f"{ORG}:".encode()
+    assert parse_event(record.value).type == "month.closed"
+
+
+# --- delivery accounting (a fake producer: failures the embedded broker will not produce) ----
+
+
+class FakeProducer:
+    """Futures that fail from line ``fail_from`` on, or never complete when ``hang``."""
+
+    def __init__(self, fail_from: int | None = None, hang: bool = False) -> None:
+        self.fail_from, self.hang, self.sent = fail_from, hang, 0
+
+    def send(self, topic: str, value: bytes, key: bytes | None) -> Future:
+        self.sent += 1
+        future = Future()
+        if self.hang:
+            return future
+        if self.fail_from is not None and self.sent >= self.fail_from:
+            from kafka.errors import KafkaTimeoutError
+
+            return future.failure(KafkaTimeoutError("Batch for ingress-0 expired"))
+        return future.success(None)
+
+    def flush(self, timeout: float | None = None) -> None:
+        pass
+
+    def close(self, timeout: float | None = None) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("fake", "message"),
+    [
+        (FakeProducer(fail_from=3), "line(s) were not delivered: KafkaTimeoutError"),
+        (FakeProducer(hang=True), "only 0 of 5 line(s) were acknowledged"),
+    ],
+)
+def test_a_failed_send_is_never_reported_as_success(
+    fake: FakeProducer, message: str, topics: Topics, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    import streams.broker
+    import streams.topics
+
+    monkeypatch.setattr(streams.broker, "reachable", lambda *_a, **_k: True)
+    monkeypatch.setattr(streams.topics, "ensure_topics", lambda *_a, **_k: [])
+    monkeypatch.setattr(cmd_ingest, "make_producer", lambda _bootstrap: fake)
+    path = tmp_path / "events.ndjson"
+    path.write_bytes(b"\n".join(practice_lines(patients=1)[:5]))
+
+    result = ingest(None, topics, str(path))
+
+    assert result.exit_code == 1
+    assert message in result.stderr and "(the ingest is incomplete)" in result.stderr
+    assert "error: " in result.stderr
+
+
+# --- units -----------------------------------------------------------------------------------
+
+
+def test_csv_kinds_match_the_documented_mapping() -> None:
+    """The module docstring and --help list these; a schema change must update them."""
+    typed = {f: k for f, k in ANY_FIELD_KINDS.items() if k != "text"}
+    assert typed == {
+        "minutes": "number",
+        "face_to_face": "boolean",
+        "interactive": "boolean",
+        "qmb": "boolean",
+        "chronic": "list",
+    }
+
+
+def test_csv_edge_cells() -> None:
+    import io
+
+    text = (
+        "event_id,type,org_id,patient_id,recorded_at,source,schema_version,data.chronic\n"
+        "c1,conditions.recorded,o,p,2025-03-01T00:00:00Z,s,,[]\n"
+        "c2,conditions.recorded,o,p,2025-03-01T00:00:00Z,s,2,\n"
+        "c3,conditions.recorded,o,p,2025-03-01T00:00:00Z,s,one,A00\n"
+    )
+    rows = list(read_csv_events(io.StringIO(text, newline="")))
+    first, second, third = (orjson.loads(r.value) for r in rows)
+    assert first["schema_version"] == 1 and first["data"] == {"chronic": []}
+    assert rows[0].error is None
+    assert second["schema_version"] == 2 and second["data"] == {}
+    assert rows[2].error == "schema_version: 'one' is not a number"
+    assert third["schema_version"] == "one"
+    assert list(read_csv_events(io.StringIO("\n\n"))) == []
+    with pytest.raises(CsvHeaderError, match="appears twice"):
+        read_csv_events(io.StringIO("event_id,event_id,type,org_id,recorded_at,source\n"))
+
+
+def test_exit_code_matches_replay() -> None:
+    assert cmd_ingest.EXIT_BAD_LINES == EXIT_BAD_LINES
+
+
+def test_an_oversized_line_is_not_sent_and_fails_the_ingest(
+    broker: EmbeddedBroker, topics: Topics, tmp_path: Path
+) -> None:
+    good = practice_lines(patients=1)[:2]
+    huge = b'{"padding": "' + b"x" * (1 << 20) + b'"}'
+    path = tmp_path / "events.ndjson"
+    path.write_bytes(b"\n".join([good[0], huge, good[1]]))
+
+    result = ingest(broker, topics, str(path))
+
+    assert result.exit_code == 1
+    assert f"{path}:2: not sent: 1,048,591 bytes is over the producer's limit" in result.stderr
+    assert "error: 1 line(s) were not sent (the ingest is incomplete)" in result.stderr
+    assert "sent 2 line(s)" in result.stdout
+    assert_in_ingress(read_ingress(broker, topics, 2), [(key_for(x), x) for x in good])
