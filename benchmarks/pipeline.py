@@ -194,6 +194,90 @@ async def log_span(bootstrap: str, topic: str, partitions: int) -> dict[str, Any
     return {"records": n, "first_ts_ms": lo, "last_ts_ms": hi}
 
 
+class LagProbe:
+    """How far the worker's consumer group is behind: fetch highwater - committed offset.
+
+    Highwaters come from fetch responses (Tansu answers ListOffsets LATEST wrongly after
+    batched produce, KAFKA-NOTES.md §0.2); the worker commits every second or so, so a
+    lag of 0 means everything was consumed at least ~1 s ago.
+    """
+
+    def __init__(self, bootstrap: str, group: str, topics: list[str], partitions: int) -> None:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        self.group = group
+        self.tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]
+        self.admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                                         enable_auto_commit=False, fetch_max_wait_ms=10,
+                                         max_partition_fetch_bytes=1024)
+
+    async def __aenter__(self) -> LagProbe:
+        await self.admin.start()
+        await self.consumer.start()
+        self.consumer.assign(self.tps)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.consumer.stop()
+        await self.admin.close()
+
+    async def lag(self, timeout: float = 5.0) -> dict[str, int] | None:
+        """Records not yet committed per topic (None if a highwater did not come in time)."""
+        committed = await self.admin.list_consumer_group_offsets(self.group,
+                                                                 partitions=self.tps)
+        start_ms = time.time() * 1000
+        for tp in self.tps:
+            meta = committed.get(tp)
+            self.consumer.seek(tp, max(0, meta.offset) if meta is not None else 0)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            await self.consumer.getmany(timeout_ms=50)
+            stamps = [self.consumer.last_poll_timestamp(tp) for tp in self.tps]
+            if all(s is not None and s >= start_ms for s in stamps):
+                break
+        else:
+            return None
+        out: dict[str, int] = {}
+        for tp in self.tps:
+            meta = committed.get(tp)
+            done = meta.offset if meta is not None and meta.offset >= 0 else 0
+            high = self.consumer.highwater(tp) or 0
+            out[tp.topic] = out.get(tp.topic, 0) + max(0, high - done)
+        return out
+
+
+class Load:
+    """CPU seconds of our processes and of the whole machine (others = the rest)."""
+
+    def __init__(self, **procs: psutil.Process | None) -> None:
+        self.procs = procs
+        self.t0 = time.monotonic()
+        self.c0 = {k: cpu_seconds(p) for k, p in procs.items()}
+        self.sys0 = self._busy()
+
+    @staticmethod
+    def _busy() -> float:
+        t = psutil.cpu_times()
+        return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
+
+    def percent(self) -> dict[str, float | None]:
+        """CPU % (100 = one core) of each process, of others, and the 1-min load average."""
+        dt = time.monotonic() - self.t0 or 1.0
+        out: dict[str, float | None] = {}
+        ours = 0.0
+        for k, p in self.procs.items():
+            c1, c0 = cpu_seconds(p), self.c0[k]
+            if c1 is None or c0 is None:
+                out[k] = None
+                continue
+            out[k] = round((c1 - c0) / dt * 100, 1)
+            ours += c1 - c0
+        out["other_processes"] = round(max(0.0, self._busy() - self.sys0 - ours) / dt * 100, 1)
+        out["loadavg_1m"] = round(os.getloadavg()[0], 2)
+        return out
+
+
 class PySpy:
     """``py-spy record`` attached to a pid until stopped (SIGINT makes it write its file)."""
 
@@ -273,9 +357,15 @@ async def sustained(follower: Follower, worker: WorkerProcess, expected: dict[by
 
 
 async def latency(bootstrap: str, topics: Topics, follower: Follower, worker: WorkerProcess,
-                  events: list[dict[str, Any]], rate: float, warmup: int, linger_ms: int,
-                  drain: float) -> dict[str, Any]:
-    """Produce ``events`` at ``rate``; match alerts to causes; return latency figures."""
+                  probe: LagProbe, events: list[dict[str, Any]], args: argparse.Namespace,
+                  warmup: int) -> dict[str, Any]:
+    """Produce ``events`` at the offered rate; match alerts to causes; latency figures.
+
+    After the last send, alerts are awaited until the worker's group has committed
+    everything (lag 0) and nothing came for 1 s, or ``--drain-timeout`` passed. If the
+    worker had not caught up by then, the alerts of the unfolded events are missing and
+    the percentiles are lower bounds (``caught_up`` false).
+    """
     lines = [orjson.dumps(e) for e in events]
     ids = [e["event_id"] for e in events]
     sent: dict[str, float] = {}
@@ -291,47 +381,69 @@ async def latency(bootstrap: str, topics: Topics, follower: Follower, worker: Wo
     e2e: list[float] = []
     worker_side: list[float] = []
     by_kind: dict[str, list[float]] = {}
-    alerts_seen = 0
-    unmatched = 0
-    producing = True
-    last_arrival = time.time()
+    counts = Counter[str]()
+    state: dict[str, Any] = {"producing": True, "last_arrival": time.time(), "lag": None}
+
+    def take(items: list[tuple[str, Any]], now: float) -> None:
+        for kind, r in items:
+            if kind != "alerts":
+                continue
+            counts["received"] += 1
+            a = orjson.loads(r.value)
+            cause = a.get("cause_event_id")
+            t0 = sent.get(cause) if cause else None
+            if t0 is None:
+                counts["unmatched"] += 1
+                continue
+            if cause not in measured:
+                counts["warmup"] += 1
+                continue
+            ms = (now - t0) * 1000
+            e2e.append(ms)
+            worker_side.append(r.timestamp - t0 * 1000)
+            by_kind.setdefault(a.get("kind", "?"), []).append(ms)
 
     async def consume() -> None:
-        nonlocal alerts_seen, unmatched, last_arrival
-        while producing or time.time() - last_arrival < drain:
+        while state["producing"]:
             if worker.proc is not None and worker.proc.poll() is not None:
                 raise WorkerDied(f"worker exited with code {worker.proc.returncode}")
             items = await follower.poll(timeout_ms=50)
-            now = time.time()
-            if items:
-                last_arrival = now
-            for kind, r in items:
-                if kind != "alerts":
-                    continue
-                alerts_seen += 1
-                a = orjson.loads(r.value)
-                cause = a.get("cause_event_id")
-                t0 = sent.get(cause) if cause else None
-                if t0 is None:
-                    unmatched += 1
-                    continue
-                if cause not in measured:
-                    continue
-                ms = (now - t0) * 1000
-                e2e.append(ms)
-                worker_side.append(r.timestamp - t0 * 1000)
-                by_kind.setdefault(a.get("kind", "?"), []).append(ms)
+            take(items, time.time())
 
+    load = Load(worker=psutil.Process(worker.proc.pid) if worker.proc else None)
     consumer = asyncio.create_task(consume())
     started = time.perf_counter()
     try:
-        n = await produce(bootstrap, topics.ingress, lines, rate=rate, linger_ms=linger_ms,
-                          on_sent=on_sent)
+        n = await produce(bootstrap, topics.ingress, lines, rate=args.latency_rate,
+                          linger_ms=args.latency_linger_ms, on_sent=on_sent)
         produce_s = time.perf_counter() - started
     finally:
-        producing = False
-        last_arrival = time.time()
-    await consumer
+        state["producing"] = False
+        with contextlib.suppress(Exception):
+            await consumer
+    cpu_while_offered = load.percent()
+    lag_at_last_send = await probe.lag()
+
+    # drain: until the group has committed everything and nothing came for 1 s
+    drain_start = time.monotonic()
+    last_arrival = time.monotonic()
+    caught_up = False
+    next_probe = 0.0
+    lag = lag_at_last_send
+    while time.monotonic() - drain_start < args.drain_timeout:
+        if worker.proc is not None and worker.proc.poll() is not None:
+            raise WorkerDied(f"worker exited with code {worker.proc.returncode}")
+        items = await follower.poll(timeout_ms=50)
+        take(items, time.time())
+        if items:
+            last_arrival = time.monotonic()
+        if time.monotonic() >= next_probe:
+            lag = await probe.lag()
+            next_probe = time.monotonic() + 0.5
+        if lag is not None and not any(lag.values()) and time.monotonic() - last_arrival >= 1.0:
+            caught_up = True
+            break
+    drain_s = time.monotonic() - drain_start
 
     def summary(values: list[float]) -> dict[str, Any]:
         return {"n": len(values), "p50_ms": _r(percentile(values, 50)),
@@ -343,12 +455,20 @@ async def latency(bootstrap: str, topics: Topics, follower: Follower, worker: Wo
         "events_sent": n,
         "warmup_events": warmup,
         "measured_events": len(measured),
+        "offered_rate": args.latency_rate,
         "achieved_rate": round(n / produce_s, 1) if produce_s > 0 else None,
         "produce_s": round(produce_s, 3),
-        "producer_linger_ms": linger_ms,
-        "alerts_received": alerts_seen,
+        "producer_linger_ms": args.latency_linger_ms,
+        "alerts_received": counts["received"],
         "alerts_matched": len(e2e),
-        "alerts_unmatched": unmatched,
+        "alerts_of_warmup_events": counts["warmup"],
+        "alerts_unmatched": counts["unmatched"],
+        "group_lag_at_last_send": lag_at_last_send,
+        "drain_s": round(drain_s, 3),
+        "caught_up": caught_up,
+        "group_lag_at_cutoff": None if caught_up else lag,
+        "percentiles_are_lower_bounds": not caught_up,
+        "cpu_percent_while_offered": cpu_while_offered,
         "end_to_end": summary(e2e),
         "worker_side": summary(worker_side),
         "by_kind": {k: summary(v) for k, v in sorted(by_kind.items())},
@@ -368,6 +488,7 @@ async def run(args: argparse.Namespace, workdir: Path, broker: EmbeddedBroker) -
     bootstrap = broker.bootstrap
     tag = uuid.uuid4().hex[:8]
     topics = Topics(prefix=f"bench{tag}.")
+    group = f"bench-{tag}"
     warmup = int(args.latency_rate * args.latency_warmup)
     lat_n = warmup + int(args.latency_rate * args.latency_seconds)
     result: dict[str, Any] = {}
@@ -391,42 +512,43 @@ async def run(args: argparse.Namespace, workdir: Path, broker: EmbeddedBroker) -
     log(f"pre-loaded {len(lines):,} events into {topics.ingress} in {preload_s:.1f} s")
 
     raw = await raw_consume(bootstrap, topics.ingress, args.partitions, len(lines), args.timeout)
+    result["raw_consume"] = raw
     log(f"raw consume: {raw['records']:,} records in {raw['seconds']} s "
         f"({raw['events_per_s']:,.0f}/s)")
 
     state = workdir / "state"
     worker_log = workdir / "worker.log"
     worker = WorkerProcess(bootstrap, topics, args.partitions, state,
-                           "--app-id", f"bench-{tag}", "--sweep-interval", "86400",
+                           "--app-id", group, "--sweep-interval", "86400",
                            log_path=worker_log)
     spy: PySpy | None = None
     try:
-        async with Follower(bootstrap, topics, args.partitions) as follower:
+        async with Follower(bootstrap, topics, args.partitions) as follower, \
+                LagProbe(bootstrap, group, [topics.ingress, topics.events, topics.staff],
+                         args.partitions) as probe:
             spawned = time.time()
             worker.start()
             assert worker.proc is not None
             wproc = psutil.Process(worker.proc.pid)
             bproc = psutil.Process(broker.process.pid) if broker.process else None
-            me = psutil.Process()
-            cpu0 = [cpu_seconds(p) for p in (wproc, bproc, me)]
+            load = Load(worker=wproc, broker=bproc, benchmark=psutil.Process())
 
             def first_billing() -> None:
-                nonlocal spy, cpu0
-                cpu0 = [cpu_seconds(p) for p in (wproc, bproc, me)]
+                nonlocal spy, load
+                load = Load(worker=wproc, broker=bproc, benchmark=psutil.Process())
                 if args.py_spy:
                     spy = PySpy(args.py_spy, wproc.pid, args.py_spy_rate)
                     spy.start()
 
             s = await sustained(follower, worker, expected, args.timeout, args.quiet,
                                 first_billing)
-            cpu1 = [cpu_seconds(p) for p in (wproc, bproc, me)]
+            cpu = load.percent()
             if spy is not None:
                 spy_err = spy.stop()
                 result["py_spy"] = {"output": str(args.py_spy), "stderr_tail": spy_err}
                 spy = None
             span = await log_span(bootstrap, topics.events, args.partitions)
-            dl = len(follower.got.deadletter)
-            alerts_sustained = len(follower.got.alerts)
+            lag_after = await probe.lag()
             if not s["done"]:
                 raise RuntimeError(
                     f"billing views never matched the offline replay within {args.timeout} s "
@@ -435,52 +557,53 @@ async def run(args: argparse.Namespace, workdir: Path, broker: EmbeddedBroker) -
             t_done = s["last_billing_at"]
             wall = t_done - t_first
             folded_s = s["last_billing_at"] - s["first_billing_at"]
-            busy = (s["last_billing_at"] - s["first_billing_at"]) or 1.0
-            cpu = {name: (round((b - a) / busy * 100, 1) if a is not None and b is not None
-                          else None)
-                   for name, a, b in zip(("worker", "broker", "benchmark"), cpu0, cpu1,
-                                         strict=True)}
             result["sustained"] = {
-                "definition": "ingress events / (arrival of the last billing record - the "
-                              "earliest care.events.v1 record timestamp), the run being done "
-                              "when every billing key equals the offline replay and no "
-                              f"billing record came for {args.quiet} s",
+                "definition": "ingress events / (local arrival of the last billing record - "
+                              "the earliest care.events.v1 record timestamp); done = every "
+                              "billing key equals the offline replay (caretally replay "
+                              f"semantics) and no billing record came for {args.quiet} s",
                 "ingress_events": len(lines),
                 "event_mix": dict(mix.most_common()),
                 "offline_replay": offline,
                 "billing_views_expected": len(expected),
+                "billing_views_matched": s["done"],
                 "billing_records_received": s["billing_records"],
                 "events_topic_records": span["records"],
-                "deadletter_records": dl,
-                "alerts_records": alerts_sustained,
+                "deadletter_records": len(follower.got.deadletter),
+                "alerts_records": len(follower.got.alerts),
+                "group_lag_after_quiet": lag_after,
                 "wall_s": round(wall, 3),
                 "startup_s": round(t_first - spawned, 3),
                 "gate_done_after_s": round(span["last_ts_ms"] / 1000 - t_first, 3),
                 "first_billing_after_s": round(s["first_billing_at"] - t_first, 3),
                 "last_billing_ts_lag_s": round(t_done - s["last_billing_ts_ms"] / 1000, 3),
-                "fold_events_per_s_from_first_billing": round(len(lines) / folded_s, 1)
+                "events_per_s_from_first_billing": round(len(lines) / folded_s, 1)
                 if folded_s > 0 else None,
                 "cpu_percent_while_folding": cpu,
                 "preload_s": round(preload_s, 3),
                 "generation_s": round(gen_s, 3),
+                "offline_replay_s": round(offline_s, 3),
             }
             result["events_per_s"] = round(len(lines) / wall, 1) if wall > 0 else None
             result["startup_s"] = result["sustained"]["startup_s"]
             log(f"sustained: {len(lines):,} events in {wall:.2f} s after the first output "
-                f"({result['events_per_s']:,.0f}/s); startup {result['startup_s']:.1f} s")
+                f"({result['events_per_s']:,.0f}/s); startup {result['startup_s']:.1f} s; "
+                f"cpu {cpu}")
 
-            lat = await latency(bootstrap, topics, follower, worker, rest, args.latency_rate,
-                                warmup, args.latency_linger_ms, args.drain)
-            snaps = sorted(p.stat().st_mtime for p in state.glob("*.pickle"))
-            lat["snapshot_files"] = len(snaps)
-            result["latency"] = lat
+            if args.latency_seconds > 0:
+                lat = await latency(bootstrap, topics, follower, worker, probe, rest, args,
+                                    warmup)
+                lat["snapshot_files"] = len(list(state.glob("*.pickle")))
+                result["latency"] = lat
+                e = lat["end_to_end"]
+                log(f"latency: {lat['alerts_matched']:,} alerts matched, p50 {e['p50_ms']} ms, "
+                    f"p99 {e['p99_ms']} ms; caught up: {lat['caught_up']} "
+                    f"(drain {lat['drain_s']:.1f} s)")
     finally:
         if spy is not None:
             spy.stop()
-        rc = worker.stop()
-        result["worker_exit_code"] = rc
+        result["worker_exit_code"] = worker.stop()
         result["worker_log_tail"] = tail(worker_log, 1500)
-    result["raw_consume"] = raw
     return result
 
 
@@ -501,8 +624,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the latency producer's linger (produce()'s default)")
     parser.add_argument("--quiet", type=float, default=2.0,
                         help="seconds without billing records before the sustained run ends")
-    parser.add_argument("--drain", type=float, default=3.0,
-                        help="seconds without records before the latency run ends")
+    parser.add_argument("--drain-timeout", type=float, default=20.0,
+                        help="at most this long after the last latency send, wait for the "
+                             "worker to catch up")
     parser.add_argument("--timeout", type=float, default=300.0, help="per phase, seconds")
     parser.add_argument("--out", type=Path, help="write the JSON result here")
     parser.add_argument("--py-spy", type=Path,

@@ -101,7 +101,7 @@ class EmbeddedBroker:
             env=env,
             start_new_session=True,  # Ctrl-C in a terminal goes to us; we stop it ourselves
         )
-        if log is not subprocess.DEVNULL:
+        if not isinstance(log, int):
             log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

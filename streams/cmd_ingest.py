@@ -31,7 +31,6 @@ from streams.records import event_key
 from streams.topics import DEFAULT_PARTITIONS
 
 EXIT_FAILED = 1  # broker unreachable, a send failed, the input could not be read
-EXIT_USAGE = 2  # click's own code for usage errors
 EXIT_BAD_LINES = 3  # as ``caretally replay`` (streams.cli.EXIT_BAD_LINES)
 EXIT_INTERRUPTED = 130
 MAX_REPORTED = 20
@@ -476,15 +475,20 @@ def ingest(
         problems.append(f"{stats.not_sent:,} line(s) were not sent")
 
     rate = delivery.acked / elapsed if elapsed > 0 else 0.0
+    verdict = f"{stats.valid:,} valid, {stats.rejected:,} rejected"
+    if stats.rejected:
+        verdict += f" (the worker will dead-letter them to {topics.deadletter})"
     click.echo(
-        f"sent {delivery.acked:,} line(s) to {topics.ingress}: {stats.valid:,} valid, "
-        f"{stats.rejected:,} rejected (the worker dead-letters them to {topics.deadletter}); "
+        f"sent {delivery.acked:,} line(s) to {topics.ingress}: {verdict}; "
         f"{stats.sent_bytes / 1e6:,.1f} MB in {elapsed:.1f} s ({rate:,.0f} lines/s)"
     )
     if stats.lines == 0 and not problems:
         click.echo(f"warning: {source.name} holds no events", err=True)
     if interrupted:
-        click.echo(f"interrupted after line {stats.lines:,}; the rest was not sent", err=True)
+        click.echo(
+            f"interrupted after {stats.lines:,} line(s); the rest of {source.name} was not sent",
+            err=True,
+        )
         sys.exit(EXIT_INTERRUPTED)
     if problems:
         _fail("; ".join(problems) + " (the ingest is incomplete)")

@@ -240,13 +240,11 @@ def convert_row(columns: list[Column], cells: list[str]) -> tuple[bytes, bytes |
         if column.in_data:
             raw_data[column.field] = value
         elif column.field == "schema_version":
-            converted, problem = _convert("number", value)
-            if problem is None and not isinstance(converted, int):
-                problem = f"{value!r} is not an integer"
-                converted = value
-            if problem:
-                problems.append(f"schema_version: {problem}")
-            envelope["schema_version"] = converted
+            if _INTEGER.fullmatch(value):
+                envelope["schema_version"] = int(value)
+            else:
+                envelope["schema_version"] = value
+                problems.append(f"schema_version: {value!r} is not an integer")
         else:
             envelope[column.field] = value
     envelope.setdefault("schema_version", 1)

@@ -9,7 +9,7 @@ reflects (``streams.snapshots``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -135,4 +135,4 @@ def sweep_clock(partitions: list[FoldPartition], mode: str, wall: datetime) -> d
     if mode == "wall":
         return wall
     latest = [p.latest for p in partitions if p.latest is not None]
-    return max(latest) + timedelta(0) if latest else None
+    return max(latest) if latest else None

@@ -462,7 +462,7 @@ def test_csv_edge_cells() -> None:
     assert first["schema_version"] == 1 and first["data"] == {"chronic": []}
     assert rows[0].error is None
     assert second["schema_version"] == 2 and second["data"] == {}
-    assert rows[2].error == "schema_version: 'one' is not a number"
+    assert rows[2].error == "schema_version: 'one' is not an integer"
     assert third["schema_version"] == "one"
     assert list(read_csv_events(io.StringIO("\n\n"))) == []
     with pytest.raises(CsvHeaderError, match="appears twice"):
