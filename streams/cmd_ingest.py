@@ -5,7 +5,8 @@ Every non-empty line (NDJSON) or row (CSV, converted by ``streams.csv_events``) 
 input, and the worker dead-letters what it rejects, with the reason. Each line is also
 validated here, so the sender learns at once which lines will be dead-lettered and why.
 The producer is kafka-python's idempotent one (``acks=all``); every send is confirmed
-before the command reports success.
+before the command reports success. A line the broker has not acknowledged within
+``--delivery-timeout`` seconds fails the ingest, with how many lines were acknowledged.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ MAX_REPORTED = 20
 GZIP_MAGIC = b"\x1f\x8b"
 STDIN_NAME = "<stdin>"
 READ_BUFFER = 1 << 20
+DEFAULT_DELIVERY_TIMEOUT = 30.0  # seconds (--delivery-timeout)
 
 Format = Literal["ndjson", "csv"]
 
@@ -50,7 +52,7 @@ PRODUCER_SETTINGS: dict[str, Any] = {
     "bootstrap_timeout_ms": 5_000,
     "request_timeout_ms": 15_000,
     "max_block_ms": 15_000,
-    "delivery_timeout_ms": 30_000,
+    "delivery_timeout_ms": int(DEFAULT_DELIVERY_TIMEOUT * 1000),  # see producer_settings
     "max_request_size": 1 << 20,
 }
 
@@ -159,30 +161,56 @@ def detect_format(source: Source) -> Format:
 
 
 class Delivery:
-    """Counts broker acknowledgements and failures (callbacks run on the sender thread)."""
+    """Counts broker acknowledgements and failures (callbacks run on the sender thread);
+    ``unanswered``: records still pending after ``waited`` seconds of flushing, failed
+    when the producer is then closed by force."""
 
     def __init__(self) -> None:
         self.acked = 0
         self.failed = 0
         self.first_error: str | None = None
+        self.waited: float | None = None  # set when the flush timed out
+        self.unanswered = 0
 
     def ok(self, _metadata: Any) -> None:
         self.acked += 1
 
     def fail(self, exc: BaseException) -> None:
+        if self.waited is not None:
+            self.unanswered += 1
+            return
         self.failed += 1
         if self.first_error is None:
             self.first_error = describe(exc)
 
 
 def describe(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    """``Type: message`` on one line (kafka-python's errors already start with their type)."""
+    name = type(exc).__name__
+    text = " ".join(str(exc).split())
+    if not text or text == name:
+        return name
+    return text if text.startswith(f"{name}: ") else f"{name}: {text}"
 
 
-def make_producer(bootstrap: str) -> Any:
+def producer_settings(delivery_timeout: float) -> dict[str, Any]:
+    """``PRODUCER_SETTINGS`` with a delivery timeout of ``delivery_timeout`` seconds; the
+    request and blocking timeouts are shortened to fit in it (kafka-python requires
+    ``delivery_timeout_ms >= linger_ms + request_timeout_ms``)."""
+    settings = dict(PRODUCER_SETTINGS)
+    delivery_ms = max(int(delivery_timeout * 1000), settings["linger_ms"] + 1)
+    settings["delivery_timeout_ms"] = delivery_ms
+    settings["request_timeout_ms"] = min(
+        settings["request_timeout_ms"], delivery_ms - settings["linger_ms"]
+    )
+    settings["max_block_ms"] = min(settings["max_block_ms"], delivery_ms)
+    return settings
+
+
+def make_producer(bootstrap: str, delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT) -> Any:
     """kafka-python's idempotent producer, with a partitioner that remembers each key's
-    partition (murmur2 in pure Python is a tenth of the send cost)."""
+    partition (murmur2 in pure Python is a tenth of the send cost); a send not acknowledged
+    within ``delivery_timeout`` seconds fails."""
     from kafka import KafkaProducer
     from kafka.partitioner import DefaultPartitioner
 
@@ -207,8 +235,32 @@ def make_producer(bootstrap: str) -> Any:
             return found
 
     return KafkaProducer(
-        bootstrap_servers=bootstrap, partitioner=KeyCachingPartitioner(), **PRODUCER_SETTINGS
+        bootstrap_servers=bootstrap,
+        partitioner=KeyCachingPartitioner(),
+        **producer_settings(delivery_timeout),
     )
+
+
+def close_producer(producer: Any, flushed: bool) -> None:
+    """Close the producer; if records are still unanswered (``flushed`` is False), fail
+    them and stop its sender thread at once.
+
+    kafka-python's ``close(timeout)`` flushes first and raises when that times out,
+    leaving the sender thread to retry a dead broker for ever (once an idempotent
+    producer has to re-initialise its producer id, no batch expires any more).
+    """
+    from kafka.errors import KafkaError
+
+    if flushed:
+        with contextlib.suppress(KafkaError):
+            producer.close(timeout=5)
+            return
+    sender = getattr(producer, "_sender", None)
+    if sender is not None:  # kafka-python 3: close() has no other way to give up
+        sender.force_close()  # fails the pending records ("closed forcefully")
+        sender.join(5)
+    with contextlib.suppress(KafkaError):
+        producer.close(timeout=0)
 
 
 class Reporter:
@@ -271,7 +323,8 @@ class Reporter:
 @dataclass
 class Stats:
     """Lines handed to the producer (``not_sent``: refused by it as too large) and their
-    local verdicts; ``errors`` end the ingest as failed."""
+    local verdicts; ``errors`` end the ingest as failed; ``stopped_at``: the line at which
+    sending stopped early (a delivery or send failed), the rest of the input unread."""
 
     lines: int = 0
     valid: int = 0
@@ -279,6 +332,7 @@ class Stats:
     sent_bytes: int = 0
     not_sent: int = 0
     errors: list[str] = field(default_factory=list)
+    stopped_at: int | None = None
 
 
 def send_all(
@@ -298,6 +352,7 @@ def send_all(
     position = source.position
     for record in records:
         if delivery.failed:
+            stats.stopped_at = record.line
             break
         try:
             future = send(topic, value=record.value, key=record.key)
@@ -310,6 +365,7 @@ def send_all(
             )
         except KafkaError as exc:
             stats.errors.append(f"sending line {record.line} failed: {describe(exc)}")
+            stats.stopped_at = record.line
             break
         stats.lines += 1
         if record.reason is None:
@@ -337,7 +393,9 @@ def _help() -> str:
     {MAX_REPORTED}) as FILE:LINE: rejected: REASON.
 
     Exit code: 0 if every line was valid, 3 if some were rejected (they are sent all
-    the same), 2 for usage errors, 1 if the broker is unreachable or a send failed.
+    the same), 2 for usage errors, 1 if the broker is unreachable or a send failed
+    (a line not acknowledged within --delivery-timeout seconds fails the ingest, which
+    then stops; the error says how many lines were acknowledged).
 
     {mapping_summary()}
 
@@ -386,6 +444,15 @@ def _help() -> str:
     help="Partitions of each topic, if it must be created.",
 )
 @click.option(
+    "--delivery-timeout",
+    default=DEFAULT_DELIVERY_TIMEOUT,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    metavar="SECONDS",
+    help="A line the broker has not acknowledged within this time (retries included) "
+    "fails the ingest.",
+)
+@click.option(
     "--no-progress",
     is_flag=True,
     help="No progress bar (there is none unless stderr is a terminal).",
@@ -396,6 +463,7 @@ def ingest(
     bootstrap: str | None,
     topic_prefix: str | None,
     partitions: int,
+    delivery_timeout: float,
     no_progress: bool,
 ) -> None:
     """Send FILE to care.ingress.v1 (the help text is ``_help()``)."""
@@ -431,7 +499,7 @@ def ingest(
         from streams.topics import ensure_topics
 
         try:
-            producer = make_producer(address)
+            producer = make_producer(address, delivery_timeout)
         except KafkaError as exc:
             _fail(f"cannot connect to Kafka at {address}: {describe(exc)}")
         try:
@@ -453,40 +521,39 @@ def ingest(
                 interrupted = True
             except (OSError, EOFError) as exc:
                 read_error = f"reading {source.name} failed: {describe(exc)}"
+            wait = delivery_timeout + 1  # each record is answered or expired by then
             try:
-                producer.flush(timeout=PRODUCER_SETTINGS["delivery_timeout_ms"] / 1000 + 5)
-            except KafkaError as exc:
-                stats.errors.append(f"flush: {describe(exc)}")
+                producer.flush(timeout=wait)
+            except KafkaError:
+                delivery.waited = wait
             finally:
-                producer.close(timeout=5)
+                close_producer(producer, flushed=delivery.waited is None)
         elapsed = time.perf_counter() - started
 
     sent = stats.lines - stats.not_sent
     if stats.rejected > MAX_REPORTED:
         click.echo(f"... and {stats.rejected - MAX_REPORTED:,} more rejected line(s)", err=True)
-    problems = list(stats.errors)
+    problems = delivery_problems(stats, delivery, sent, source.name)
     if read_error:
         problems.append(read_error)
-    if delivery.failed:
-        problems.append(f"{delivery.failed:,} line(s) were not delivered: {delivery.first_error}")
-    elif delivery.acked < sent and not problems:
-        problems.append(f"only {delivery.acked:,} of {sent:,} line(s) were acknowledged")
     if stats.not_sent:
         problems.append(f"{stats.not_sent:,} line(s) were not sent")
 
-    rate = delivery.acked / elapsed if elapsed > 0 else 0.0
-    verdict = f"{stats.valid:,} valid, {stats.rejected:,} rejected"
-    if stats.rejected:
-        verdict += f" (the worker will dead-letter them to {topics.deadletter})"
-    click.echo(
-        f"sent {delivery.acked:,} line(s) to {topics.ingress}: {verdict}; "
-        f"{stats.sent_bytes / 1e6:,.1f} MB in {elapsed:.1f} s ({rate:,.0f} lines/s)"
-    )
+    if delivery.acked == sent and not delivery.failed and not stats.errors:
+        rate = delivery.acked / elapsed if elapsed > 0 else 0.0
+        verdict = f"{stats.valid:,} valid, {stats.rejected:,} rejected"
+        if stats.rejected:
+            verdict += f" (the worker will dead-letter them to {topics.deadletter})"
+        click.echo(
+            f"sent {delivery.acked:,} line(s) to {topics.ingress}: {verdict}; "
+            f"{stats.sent_bytes / 1e6:,.1f} MB in {elapsed:.1f} s ({rate:,.0f} lines/s)"
+        )
     if stats.lines == 0 and not problems:
         click.echo(f"warning: {source.name} holds no events", err=True)
     if interrupted:
         click.echo(
-            f"interrupted after {stats.lines:,} line(s); the rest of {source.name} was not sent",
+            f"interrupted after {stats.lines:,} line(s) ({delivery.acked:,} acknowledged); "
+            f"the rest of {source.name} was not sent",
             err=True,
         )
         sys.exit(EXIT_INTERRUPTED)
@@ -494,6 +561,34 @@ def ingest(
         _fail("; ".join(problems) + " (the ingest is incomplete)")
     if stats.rejected:
         sys.exit(EXIT_BAD_LINES)
+
+
+def delivery_problems(stats: Stats, delivery: Delivery, sent: int, name: str) -> list[str]:
+    """What went wrong in sending, as one message: how many of the lines handed to the
+    producer the broker acknowledged, how many failed (and why) or had no answer, and
+    where sending stopped. Empty if every line was acknowledged."""
+    if delivery.acked == sent and not delivery.failed and not stats.errors:
+        return []
+    pieces = []
+    if delivery.acked < sent:
+        lost = []
+        if delivery.failed:
+            lost.append(f"{delivery.failed:,} failed ({delivery.first_error})")
+        if delivery.unanswered:
+            lost.append(f"{delivery.unanswered:,} had no answer within {delivery.waited:g} s")
+        missing = sent - delivery.acked - delivery.failed - delivery.unanswered
+        if missing > 0:  # not expected: every future completes, or is failed on close
+            lost.append(f"{missing:,} had no outcome")
+        pieces.append(
+            f"the broker acknowledged {delivery.acked:,} of the {sent:,} line(s) sent; "
+            + " and ".join(lost)
+        )
+    pieces.extend(stats.errors)
+    if stats.stopped_at is not None:
+        pieces.append(
+            f"sending stopped at line {stats.stopped_at:,} of {name}, the rest was not sent"
+        )
+    return ["; ".join(pieces)]
 
 
 def _fail(message: str) -> NoReturn:

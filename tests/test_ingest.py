@@ -4,6 +4,8 @@ invalid lines are reported with their line numbers, CSV rows become wire-contrac
 from __future__ import annotations
 
 import gzip
+import re
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,7 +16,6 @@ import orjson
 import pytest
 from click.testing import CliRunner, Result
 from kafka import KafkaConsumer, TopicPartition
-from kafka.future import Future
 from kafka.partitioner.default import murmur2
 
 from schemas.events import parse_event
@@ -379,58 +380,93 @@ def test_csv_from_stdin_is_recognised(broker: EmbeddedBroker, topics: Topics) ->
     assert parse_event(record.value).type == "month.closed"
 
 
-# --- delivery accounting (a fake producer: failures the embedded broker will not produce) ----
+# --- delivery failures (a broker of the test's own, killed while the ingest sends) -------
 
 
-class FakeProducer:
-    """Futures that fail from line ``fail_from`` on, or never complete when ``hang``."""
+class KillOnIngress(threading.Thread):
+    """SIGKILLs ``broker`` once ``records`` records are readable on ``topic`` (acks=all:
+    the broker has acknowledged them), i.e. while the ingest is still sending."""
 
-    def __init__(self, fail_from: int | None = None, hang: bool = False) -> None:
-        self.fail_from, self.hang, self.sent = fail_from, hang, 0
+    def __init__(self, broker: EmbeddedBroker, topic: str, records: int) -> None:
+        super().__init__(daemon=True)
+        self.broker, self.topic, self.records = broker, topic, records
+        self.killed = False
+        self.error: BaseException | None = None
 
-    def send(self, topic: str, value: bytes, key: bytes | None) -> Future:
-        self.sent += 1
-        future = Future()
-        if self.hang:
-            return future
-        if self.fail_from is not None and self.sent >= self.fail_from:
-            from kafka.errors import KafkaTimeoutError
+    def run(self) -> None:
+        try:
+            consumer = KafkaConsumer(
+                bootstrap_servers=self.broker.bootstrap, group_id=None, enable_auto_commit=False
+            )
+            try:
+                self.wait_for_records(consumer)
+            finally:
+                consumer.close()
+            assert self.broker.process is not None
+            self.broker.process.kill()
+            self.killed = True
+        except BaseException as exc:  # reported by the test
+            self.error = exc
 
-            return future.failure(KafkaTimeoutError("Batch for ingress-0 expired"))
-        return future.success(None)
+    def wait_for_records(self, consumer: KafkaConsumer) -> None:
+        deadline = time.monotonic() + 30
+        while not (numbers := consumer.partitions_for_topic(self.topic)):
+            assert time.monotonic() < deadline, f"no topic {self.topic}"
+            time.sleep(0.02)
+        parts = [TopicPartition(self.topic, p) for p in sorted(numbers)]
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        seen = 0
+        while seen < self.records:
+            assert time.monotonic() < deadline, f"only {seen} records on {self.topic}"
+            seen += sum(map(len, consumer.poll(timeout_ms=100).values()))
 
-    def flush(self, timeout: float | None = None) -> None:
-        pass
 
-    def close(self, timeout: float | None = None) -> None:
-        pass
-
-
-@pytest.mark.parametrize(
-    ("fake", "message"),
-    [
-        (FakeProducer(fail_from=3), "line(s) were not delivered: KafkaTimeoutError"),
-        (FakeProducer(hang=True), "only 0 of 5 line(s) were acknowledged"),
-    ],
+FAILED_INGEST = re.compile(
+    r"error: the broker acknowledged (?P<acked>[\d,]+) of the (?P<sent>[\d,]+) line\(s\) sent; "
+    r"(?P<failed>[\d,]+) failed \(KafkaTimeoutError: Expiring [\d,]+ record\(s\) for "
+    r"TopicPartition\(.+?\): \d+ ms has passed since batch creation\)"
+    r"(?: and (?P<unanswered>[\d,]+) had no answer within 3 s)?; "
+    r"sending stopped at line (?P<stopped>[\d,]+) of (?P<file>.+), the rest was not sent "
+    r"\(the ingest is incomplete\)"
 )
-def test_a_failed_send_is_never_reported_as_success(
-    fake: FakeProducer, message: str, topics: Topics, tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
-    import streams.broker
-    import streams.topics
 
-    monkeypatch.setattr(streams.broker, "reachable", lambda *_a, **_k: True)
-    monkeypatch.setattr(streams.topics, "ensure_topics", lambda *_a, **_k: [])
-    monkeypatch.setattr(cmd_ingest, "make_producer", lambda _bootstrap: fake)
-    path = tmp_path / "events.ndjson"
-    path.write_bytes(b"\n".join(practice_lines(patients=1)[:5]))
 
-    result = ingest(None, topics, str(path))
+def test_a_broker_dying_mid_ingest_fails_it_with_the_count_acknowledged(
+    topics: Topics, tmp_path: Path
+) -> None:
+    lines = practice_lines()
+    copies = 600  # 64,800 lines (21 MB): seconds of sending, still going when the broker dies
+    path = tmp_path / "big.ndjson"
+    path.write_bytes((b"\n".join(lines) + b"\n") * copies)
+    total = len(lines) * copies
 
-    assert result.exit_code == 1
-    assert message in result.stderr and "(the ingest is incomplete)" in result.stderr
-    assert "error: " in result.stderr
+    # a broker of its own (the session's one must survive), killed after 500 acks
+    with EmbeddedBroker(log_path=tmp_path / "tansu.log") as doomed:
+        killer = KillOnIngress(doomed, topics.ingress, records=500)
+        killer.start()
+        started = time.monotonic()
+        result = ingest(doomed, topics, str(path), "--delivery-timeout", "2")
+        elapsed = time.monotonic() - started
+        killer.join(timeout=30)
+
+    assert killer.error is None, killer.error
+    assert killer.killed, "the broker was not killed"
+    assert result.exit_code == 1, result.output
+    assert result.stdout == ""  # no "sent N line(s)" summary
+    assert result.stderr.count("\n") == 1, result.stderr  # one line
+    match = FAILED_INGEST.fullmatch(result.stderr.strip())
+    assert match, result.stderr
+    acked, sent, failed, unanswered, stopped = (
+        int((match[name] or "0").replace(",", ""))
+        for name in ("acked", "sent", "failed", "unanswered", "stopped")
+    )
+    assert 0 < acked < sent < total, "the whole file was sent before the broker died"
+    assert failed > 0  # the first expired batch stops the sending
+    assert acked + failed + unanswered == sent
+    assert stopped == sent + 1 and match["file"] == str(path)
+    # the failure is reported within the delivery timeout of the kill, plus the flush
+    assert elapsed < 20
 
 
 # --- units -----------------------------------------------------------------------------------
