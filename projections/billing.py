@@ -162,12 +162,22 @@ def evaluate(
 # -- device transmission days ---------------------------------------------------
 
 
-def _reading_days(patient: PatientState, tz: str) -> dict[str, set[date]]:
+def reading_days(patient: PatientState, tz: str) -> dict[str, set[date]]:
+    """Local days with a reading, per device program."""
     return {
         fam: {local_day(q * QUARTER_HOUR, tz) for q in quarters}
         for fam, quarters in patient.readings.items()
         if quarters
     }
+
+
+def activities_by_month(patient: PatientState, tz: str) -> dict[str, list[Activity]]:
+    """The patient's activities under each local month they touch."""
+    by_month: dict[str, list[Activity]] = {}
+    for a in patient.activities.values():
+        for m in months_spanned(a.start, a.end, tz):
+            by_month.setdefault(m, []).append(a)
+    return by_month
 
 
 def _periods(
@@ -208,17 +218,23 @@ class PatientContext:
     """What the months of one patient share in one evaluation, computed once: build one
     per patient and state, then ask for ``months()`` and ``month(m)``."""
 
-    def __init__(self, patient: PatientState, practice: Practice) -> None:
+    def __init__(
+        self,
+        patient: PatientState,
+        practice: Practice,
+        days: dict[str, set[date]] | None = None,
+        by_month: dict[str, list[Activity]] | None = None,
+    ) -> None:
+        """``days`` and ``by_month`` may come from :func:`reading_days` and
+        :func:`activities_by_month` of the same patient and zone (an incremental caller
+        keeps them between events instead of recomputing them from the whole record)."""
         self.patient = patient
         self.practice = practice
         self.tz = practice.timezone
-        self.days = _reading_days(patient, self.tz)
+        self.days = reading_days(patient, self.tz) if days is None else days
         self.periods = {fam: _periods(patient, fam, d) for fam, d in self.days.items()}
         self.consent_cache: dict[tuple[str, str], list[Interval] | None] = {}
-        self.by_month: dict[str, list[Activity]] = {}
-        for a in patient.activities.values():
-            for m in months_spanned(a.start, a.end, self.tz):
-                self.by_month.setdefault(m, []).append(a)
+        self.by_month = activities_by_month(patient, self.tz) if by_month is None else by_month
 
     def months(self) -> list[str]:
         months = set(self.by_month)

@@ -11,11 +11,24 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 
 from projections.alerts import alert_id, diff
-from projections.billing import MonthBilling, PatientContext, evaluate
-from projections.calendar import epoch, month_bounds, month_of, months_spanned, next_month
+from projections.billing import (
+    MonthBilling,
+    PatientContext,
+    activities_by_month,
+    evaluate,
+    reading_days,
+)
+from projections.calendar import (
+    epoch,
+    local_day,
+    month_bounds,
+    month_of,
+    months_spanned,
+    next_month,
+)
 from projections.ledger import QUARTER_HOUR, Activity, Ledger, Outcome, Status
 from schemas.events import (
     ActivityLogged,
@@ -76,6 +89,10 @@ class Projector:
         self.ledger = ledger if ledger is not None else Ledger()
         self.views: dict[tuple[str, str, str], MonthBilling] = {}
         self._months: dict[tuple[str, str], set[str]] = {}  # months in ``views`` per patient
+        # per patient, kept between events instead of recomputed from the whole record
+        # (both are keyed by the zone they were computed in; a new zone recomputes them)
+        self._days: dict[tuple[str, str], tuple[str, dict[str, set[date]]]] = {}
+        self._by_month: dict[tuple[str, str], tuple[str, dict[str, list[Activity]]]] = {}
 
     def step(self, event: Event, raw: bytes | None = None) -> StepResult:
         """Fold one event (``raw``: its wire bytes, if the caller has them)."""
@@ -87,6 +104,10 @@ class Projector:
             return StepResult(outcome)
         tz = ledger.practice(org).timezone
         result = StepResult(outcome)
+        if isinstance(event, DeviceReading) and not self._new_reading_day(event, tz):
+            return result  # another reading on a day that had one: nothing can change
+        if isinstance(event, ActivityLogged | ActivityVoided):
+            self._move_activity(event, outcome.previous, tz)
         if isinstance(event, PracticeConfigured):
             for o, pid in sorted(k for k in ledger.patients if k[0] == org):
                 self._refresh(o, pid, None, event, result)
@@ -116,6 +137,52 @@ class Projector:
                 months = {m, next_month(m), next_month(next_month(m))}
         self._refresh(org, pid, months, event, result)
         return result
+
+    def _new_reading_day(self, event: DeviceReading, tz: str) -> bool:
+        """Record the reading's local day in the cache; False when the day had one."""
+        cached = self._days.get((event.org_id, event.patient_id))  # type: ignore[arg-type]
+        if cached is None or cached[0] != tz:
+            return True  # computed afresh from the record at the refresh
+        day = local_day(epoch(event.data.taken_at) // QUARTER_HOUR * QUARTER_HOUR, tz)
+        days = cached[1].setdefault(event.data.program, set())
+        if day in days:
+            return False
+        days.add(day)
+        return True
+
+    def _move_activity(
+        self, event: ActivityLogged | ActivityVoided, previous: Activity | None, tz: str
+    ) -> None:
+        key = (event.org_id, event.patient_id)
+        cached = self._by_month.get(key)  # type: ignore[arg-type]
+        if cached is None or cached[0] != tz:
+            return
+        by_month = cached[1]
+        if previous is not None:
+            for m in months_spanned(previous.start, previous.end, tz):
+                acts = by_month.get(m, [])
+                acts[:] = [a for a in acts if a is not previous]
+                if not acts:
+                    by_month.pop(m, None)
+        if isinstance(event, ActivityLogged):
+            current = self.ledger.patients[key].activities[event.data.activity_id]  # type: ignore[index]
+            for m in months_spanned(current.start, current.end, tz):
+                by_month.setdefault(m, []).append(current)
+
+    def _context(self, org: str, pid: str) -> PatientContext | None:
+        patient = self.ledger.patients.get((org, pid))
+        if patient is None:
+            return None
+        practice = self.ledger.practice(org)
+        tz = practice.timezone
+        key = (org, pid)
+        days = self._days.get(key)
+        if days is None or days[0] != tz:
+            days = self._days[key] = (tz, reading_days(patient, tz))
+        by_month = self._by_month.get(key)
+        if by_month is None or by_month[0] != tz:
+            by_month = self._by_month[key] = (tz, activities_by_month(patient, tz))
+        return PatientContext(patient, practice, days=days[1], by_month=by_month[1])
 
     def _earliest_reading(self, event: DeviceReading) -> int | None:
         patient = self.ledger.patients.get((event.org_id, event.patient_id))
@@ -155,11 +222,9 @@ class Projector:
     def _refresh(
         self, org: str, pid: str, months: set[str] | None, event: Event, result: StepResult
     ) -> None:
-        patient = self.ledger.patients.get((org, pid))
-        if patient is None:
+        ctx = self._context(org, pid)
+        if ctx is None:
             return
-        practice = self.ledger.practice(org)
-        ctx = PatientContext(patient, practice)
         valid = set(ctx.months())
         known = self._months.setdefault((org, pid), set())
         # besides the months the event touches, any month that appeared or vanished (APCM

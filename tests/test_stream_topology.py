@@ -172,3 +172,51 @@ def test_partitioned_folds_equal_one_replay(picks: list[int], parts: int) -> Non
         for b in replay(parse_event(r) for r in raws)
     }
     assert {k: v for k, v in billing.items() if v is not None} == expected
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["reading", "reading", "activity", "amend", "void", "zone"]),
+            st.integers(min_value=0, max_value=2),  # patient
+            st.integers(min_value=0, max_value=40 * 24 - 1),  # hour of 2025-03-01 + 40 days
+        ),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_projector_caches_survive_zone_changes_and_same_day_readings(
+    steps: list[tuple[str, int, int]],
+) -> None:
+    """The Projector's per-patient caches (reading days, activities by month) and its
+    same-day-reading shortcut give replay's views, even when the practice's zone
+    changes mid-log and readings arrive out of order."""
+    from datetime import timedelta
+
+    from projections.engine import Projector
+
+    log = Log()
+    log.practice(timezone="America/New_York")
+    for p in range(3):
+        log.documented(f"P-{p}", program="rpm")
+    zones = ["Pacific/Honolulu", "Asia/Kolkata", "America/New_York"]
+    base = datetime(2025, 3, 1, tzinfo=UTC)
+    for i, (kind, p, hour) in enumerate(steps):
+        pid, at = f"P-{p}", (base + timedelta(hours=hour)).isoformat()
+        if kind == "reading":
+            log.reading(pid, taken_at=at)
+        elif kind == "activity":
+            log.activity(pid, f"a{p}-{i % 3}", at, 10 + i % 7)
+        elif kind == "amend":
+            log.activity(pid, f"a{p}-{i % 3}", at, 25, staff="RN-2")
+        elif kind == "void":
+            log.void(pid, f"a{p}-{i % 3}")
+        else:
+            log.practice(timezone=zones[i % 3])
+    projector = Projector()
+    for ev in log.events():
+        projector.step(ev)
+    expected = {(b.patient_id, b.month): b.view() for b in replay(log.events())}
+    got = {(b.patient_id, b.month): b.view() for b in projector.billing()}
+    assert got == expected
