@@ -214,6 +214,19 @@ def _periods(
 # -- evaluation -----------------------------------------------------------------
 
 
+_PAIR_FAMILIES: dict[int, list[tuple[Any, str, str]]] = {}
+
+
+def _pair_families(book: RuleBook) -> list[tuple[Any, str, str]]:
+    """The book's exclusive pairs with the families of their two codes (computed once)."""
+    out = _PAIR_FAMILIES.get(id(book))
+    if out is None:
+        out = _PAIR_FAMILIES[id(book)] = [
+            (p, book.code(p.a).family, book.code(p.b).family) for p in book.exclusives
+        ]
+    return out
+
+
 class PatientContext:
     """What the months of one patient share in one evaluation, computed once: build one
     per patient and state, then ask for ``months()`` and ``month(m)``."""
@@ -644,13 +657,15 @@ class _MonthEval:
     def _exclusive_pairs(self) -> None:
         """Steps 9 and 11: families never billed together (per practitioner or for the
         patient, as each pair's scope says) keep the program of record."""
-        for pair in self.book.exclusives:
+        present = {ln.family for ln in self.lines}
+        for pair, fa, fb in _pair_families(self.book):
+            if fa not in present or fb not in present:
+                continue  # nothing to resolve or flag without lines of both families
             if pair.resolution == "allow_flagged":
                 self._disputed(pair.a, pair.b)
                 continue
             if pair.resolution != "program_of_record":
                 continue  # track_order pairs are settled inside a family's tracks
-            fa, fb = self.book.code(pair.a).family, self.book.code(pair.b).family
             if "apcm" in (fa, fb) or fa == fb:
                 continue  # APCM is settled from its enrollment (step 12)
             left = {ln.practitioner_id for ln in self.lines if ln.family == fa}

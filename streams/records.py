@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 import orjson
@@ -43,7 +42,18 @@ def billing_value(billing: MonthBilling | None) -> bytes | None:
 
 
 def progress_header(billing: MonthBilling) -> bytes:
-    return orjson.dumps([asdict(p) for p in billing.progress])
+    return orjson.dumps(
+        [
+            {
+                "family": p.family,
+                "practitioner_id": p.practitioner_id,
+                "code": p.code,
+                "have_s": p.have_s,
+                "need_s": p.need_s,
+            }
+            for p in billing.progress
+        ]
+    )
 
 
 def alert_value(alert: Alert) -> bytes:
