@@ -197,20 +197,23 @@ def test_worker_killed_mid_stream_restarts_to_the_same_result(
     expected = expected_views(lines)
     worker = worker_for(broker, topics, tmp_path, "--snapshot-interval", "0.5").start()
 
+    third = len(lines) // 3
+    first_part = expected_views(lines[:third])
+
     async def run() -> Follower:
         async with Follower(broker.bootstrap, topics, PARTS) as f:
-            # ~20 s of traffic in batches (linger 20 ms), so the kill lands mid-stream
-            producing = asyncio.create_task(
-                produce(broker.bootstrap, topics.ingress, lines, linger_ms=20, rate=200)
-            )
-            # kill once the worker has published part of the result (snapshots taken too)
-            assert await f.until(lambda got: len(got.billing) > len(expected) // 5, 90)
-            assert not producing.done(), "the producer finished before the kill"
+            # producers batch (linger 20 ms) throughout; the kill lands while the worker
+            # is folding the first third, the second third arrives while it is down, the
+            # last while it restarts and rejoins
+            await produce(broker.bootstrap, topics.ingress, lines[:third], linger_ms=20)
+            assert await f.until(lambda got: len(got.billing) >= len(first_part) // 3, 120)
             worker.kill()
-            await asyncio.sleep(1.0)  # the producer keeps batching into ingress meanwhile
+            await produce(broker.bootstrap, topics.ingress, lines[third : 2 * third], linger_ms=20)
             worker.start()
-            await producing
-            await f.until(lambda got: got.views() == expected, 120, quiet=1.0)
+            await produce(
+                broker.bootstrap, topics.ingress, lines[2 * third :], linger_ms=20, rate=500
+            )
+            await f.until(lambda got: got.views() == expected, 180, quiet=1.0)
             return f
 
     try:
