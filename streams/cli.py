@@ -222,8 +222,9 @@ def demo(
     pipeline, live alerts, and the closing billing summary (codes, units, estimated
     payment, blocked reasons); then everything is shut down. About a minute.
 
-    It starts the embedded broker (Tansu, memory only, on a free loopback port) unless
-    --bootstrap or $KAFKA_BOOTSTRAP names one, and a worker; the traffic goes in
+    It uses the broker named by --bootstrap or $KAFKA_BOOTSTRAP, else one answering at
+    127.0.0.1:9092, else starts the embedded broker (Tansu, memory only, on a free
+    loopback port); then a worker; the traffic goes in
     through care.ingress.v1 (topics get a fresh demo-... prefix), alerts are read off
     care.alerts.v1, and the summary off care.billing.v1, checked against an offline
     replay of the same events. Alerts name a short alert id and a demo alias for the
@@ -246,7 +247,12 @@ def demo(
     from streams import bootstrap as bs
     from streams.demo_live import DemoError, run_live_demo
 
+    from streams.broker import reachable
+
     address, named = bs.resolve(bootstrap)
+    if not named and reachable(address):
+        named = True  # a broker already answers at the default address: use it
+        console.print(f"[dim]using the broker answering at {address}[/]")
     try:
         run_live_demo(
             console,
