@@ -245,9 +245,8 @@ def demo(
         run_demo(console, patients=patients, month=month, seed=seed, pace=pace, log_path=save_log)
         return
     from streams import bootstrap as bs
-    from streams.demo_live import DemoError, run_live_demo
-
     from streams.broker import reachable
+    from streams.demo_live import DemoError, run_live_demo
 
     address, named = bs.resolve(bootstrap)
     if not named and reachable(address):

@@ -73,6 +73,15 @@ def prefix_option(f):  # type: ignore[no-untyped-def]
     "(for replays and demos of past months).",
 )
 @click.option(
+    "--role",
+    type=click.Choice(["all", "gate", "fold"]),
+    default="all",
+    show_default=True,
+    help="All agents in this process, or only the gate (ingress -> log) or only the fold "
+    "(log -> billing, alerts, staff), to spread them over two processes. Run one gate "
+    "at most.",
+)
+@click.option(
     "--loglevel",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="warning",
@@ -87,6 +96,7 @@ def worker(
     snapshot_interval: float,
     sweep_interval: float,
     sweep_clock: str,
+    role: str,
     loglevel: str,
 ) -> None:
     """Run the stream processors until Ctrl-C or SIGTERM.
@@ -104,6 +114,7 @@ def worker(
       caretally broker &                   # an embedded broker on 127.0.0.1:9092
       caretally worker
       KAFKA_BOOTSTRAP=kafka:9092 caretally worker --partitions 16
+      caretally worker --role gate & caretally worker --role fold   # two cores
     """
     from streams import bootstrap as bs
     from streams.broker import reachable
@@ -127,5 +138,6 @@ def worker(
         snapshot_interval=snapshot_interval,
         sweep_interval=sweep_interval,
         sweep_clock=sweep_clock,
+        role=role,
     )
     run(cfg, loglevel=loglevel)

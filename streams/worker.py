@@ -10,6 +10,11 @@ Agents (one process, ``concurrency=1`` each: KAFKA-NOTES.md §0.4):
 * **staff** — ``care.staff.v1`` → ``staff_overlap`` alerts (``projections.staff``).
 * timers: the daily ``threshold_approaching`` sweep and the snapshots.
 
+``role`` runs all of it in one process (``all``), or the gate alone (``gate``) or the
+rest (``fold``), each as its own consumer group (``<app_id>-gate``, ``<app_id>-fold``),
+so the two halves can use two cores. Run at most one gate: it is the log's only writer
+and dedupes against the index it rebuilt from the log at start.
+
 State is not kept in Faust changelog tables: on Tansu their recovery loses updates
 (KAFKA-NOTES.md §0.2), and ``stream.take`` cannot write them (§0.7). Each partition's
 state lives in memory and is snapshotted with the log offset it reflects; a record
@@ -59,6 +64,7 @@ class WorkerConfig:
     topics: Topics = field(default_factory=Topics)
     partitions: int = DEFAULT_PARTITIONS
     app_id: str = "caretally"
+    role: str = "all"  # or "gate" (ingress -> log) or "fold" (log -> billing, alerts, staff)
     state_dir: Path | None = Path(".caretally/state")
     snapshot_interval: float = 30.0
     sweep_interval: float = 60.0
@@ -115,7 +121,7 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str]) -> Any:
 
     t = cfg.topics
     app = App(
-        cfg.app_id,
+        cfg.app_id if cfg.role == "all" else f"{cfg.app_id}-{cfg.role}",
         broker=f"kafka://{cfg.bootstrap}",
         store="memory://",
         processing_guarantee="at_least_once",
@@ -184,7 +190,6 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str]) -> Any:
         pending.append(await produce(names[out.topic], out.key, out.value, headers))
         counts[f"out.{out.topic}"] += 1
 
-    @app.task
     async def rebuild_gate() -> None:
         n = 0
         async for record in read_to_end(cfg.bootstrap, t.events, range(cfg.partitions)):
@@ -195,7 +200,6 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str]) -> Any:
         log.info("ingress gate rebuilt from %d log records", n)
         gate_ready.set()
 
-    @app.agent(ingress, concurrency=1)
     async def gate_agent(stream: Any) -> None:
         await gate_ready.wait()
         async for batch in stream.take_events(cfg.batch_size, within=cfg.batch_within):
@@ -243,7 +247,6 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str]) -> Any:
         async for rec in read_range(cfg.bootstrap, topic_name, partition, slot.next_offset, offset):
             await fold(slot, rec, pending)
 
-    @app.agent(events, concurrency=1)
     async def fold_agent(stream: Any) -> None:
         async for batch in stream.take_events(cfg.batch_size, within=cfg.batch_within):
             pending: list[Any] = []
@@ -281,7 +284,6 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str]) -> Any:
         slot.next_offset = record.offset + 1
         slot.dirty = True
 
-    @app.agent(staff, concurrency=1)
     async def staff_agent(stream: Any) -> None:
         async for batch in stream.take_events(cfg.batch_size, within=cfg.batch_within):
             pending: list[Any] = []
@@ -298,7 +300,6 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str]) -> Any:
                     await staff_record(slot, msg, pending)
                 await deliver(pending)
 
-    @app.timer(cfg.sweep_interval)
     async def daily_sweep() -> None:
         async with fold_lock:
             parts = [s.state for s in folds.slots.values()]
@@ -313,7 +314,6 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str]) -> Any:
                     await send(out, pending)
             await deliver(pending)
 
-    @app.timer(cfg.snapshot_interval)
     async def snapshot() -> None:
         async with fold_lock:
             n = folds.save_dirty()
@@ -322,6 +322,14 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str]) -> Any:
         if n:
             log.debug("snapshotted %d partition(s)", n)
 
+    if cfg.role in ("all", "gate"):
+        app.task(rebuild_gate)
+        app.agent(ingress, concurrency=1)(gate_agent)
+    if cfg.role in ("all", "fold"):
+        app.agent(events, concurrency=1)(fold_agent)
+        app.agent(staff, concurrency=1)(staff_agent)
+        app.timer(cfg.sweep_interval)(daily_sweep)
+        app.timer(cfg.snapshot_interval)(snapshot)
     return app
 
 

@@ -278,3 +278,20 @@ def test_staff_overlap_late_activity_and_the_daily_sweep(
     assert kinds["late_activity"] == offline["late_activity"] >= 1
     ids = [a["alert_id"] for a in follower.got.alerts]
     assert len(ids) == len(set(ids))  # no repeats without a restart
+
+
+def test_gate_and_fold_in_two_processes_give_the_same_billing(
+    broker: EmbeddedBroker, topics: Topics, tmp_path: Path
+) -> None:
+    lines = lines_of(list(generate_events(1500, seed=21, orgs=2)))
+    expected = expected_views(lines)
+    gate = worker_for(broker, topics, tmp_path, "--role", "gate")
+    gate.log_path = tmp_path / "gate.log"
+    fold = worker_for(broker, topics, tmp_path, "--role", "fold")
+    gate.start(), fold.start()
+    try:
+        follower = asyncio.run(feed_and_collect(broker, topics, lines, expected))
+    finally:
+        assert gate.stop() == 0 and fold.stop() == 0
+    assert follower.got.views() == expected
+    assert not follower.got.deadletter
