@@ -19,6 +19,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -n 2 --timeout=600
 
@@ -28,6 +29,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/replay.py --events 1000000 --out benchmarks/results/replay.json
+	$(BIN)/python benchmarks/pipeline.py --out benchmarks/results/pipeline.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
