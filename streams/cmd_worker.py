@@ -48,7 +48,8 @@ def prefix_option(f):  # type: ignore[no-untyped-def]
     type=click.Path(path_type=Path),
     default=Path(".caretally/state"),
     show_default=True,
-    help="Where partition snapshots are kept.",
+    help="Where partition snapshots are kept, under a folder per app id and topic prefix "
+    "(so two pipelines never share snapshots).",
 )
 @click.option(
     "--snapshot-interval",
@@ -129,12 +130,13 @@ def worker(
             err=True,
         )
         sys.exit(1)
+    topics = Topics.from_env(topic_prefix)
     cfg = WorkerConfig(
         bootstrap=address,
-        topics=Topics.from_env(topic_prefix),
+        topics=topics,
         partitions=partitions,
         app_id=app_id,
-        state_dir=state_dir,
+        state_dir=state_dir / f"{app_id}{'@' + topics.prefix.rstrip('.') if topics.prefix else ''}",
         snapshot_interval=snapshot_interval,
         sweep_interval=sweep_interval,
         sweep_clock=sweep_clock,
