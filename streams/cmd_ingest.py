@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Literal, NoReturn
 
 import click
-import orjson
 
 from schemas.events import EventRejected, parse_event
+from streams.cli_options import bootstrap_option, prefix_option
 from streams.csv_events import CsvHeaderError, mapping_summary, read_csv_events
 from streams.logfile import iter_lines
-from streams.records import event_key
+from streams.records import event_key, key_of
 from streams.topics import DEFAULT_PARTITIONS
 
 EXIT_FAILED = 1  # broker unreachable, a send failed, the input could not be read
@@ -65,18 +65,6 @@ class Outgoing:
     value: bytes
     key: bytes | None
     reason: str | None
-
-
-def key_of(raw: bytes) -> bytes | None:
-    """``event_key`` of a raw line that may not be a valid event (None if it has no org_id)."""
-    try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(obj, dict) or not isinstance(obj.get("org_id"), str):
-        return None
-    patient = obj.get("patient_id")
-    return event_key(obj["org_id"], patient if isinstance(patient, str) else None)
 
 
 def ndjson_records(stream: BinaryIO) -> Iterator[Outgoing]:
@@ -425,17 +413,8 @@ def _help() -> str:
     show_default=True,
     help="auto: by the file name (.csv, .ndjson, .jsonl, .json), else by content.",
 )
-@click.option(
-    "--bootstrap",
-    metavar="HOST:PORT",
-    help="Kafka bootstrap address [default: $KAFKA_BOOTSTRAP, else 127.0.0.1:9092].",
-)
-@click.option(
-    "--topic-prefix",
-    default=None,
-    metavar="PREFIX",
-    help="Prepended to every topic name, e.g. 'staging.' [default: $CARETALLY_TOPIC_PREFIX].",
-)
+@bootstrap_option
+@prefix_option
 @click.option(
     "--partitions",
     default=DEFAULT_PARTITIONS,

@@ -8,6 +8,7 @@ from typing import NoReturn
 
 import click
 
+from streams.cli_options import bootstrap_option, prefix_option
 from streams.topics import DEFAULT_PARTITIONS
 
 MIB = 1024 * 1024
@@ -28,22 +29,13 @@ def _fail(message: str) -> NoReturn:
 
 
 @click.command(short_help="Run the HTTP API: ingest events, billing queries, live alerts.")
-@click.option(
-    "--bootstrap",
-    metavar="HOST:PORT",
-    help="Kafka bootstrap address [default: $KAFKA_BOOTSTRAP, else 127.0.0.1:9092].",
-)
+@bootstrap_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
     "--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="TCP port."
 )
 @_keys_option
-@click.option(
-    "--topic-prefix",
-    default=None,
-    metavar="PREFIX",
-    help="Prepended to every topic name, e.g. 'staging.' [default: $CARETALLY_TOPIC_PREFIX].",
-)
+@prefix_option
 @click.option(
     "--max-body-bytes",
     default=5 * MIB,

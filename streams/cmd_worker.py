@@ -7,24 +7,8 @@ from pathlib import Path
 
 import click
 
+from streams.cli_options import bootstrap_option, prefix_option
 from streams.topics import DEFAULT_PARTITIONS
-
-
-def bootstrap_option(f):  # type: ignore[no-untyped-def]
-    return click.option(
-        "--bootstrap",
-        metavar="HOST:PORT",
-        help="Kafka bootstrap address [default: $KAFKA_BOOTSTRAP, else 127.0.0.1:9092].",
-    )(f)
-
-
-def prefix_option(f):  # type: ignore[no-untyped-def]
-    return click.option(
-        "--topic-prefix",
-        default=None,
-        metavar="PREFIX",
-        help="Prepended to every topic name, e.g. 'staging.' [default: $CARETALLY_TOPIC_PREFIX].",
-    )(f)
 
 
 @click.command(short_help="Run the stream processors: validate, fold, alert.")

@@ -7,12 +7,12 @@ from __future__ import annotations
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import orjson
 from rich.console import Console
 from rich.table import Table
 
-from projections.billing import MonthBilling
 from projections.engine import Projector
 from projections.ledger import Status
 from projections.rulebook import book_for_month
@@ -74,7 +74,7 @@ def run_demo(
     if sum(kinds.values()) > shown:
         console.print(f"[dim]... and {sum(kinds.values()) - shown} more alerts[/]")
     billing = projector.billing()
-    _summary(console, billing)
+    summary_table(console, [b.view() for b in billing])
     payment = round(sum(b.estimated_payment for b in billing), 2)
     console.print(
         f"alerts by kind: {dict(sorted(kinds.items()))}; {duplicates} duplicate and "
@@ -102,20 +102,23 @@ def _print_alert(console: Console, alert: Alert, aliases: dict[str, str]) -> Non
     )
 
 
-def _summary(console: Console, billing: list[MonthBilling]) -> None:
+def summary_table(console: Console, views: list[dict[str, Any]]) -> None:
+    """Codes, units and estimated $ over billing views (replay lines); blocked units by
+    reason. Both demos print it: the offline one from the core, the live one from
+    care.billing.v1."""
     units: Counter[str] = Counter()
     dollars: dict[str, float] = {}
     blocked: Counter[str] = Counter()
-    for b in billing:
-        book = book_for_month(b.month)
-        for line in b.billable:
-            units[line.code] += line.units
-            fee = (book.fee(line.code) or 0.0) * line.units
-            dollars[line.code] = dollars.get(line.code, 0.0) + fee
-        for item in b.blocked:
-            for reason in sorted(set(item.reasons)):
-                blocked[f"{item.line.code}: {reason}"] += item.line.units
-    table = Table(title=f"billing summary ({len(billing)} patient-months)")
+    for v in views:
+        book = book_for_month(v["month"])
+        for line in v["billable"]:
+            units[line["code"]] += line["units"]
+            fee = (book.fee(line["code"]) or 0.0) * line["units"]
+            dollars[line["code"]] = dollars.get(line["code"], 0.0) + fee
+        for item in v["blocked"]:
+            for reason in item["reasons"]:
+                blocked[f"{item['code']}: {reason}"] += item["units"]
+    table = Table(title=f"billing summary ({len(views)} patient-months)")
     table.add_column("code")
     table.add_column("units", justify="right")
     table.add_column("est. $", justify="right")

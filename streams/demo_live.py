@@ -20,14 +20,12 @@ from typing import Any
 
 import orjson
 from rich.console import Console
-from rich.table import Table
 
 from projections.engine import replay
-from projections.rulebook import book_for_month
 from schemas.events import EventRejected, parse_event
 from schemas.views import Alert
 from streams.broker import EmbeddedBroker, reachable
-from streams.demo import _print_alert
+from streams.demo import _print_alert, summary_table
 from streams.pipeline_client import Follower, WorkerProcess, produce
 from streams.synthetic import generate_practice_log, write_ndjson
 from streams.topics import Topics, ensure_topics
@@ -184,34 +182,3 @@ async def _feed_and_follow(
         "estimated_payment": payment,
         "kinds": dict(kinds),
     }
-
-
-def summary_table(console: Console, views: list[dict[str, Any]]) -> None:
-    """Codes, units and estimated $ over billing views; blocked units by reason."""
-    units: Counter[str] = Counter()
-    dollars: dict[str, float] = {}
-    blocked: Counter[str] = Counter()
-    for v in views:
-        book = book_for_month(v["month"])
-        for line in v["billable"]:
-            units[line["code"]] += line["units"]
-            fee = (book.fee(line["code"]) or 0.0) * line["units"]
-            dollars[line["code"]] = dollars.get(line["code"], 0.0) + fee
-        for item in v["blocked"]:
-            for reason in item["reasons"]:
-                blocked[f"{item['code']}: {reason}"] += item["units"]
-    table = Table(title=f"billing summary ({len(views)} patient-months)")
-    table.add_column("code")
-    table.add_column("units", justify="right")
-    table.add_column("est. $", justify="right")
-    for code in sorted(units):
-        table.add_row(code, str(units[code]), f"{dollars[code]:,.2f}")
-    table.add_row("total", str(sum(units.values())), f"{sum(dollars.values()):,.2f}", style="bold")
-    console.print(table)
-    if blocked:
-        bt = Table(title="blocked (time met, billing held)")
-        bt.add_column("code: reason")
-        bt.add_column("units", justify="right")
-        for key, n in blocked.most_common():
-            bt.add_row(key, str(n))
-        console.print(bt)

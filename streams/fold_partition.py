@@ -42,7 +42,7 @@ class Output:
     headers: tuple[tuple[str, bytes], ...] = ()
 
 
-def _alert_out(alert: Alert) -> Output:
+def alert_output(alert: Alert) -> Output:
     return Output(ALERTS, event_key(alert.org_id, alert.patient_id), alert_value(alert))
 
 
@@ -85,7 +85,7 @@ class FoldPartition:
         if self.latest is None or event.recorded_at > self.latest:
             self.latest = event.recorded_at
         out = [self._billing_out(b) for b in result.changed]
-        out.extend(_alert_out(a) for a in result.alerts)
+        out.extend(alert_output(a) for a in result.alerts)
         out.extend(self._staff(event, result.outcome.previous))
         return out
 
@@ -123,7 +123,7 @@ class FoldPartition:
             month = month_of_date(today)
             for (o, _pid, m), b in sorted(self.projector.views.items()):
                 if o == org and m == month:
-                    out.extend(_alert_out(a) for a in approaching(b, today))
+                    out.extend(alert_output(a) for a in approaching(b, today))
         return out
 
 

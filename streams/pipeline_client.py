@@ -20,20 +20,8 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streams.records import event_key
+from streams.records import key_of
 from streams.topics import Topics
-
-
-def key_of(raw: bytes) -> bytes | None:
-    """The ingress key of a raw event line (None when it is not a JSON object)."""
-    try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(obj, dict) or not isinstance(obj.get("org_id"), str):
-        return None
-    pid = obj.get("patient_id")
-    return event_key(obj["org_id"], pid if isinstance(pid, str) else None)
 
 
 async def produce(

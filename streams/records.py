@@ -33,6 +33,18 @@ def event_key(org_id: str, patient_id: str | None) -> bytes:
     return f"{org_id}:{patient_id or ''}".encode()
 
 
+def key_of(raw: bytes) -> bytes | None:
+    """``event_key`` of a raw line that may not be a valid event (None without an org_id)."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(obj, dict) or not isinstance(obj.get("org_id"), str):
+        return None
+    patient = obj.get("patient_id")
+    return event_key(obj["org_id"], patient if isinstance(patient, str) else None)
+
+
 def billing_key(org_id: str, patient_id: str, month: str) -> bytes:
     return f"{org_id}:{patient_id}:{month}".encode()
 

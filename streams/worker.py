@@ -46,7 +46,7 @@ from streams.fold_partition import (
     STAFF,
     FoldPartition,
     Output,
-    _alert_out,
+    alert_output,
     sweep_clock,
 )
 from streams.ingress_gate import IngressGate, Verdict, from_bytes, to_bytes
@@ -280,7 +280,7 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str]) -> Any:
             )
         else:
             for alert in slot.state.apply(item):
-                await send(_alert_out(alert), pending)
+                await send(alert_output(alert), pending)
         slot.next_offset = record.offset + 1
         slot.dirty = True
 
