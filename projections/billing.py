@@ -287,6 +287,11 @@ class PatientContext:
         )
         return _MonthEval(self, book, mt).run()
 
+    def month_from_time(self, mt: MonthTime) -> MonthBilling:
+        """Billing of ``mt.month`` from time already accounted elsewhere (the archive
+        replay accounts simple months in SQL); the rules are the same as :meth:`month`."""
+        return _MonthEval(self, book_for_month(mt.month), mt).run()
+
 
 class _MonthEval:
     def __init__(self, ctx: PatientContext, book: RuleBook, mt: MonthTime) -> None:
