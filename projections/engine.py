@@ -29,7 +29,9 @@ from projections.calendar import (
     months_spanned,
     next_month,
 )
+from projections.claims import ClaimRef, claim_line_id, claim_refs
 from projections.ledger import QUARTER_HOUR, Activity, Ledger, Outcome, Status
+from projections.rulebook import book_for_month
 from schemas.events import (
     ActivityLogged,
     ActivityVoided,
@@ -93,6 +95,9 @@ class Projector:
         # (both are keyed by the zone they were computed in; a new zone recomputes them)
         self._days: dict[tuple[str, str], tuple[str, dict[str, set[date]]]] = {}
         self._by_month: dict[tuple[str, str], tuple[str, dict[str, list[Activity]]]] = {}
+        # (org, patient, month) -> the claim lines billed when the month was (last) closed;
+        # plain tuples, since the worker pickles this state in its snapshots
+        self.closed_claims: dict[tuple[str, str, str], tuple[ClaimRef, ...]] = {}
 
     def step(self, event: Event, raw: bytes | None = None) -> StepResult:
         """Fold one event (``raw``: its wire bytes, if the caller has them)."""
@@ -113,10 +118,13 @@ class Projector:
                 self._refresh(o, pid, None, event, result)
             return result
         if isinstance(event, MonthClosed):
+            self._remember_claims(org, event.data.month)
             return result
         pid = event.patient_id
         assert pid is not None
         months: set[str] | None = None  # None: every month of the patient
+        late: dict[str, MonthBilling | None] = {}  # closed month -> its billing before
+        versions: list[Activity] = []
         if isinstance(event, ActivityLogged | ActivityVoided):
             months = set()
             current = ledger.patients[(org, pid)].activities.get(event.data.activity_id)
@@ -125,8 +133,10 @@ class Projector:
                 current if isinstance(event, ActivityLogged) else None,
             ):
                 if version is not None:
+                    versions.append(version)
                     months.update(months_spanned(version.start, version.end, tz))
-            self._late(event, months, result, outcome.previous)
+            closed = ledger.practice(org).closed_months
+            late = {m: self.views.get((org, pid, m)) for m in sorted(months & closed)}
         elif isinstance(event, DeviceReading):
             quarter = epoch(event.data.taken_at) // QUARTER_HOUR
             if earliest is not None and quarter >= earliest:
@@ -136,6 +146,9 @@ class Projector:
                 m = month_of(quarter * QUARTER_HOUR, tz)
                 months = {m, next_month(m), next_month(next_month(m))}
         self._refresh(org, pid, months, event, result)
+        if late:
+            assert isinstance(event, ActivityLogged | ActivityVoided)
+            result.alerts[:0] = self._late(event, late, versions)
         return result
 
     def _new_reading_day(self, event: DeviceReading, tz: str) -> bool:
@@ -189,35 +202,82 @@ class Projector:
         quarters = patient.readings.get(event.data.program) if patient is not None else None
         return min(quarters) if quarters else None
 
+    def _remember_claims(self, org: str, month: str) -> None:
+        """Keep the claim lines of ``org``'s patient-months in ``month`` as billed at its
+        close (a later close of the same month replaces them: the claims were reissued)."""
+        for key in [k for k in self.closed_claims if k[0] == org and k[2] == month]:
+            del self.closed_claims[key]
+        for key, billing in self.views.items():
+            if key[0] == org and key[2] == month and billing.billable:
+                self.closed_claims[key] = claim_refs(billing)
+
     def _late(
         self,
         event: ActivityLogged | ActivityVoided,
-        months: set[str],
-        result: StepResult,
-        previous: Activity | None,
-    ) -> None:
-        closed = self.ledger.practice(event.org_id).closed_months
-        for m in sorted(months & closed):
-            what = "void" if isinstance(event, ActivityVoided) else "activity"
-            result.alerts.append(
+        before: dict[str, MonthBilling | None],
+        versions: list[Activity],
+    ) -> list[Alert]:
+        """``late_activity`` for each closed month the event lands in (RULES.md §6.3),
+        naming the claim lines it would change.
+
+        A line billed at close is affected when the event's activity (either version)
+        counts toward its family and practitioner, or when the event changes its units
+        (a knock-on effect, e.g. through an exclusive pair); a line not billed at close
+        that the event makes billable is named too, with the id it would get. The
+        alert's ``code`` is the first of them; its id hashes only the cause, as before.
+        """
+        org, pid = event.org_id, event.patient_id
+        what = "void" if isinstance(event, ActivityVoided) else "activity"
+        touched = {(v.program, v.practitioner_id) for v in versions}
+        out = []
+        for m, was in before.items():
+            book = book_for_month(m)
+            at_close = self.closed_claims.get((org, pid, m), ())
+            old, new = _units(was), _units(self.views.get((org, pid, m)))
+            parts: list[tuple[str, str]] = []  # (code, words)
+            for code, units, who, line_id in at_close:
+                key = (code, who)
+                if (book.code(code).family, who) in touched or old.get(key) != new.get(key):
+                    parts.append(
+                        (
+                            code,
+                            f"{_line(code, who, line_id)}: x{units} at close, "
+                            f"x{new.get(key, 0)} now",
+                        )
+                    )
+            billed = {(code, who) for code, _, who, _ in at_close}
+            for (code, who), units in sorted(new.items(), key=_by_code):
+                if (code, who) in billed or not units:
+                    continue
+                if (book.code(code).family, who) in touched or old.get((code, who)) != units:
+                    line_id = claim_line_id(org, pid, m, code, who)
+                    parts.append(
+                        (code, f"{_line(code, who, line_id)}: not billed at close, x{units} now")
+                    )
+            detail = f"{what} {event.data.activity_id} lands in closed month {m}; "
+            if parts:
+                detail += "affects " + "; ".join(words for _, words in parts)
+            elif at_close:
+                detail += "affects no claim line billed at close; it may create a claim line"
+            else:
+                detail += (
+                    "nothing was billed for this patient-month at close; it may create a claim line"
+                )
+            out.append(
                 Alert(
                     alert_id=alert_id(
-                        "late_activity",
-                        event.org_id,
-                        event.patient_id,
-                        m,
-                        event.data.activity_id,
-                        event.event_id,
+                        "late_activity", org, pid, m, event.data.activity_id, event.event_id
                     ),
                     kind="late_activity",
-                    org_id=event.org_id,
-                    patient_id=event.patient_id,
+                    org_id=org,
+                    patient_id=pid,
                     month=m,
-                    code=None,
+                    code=parts[0][0] if parts else None,
                     cause_event_id=event.event_id,
-                    detail=f"{what} {event.data.activity_id} lands in closed month {m}",
+                    detail=detail,
                 )
             )
+        return out
 
     def _refresh(
         self, org: str, pid: str, months: set[str] | None, event: Event, result: StepResult
@@ -259,3 +319,19 @@ def _same_pairs(a: MonthBilling, b: MonthBilling) -> bool:
     return {(p.kind, p.kept, p.other) for p in a.pairs} == {
         (p.kind, p.kept, p.other) for p in b.pairs
     }
+
+
+def _units(billing: MonthBilling | None) -> dict[tuple[str, str | None], int]:
+    """Billable units per (code, billing practitioner)."""
+    out: dict[tuple[str, str | None], int] = {}
+    for ln in billing.billable if billing is not None else ():
+        out[(ln.code, ln.practitioner_id)] = out.get((ln.code, ln.practitioner_id), 0) + ln.units
+    return out
+
+
+def _by_code(item: tuple[tuple[str, str | None], int]) -> tuple[str, str]:
+    return item[0][0], item[0][1] or ""
+
+
+def _line(code: str, practitioner: str | None, line_id: str) -> str:
+    return f"{code} by {practitioner or 'no practitioner of record'} (claim line {line_id})"

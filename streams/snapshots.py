@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
-FORMAT = 1
+FORMAT = 2  # 2: the fold's Projector keeps the claim lines billed at each month close
 
 
 @dataclass

@@ -16,6 +16,7 @@ import pytest
 from builders import Log
 
 from projections.alerts import approaching
+from projections.claims import claim_line_id
 from projections.engine import Projector
 from schemas.views import Alert
 
@@ -222,19 +223,21 @@ def test_overlap_and_double_count_alerts_name_both_activities() -> None:
 
 def test_late_activity_in_closed_month() -> None:
     """RULES §6.3 ``late_activity``: an activity or void landing in a month closed with
-    ``month.closed``; nothing for an open month."""
+    ``month.closed``; nothing for an open month. The alert names the claim line billed at
+    close that it would change (tests/test_close.py has more)."""
     log = late_log()
     ids = [e["event_id"] for e in log.raw]
     got = alerts_by_event(log)
     assert got == {
         ids[-5]: [("threshold_crossed", "99490", MARCH)],
-        ids[-3]: [("late_activity", None, MARCH)],
-        ids[-1]: [("late_activity", None, MARCH), ("threshold_revoked", "99490", MARCH)],
+        ids[-3]: [("late_activity", "99490", MARCH)],
+        ids[-1]: [("late_activity", "99490", MARCH), ("threshold_revoked", "99490", MARCH)],
     }
     late = [a for a in all_alerts(log) if a.kind == "late_activity"]
+    line = f"99490 by DR-1 (claim line {claim_line_id('o1', P, MARCH, '99490', 'DR-1')})"
     assert [a.detail for a in late] == [
-        "activity a2 lands in closed month 2025-03",
-        "void a1 lands in closed month 2025-03",
+        f"activity a2 lands in closed month 2025-03; affects {line}: x1 at close, x1 now",
+        f"void a1 lands in closed month 2025-03; affects {line}: x1 at close, x0 now",
     ]
     assert [a.cause_event_id for a in late] == [ids[-3], ids[-1]]
 
