@@ -49,6 +49,7 @@ from streams.archive_store import LOG_TS_SQL, parquet_sources
 
 _FDIV = "CREATE OR REPLACE TEMP MACRO fdiv(a, b) AS (a - (((a % b) + b) % b)) // b"
 _CONSENT_PROGRAMS = ("ccm", "pcm", "rpm", "rtm", "bhi")
+_STAGES = ("_load", "_calendar", "_activities", "_simple_months", "_pools")
 
 
 @dataclass(slots=True)
@@ -80,6 +81,7 @@ class ArchiveReplay:
         self.files = parquet_sources(source)
         self.con = duckdb.connect(config={"threads": threads or os.cpu_count() or 1})
         self.con.execute(_FDIV)
+        self._done: set[str] = set()
 
     def close(self) -> None:
         self.con.close()
@@ -335,13 +337,18 @@ class ArchiveReplay:
 
     # -- Python: the rules, once per patient-month -----------------------------------
 
+    def prepare(self, upto: str = "_pools") -> None:
+        """Run the SQL stages up to and including ``upto`` (each at most once)."""
+        for stage in _STAGES:
+            if stage not in self._done:
+                getattr(self, stage)()
+                self._done.add(stage)
+            if stage == upto:
+                return
+
     def billing(self) -> Iterator[MonthBilling]:
         """Every patient-month's billing, sorted by org, patient, month (as ``replay``)."""
-        self._load()
-        self._calendar()
-        self._activities()
-        self._simple_months()
-        self._pools()
+        self.prepare()
         fetch = self.con.execute
         practices = {
             org: Practice(tz, facility)

@@ -1,10 +1,12 @@
 """``caretally demo`` on a broker: the whole pipeline, end to end, in about a minute.
 
-Starts the embedded broker (unless one is named or already answers), a worker, then
+Starts the embedded broker (unless one is named or already answers), a worker and
+the archiver (a thread following the log into a Parquet archive), then
 feeds a month of synthetic EHR traffic for a sample practice into ``care.ingress.v1``
 at a visible pace, prints alerts as they come off ``care.alerts.v1``, and ends with
 the billing summary read from ``care.billing.v1`` — checked against an offline
-replay of the same events — before shutting everything down.
+replay of the same events — and the archive, drained to the log's end, before
+shutting everything down.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from rich.console import Console
 from projections.engine import replay
 from schemas.events import EventRejected, parse_event
 from schemas.views import Alert
+from streams.archiver import ArchiveError, Archiver, archived_events
 from streams.broker import EmbeddedBroker, reachable
 from streams.demo import _print_alert, summary_table
 from streams.pipeline_client import Follower, WorkerProcess, produce
@@ -31,6 +34,7 @@ from streams.synthetic import generate_practice_log, write_ndjson
 from streams.topics import Topics, ensure_topics
 
 PARTITIONS = 4
+DEMO_ARCHIVES = Path("data/demo-archive")  # one folder per run, named by its topic prefix
 
 
 class DemoError(RuntimeError):
@@ -60,8 +64,11 @@ def run_live_demo(
     bootstrap_named: bool = False,
     log_path: Path | None = None,
     show_alerts: int = 60,
+    archive_dir: Path | None = None,
 ) -> dict[str, Any]:
     started = time.monotonic()
+    if archive_dir is not None and archive_dir.exists() and any(archive_dir.iterdir()):
+        raise DemoError(f"{archive_dir} is not empty; give --archive a new or empty folder")
     raw = list(generate_practice_log(seed=seed, patients=patients, months=(month,)))
     if log_path is not None:
         write_ndjson(raw, log_path)
@@ -77,6 +84,10 @@ def run_live_demo(
         broker = EmbeddedBroker().start()
         where = broker.bootstrap
     topics = Topics(prefix=f"demo-{uuid.uuid4().hex[:8]}.")
+    if archive_dir is None:
+        archive_dir = DEMO_ARCHIVES / topics.prefix.rstrip(".")
+    archiver = Archiver(where, topics, archive_dir, group_id=f"caretally-archiver-{topics.prefix}")
+    archiving = False
     with tempfile.TemporaryDirectory(prefix="caretally-demo-") as tmp:
         worker = WorkerProcess(
             where,
@@ -100,15 +111,31 @@ def run_live_demo(
                 f"{len(lines)} events via {where}"
             )
             worker.start()
+            archiver.start()
+            archiving = True
             result = asyncio.run(
                 _feed_and_follow(console, where, topics, lines, feed_seconds, show_alerts, worker)
             )
+            archiving = False
+            try:
+                stats = archiver.finish(drain=True)  # to the log's end; the worker is done
+            except ArchiveError as exc:
+                raise DemoError(f"the archiver failed: {exc}") from None
+            result["archived"] = archived_events(archive_dir)
+            console.print(
+                f"archived {result['archived']:,} events ({stats.rows:,} log records in "
+                f"{stats.files} Parquet files) to [bold]{archive_dir}[/]; replay them with "
+                f"`caretally replay --input {archive_dir}`"
+            )
         finally:
+            if archiving:
+                with contextlib.suppress(Exception):
+                    archiver.finish(drain=False, timeout=10)
             worker.stop()
             if broker is not None:
                 broker.stop()
     result["seconds"] = round(time.monotonic() - started, 1)
-    console.print(f"[dim]done in {result['seconds']} s; worker and broker stopped[/]")
+    console.print(f"[dim]done in {result['seconds']} s; worker, archiver and broker stopped[/]")
     return result
 
 

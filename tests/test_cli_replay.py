@@ -149,8 +149,10 @@ def test_help_teaches(args: list[str]) -> None:
 
 
 def test_demo_runs_and_summarises(tmp_path: Path) -> None:
-    saved = tmp_path / "demo.ndjson"
-    result = CliRunner().invoke(cli, ["demo", "--patients", "12", "--save-log", str(saved)])
+    saved, archive = tmp_path / "demo.ndjson", tmp_path / "archive"
+    result = CliRunner().invoke(
+        cli, ["demo", "--patients", "12", "--save-log", str(saved), "--archive", str(archive)]
+    )
     assert result.exit_code == 0, result.output
     assert "billing summary" in result.output
     assert "estimated payment" in result.output
@@ -160,6 +162,10 @@ def test_demo_runs_and_summarises(tmp_path: Path) -> None:
     assert f"billing summary ({len(_json_lines(replay.stdout))} patient-months)" in " ".join(
         result.output.split()
     )
+    # ... and so does the archive the demo's archiver wrote (the DuckDB replay)
+    from_archive = CliRunner().invoke(cli, ["replay", "--input", str(archive), "--workers", "1"])
+    assert from_archive.exit_code == 0, from_archive.output
+    assert _json_lines(from_archive.stdout) == _json_lines(replay.stdout)
 
 
 @pytest.mark.parametrize(
