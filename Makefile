@@ -30,6 +30,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/replay.py --events 1000000 --out benchmarks/results/replay.json
 	$(BIN)/python benchmarks/pipeline.py --out benchmarks/results/pipeline.json
+	$(BIN)/python benchmarks/archive_replay.py --out benchmarks/results/archive_replay.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

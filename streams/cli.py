@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Iterable
 from datetime import datetime
@@ -14,37 +13,12 @@ import orjson
 
 from projections.engine import billing
 from schemas.events import EVENT_TYPES, event_json_schemas
+from streams.cli_options import parse_as_of, parse_month, writable_file
 from streams.logfile import BadLine, fold_file
 from streams.render import write_csv, write_json_lines, write_table
 
 EXIT_BAD_LINES = 3
 GZIP_MAGIC = b"\x1f\x8b"
-
-
-def _parse_as_of(
-    _ctx: click.Context, _param: click.Parameter, value: str | None
-) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        ts = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not an ISO-8601 timestamp") from None
-    if ts.tzinfo is None:
-        raise click.BadParameter("give a UTC offset, e.g. 2025-03-31T23:59:59-04:00 or ...Z")
-    return ts
-
-
-def _parse_month(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
-    if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", value):
-        raise click.BadParameter(f"{value!r} is not a month; write YYYY-MM, e.g. 2025-03")
-    return value
-
-
-def _writable_file(_ctx: click.Context, _param: click.Parameter, value: Path | None) -> Path | None:
-    if value is not None and not value.parent.is_dir():
-        raise click.BadParameter(f"folder {str(value.parent)!r} does not exist")
-    return value
 
 
 @click.group(
@@ -82,7 +56,7 @@ def cli(ctx: click.Context) -> None:
 @click.option(
     "--as-of",
     "as_of",
-    callback=_parse_as_of,
+    callback=parse_as_of,
     metavar="TS",
     help="Only events recorded at or before TS (ISO-8601 with offset): what was known then. "
     "Months that had not begun at TS are left out.",
@@ -215,7 +189,7 @@ def schema(event_type: str | None) -> None:
     "--month",
     default="2025-03",
     show_default=True,
-    callback=_parse_month,
+    callback=parse_month,
     help="Month of traffic (YYYY-MM).",
 )
 @click.option("--seed", default=7, show_default=True, help="Seed of the synthetic traffic.")
@@ -247,7 +221,7 @@ def schema(event_type: str | None) -> None:
     "--save-log",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    callback=_writable_file,
+    callback=writable_file,
     help="Also write the generated events as NDJSON (replay it with `caretally replay`).",
 )
 @click.option(

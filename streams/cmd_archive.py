@@ -5,30 +5,14 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import click
 
-from streams.archive_store import DEFAULT_ARCHIVE
 from streams.archiver import DEFAULT_FLUSH_ROWS, DEFAULT_FLUSH_SECONDS, DEFAULT_GROUP
-from streams.cli_options import F, bootstrap_option, prefix_option
+from streams.cli_options import archive_option, bootstrap_option, prefix_option
 
 EXIT_FAILED = 1
-
-
-def archive_option(help_text: str) -> Callable[[F], F]:
-    """``--archive DIR`` (default ./data/archive, or $CARETALLY_ARCHIVE)."""
-    return click.option(
-        "--archive",
-        "archive_dir",
-        type=click.Path(file_okay=False, path_type=Path),
-        default=DEFAULT_ARCHIVE,
-        envvar="CARETALLY_ARCHIVE",
-        show_default=True,
-        metavar="DIR",
-        help=help_text + " [env: CARETALLY_ARCHIVE]",
-    )
 
 
 @click.command(short_help="Copy the log (care.events.v1) into the Parquet archive.")

@@ -8,7 +8,6 @@ the error messages do not repeat them.
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -20,6 +19,7 @@ import click
 
 from projections.audit import AuditNotFound, AuditReport, audit_month
 from schemas.events import Event
+from streams.cli_options import parse_as_of, parse_month, writable_file
 
 ARCHIVE_ENV = "CARETALLY_ARCHIVE"
 EXIT_NOT_FOUND = 1
@@ -29,30 +29,6 @@ GZIP_MAGIC = b"\x1f\x8b"
 
 class InputError(Exception):
     """An input that cannot be read (exit code 1, message on stderr)."""
-
-
-def _as_of(_ctx: click.Context, _param: click.Parameter, value: str | None) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        ts = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not an ISO-8601 timestamp") from None
-    if ts.tzinfo is None:
-        raise click.BadParameter("give a UTC offset, e.g. 2025-03-31T23:59:59-04:00 or ...Z")
-    return ts
-
-
-def _month(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
-    if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", value):
-        raise click.BadParameter(f"{value!r} is not a month; write YYYY-MM, e.g. 2025-03")
-    return value
-
-
-def _output(_ctx: click.Context, _param: click.Parameter, value: Path | None) -> Path | None:
-    if value is not None and not value.parent.is_dir():
-        raise click.BadParameter(f"folder {str(value.parent)!r} does not exist")
-    return value
 
 
 def read_events(
@@ -101,11 +77,13 @@ def read_events(
 )
 @click.option("--org", "org_id", required=True, metavar="ORG", help="The practice (org_id).")
 @click.option("--patient", "patient_id", required=True, metavar="ID", help="The patient_id.")
-@click.option("--month", required=True, callback=_month, metavar="YYYY-MM", help="Local month.")
+@click.option(
+    "--month", required=True, callback=parse_month, metavar="YYYY-MM", help="Local month."
+)
 @click.option(
     "--as-of",
     "as_of",
-    callback=_as_of,
+    callback=parse_as_of,
     metavar="TS",
     help="Only events recorded at or before TS (ISO-8601 with offset): what was known "
     "then, as `caretally replay --as-of`.",
@@ -123,7 +101,7 @@ def read_events(
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    callback=_output,
+    callback=writable_file,
     metavar="FILE",
     help="Write the report to FILE instead of stdout.",
 )

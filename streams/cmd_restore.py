@@ -9,8 +9,7 @@ from typing import Any
 
 import click
 
-from streams.cli_options import bootstrap_option, prefix_option
-from streams.cmd_archive import archive_option
+from streams.cli_options import archive_option, bootstrap_option, prefix_option
 
 EXIT_FAILED = 1
 EXIT_NOT_EMPTY = 2

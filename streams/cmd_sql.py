@@ -14,7 +14,7 @@ import click
 import orjson
 
 from streams.archive_store import is_archive
-from streams.cmd_archive import archive_option
+from streams.cli_options import archive_option
 
 EXIT_QUERY_FAILED = 1
 TABLE_ROW_LIMIT = 10_000
