@@ -25,6 +25,7 @@ from __future__ import annotations
 import heapq
 import multiprocessing
 import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -79,12 +80,23 @@ class ArchiveReplay:
         self.shard = shard
         self.stats = ReplayStats()
         self.files = parquet_sources(source)
-        self.con = duckdb.connect(config={"threads": threads or os.cpu_count() or 1})
+        shares = 1 if shard is None else shard[1]
+        self._spill = tempfile.TemporaryDirectory(prefix="caretally-replay-")
+        self.con = duckdb.connect(
+            config={
+                "threads": threads or os.cpu_count() or 1,
+                # the shares of one replay split 70% of the memory; beyond it DuckDB spills
+                # to a private temporary folder (not the current directory)
+                "memory_limit": f"{_memory_mb() * 7 // 10 // shares}MB",
+                "temp_directory": self._spill.name,
+            }
+        )
         self.con.execute(_FDIV)
         self._done: set[str] = set()
 
     def close(self) -> None:
         self.con.close()
+        self._spill.cleanup()
 
     # -- SQL stages ----------------------------------------------------------------
 
@@ -96,9 +108,12 @@ class ArchiveReplay:
             'interactive, "on", complexity, chronic_count, qmb, kind, setting, admitted_on, '
             "discharged_on, taken_at, timezone, facility_type"
         )
-        where = "TRUE" if self.as_of is None else "recorded_at <= ?"
+        known = "TRUE" if self.as_of is None else "recorded_at <= ?"
         params: list[Any] = [self.files] + ([] if self.as_of is None else [self.as_of])
+        where = known
         if self.shard is not None:
+            # idempotency is decided over the whole archive (an event id reused by another
+            # patient of the org is a conflict there too); only then is the share taken
             k, n = self.shard
             where += f" AND (patient_id IS NULL OR hash(org_id, patient_id) % {n:d} = {k:d})"
         if not self.files:
@@ -114,7 +129,7 @@ class ArchiveReplay:
                          row_number() OVER (ORDER BY log_ts, partition, "offset") AS ord
                   FROM (SELECT partition, "offset", org_id, event_id, patient_id, recorded_at,
                                {LOG_TS_SQL} FROM read_parquet(?))
-                  WHERE {where})
+                  WHERE {known})
                 QUALIFY row_number() OVER (PARTITION BY org_id, event_id ORDER BY ord) = 1""",
                 params,
             )
@@ -230,20 +245,24 @@ class ArchiveReplay:
         )
         # one piece per local month touched (an activity lasts at most 24 h: two months)
         sql(
-            """CREATE TEMP TABLE pieces AS
+            """CREATE TEMP TABLE spans AS
             WITH first AS (
               SELECT c.*, m.mi FROM cur c
-              ASOF JOIN months m ON c.tz = m.tz AND c.start_s >= m.lo),
-            spans AS (
-              SELECT f.*, m.month, m.lo, m.hi, m.ex_f2f, m.inpatient, m.concurrent
-              FROM first f JOIN months m
-                ON m.tz = f.tz AND m.mi >= f.mi AND m.lo < greatest(f.end_s, f.start_s + 1)
-                AND m.hi > f.start_s)
+              ASOF JOIN months m ON c.tz = m.tz AND c.start_s >= m.lo)
+            SELECT f.*, m.month, m.lo, m.hi, m.ex_f2f, m.inpatient, m.concurrent
+            FROM first f JOIN months m
+              ON m.tz = f.tz AND m.mi >= f.mi AND m.lo < greatest(f.end_s, f.start_s + 1)
+              AND m.hi > f.start_s"""
+        )
+        # ... of which the month's accounting sees those with time after its start (a
+        # zero-second activity at local midnight belongs to the month, with no piece)
+        sql(
+            """CREATE TEMP TABLE pieces AS
             SELECT *, greatest(start_s, lo) AS s, least(end_s, hi) AS e,
                    (start_s < lo OR end_s > hi) AS cross_month,
                    role IN ('physician', 'qhp') AND staff_id = practitioner_id AS personal,
                    NOT (ex_f2f AND f2f) AND role <> 'non_clinical' AS claims
-            FROM spans"""
+            FROM spans WHERE end_s > lo"""
         )
 
     def _simple_months(self) -> None:
@@ -339,7 +358,7 @@ class ArchiveReplay:
                      coalesce(sum(kept) FILTER (WHERE personal), 0) AS p,
                      coalesce(sum(kept) FILTER (WHERE NOT personal), 0) AS s_sum,
                      bool_or(interactive) AS interactive,
-                     bool_or(ks > s) AS cut
+                     bool_or(least(ks, e) > s) AS cut
               FROM k GROUP BY ALL)
             SELECT b.*, coalesce(su.s_union, 0) AS s_union, coalesce(tu.t_union, 0) AS t_union
             FROM base b
@@ -407,7 +426,7 @@ class ArchiveReplay:
             hard_acts.setdefault((row[0], row[1]), {}).setdefault(row[2], []).append(act)
         activity_months: dict[tuple[str, str], list[str]] = {}
         for org, pid, month in fetch(
-            "SELECT DISTINCT org_id, patient_id, month FROM pieces"
+            "SELECT DISTINCT org_id, patient_id, month FROM spans"
         ).fetchall():
             activity_months.setdefault((org, pid), []).append(month)
 
@@ -436,7 +455,19 @@ class ArchiveReplay:
                     yield ctx.month(m)
 
 
+def _memory_mb() -> int:
+    """Physical memory in MB (Linux and macOS; 4 GB if the system does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2**20
+    except (ValueError, OSError, AttributeError):
+        return 4096
+
+
 def _month_time(month: str, tz: str, pools: list[tuple[Any, ...]], flags: set[str]) -> MonthTime:
+    """The accounted time of a month SQL accounted: pools carry their seconds (memoised)
+    but no intervals and no per-activity detail, which is all billing needs; anything
+    that reads intervals (claim dates of service, the audit) must use the core's
+    :func:`projections.accounting.account` instead."""
     lo, hi = month_bounds(month, tz)
     mt = MonthTime(month, lo, hi, set(flags))
     for program, practitioner, concurrent, p, s_sum, s_union, t_union, interactive, cut in pools:

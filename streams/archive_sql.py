@@ -10,8 +10,10 @@
 
 ``activities`` and ``patient_months`` come from the archive replay
 (streams/archive_replay.py), so they are built only when a query names them. Only
-``SELECT`` (and ``EXPLAIN``/``DESCRIBE``/``SHOW``/``SUMMARIZE``) statements are accepted:
-nothing can write through this connection.
+``SELECT`` statements (``DESCRIBE``, ``SHOW``, ``SUMMARIZE`` and plain ``EXPLAIN``
+included) are accepted, so nothing writes through this connection; extensions are
+neither installed nor loaded automatically. It is read-only, not a sandbox: a query
+may read other local files, as the user running it can anyway.
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ def check_read_only(con: Any, query: str) -> None:
         if st.type not in allowed:
             name = str(st.type).rsplit(".", 1)[-1]
             raise SqlRejected(f"only read-only queries are allowed here, not {name} statements")
+        if st.type == duckdb.StatementType.EXPLAIN and re.match(
+            r"\s*EXPLAIN\s+ANALY[SZ]E\b", st.query, re.IGNORECASE
+        ):  # it runs the statement it explains (COPY ... TO included)
+            raise SqlRejected("only read-only queries are allowed here, not EXPLAIN ANALYZE")
 
 
 class ArchiveSql:
@@ -55,6 +61,9 @@ class ArchiveSql:
     def __init__(self, source: Path, as_of: datetime | None = None) -> None:
         self.replay = ArchiveReplay(source, as_of=as_of)
         self.con = self.replay.con
+        # no extension may be fetched or loaded behind the user's back
+        self.con.execute("SET autoinstall_known_extensions = false")
+        self.con.execute("SET autoload_known_extensions = false")
         self._built: set[str] = set()
 
     def close(self) -> None:
@@ -69,7 +78,8 @@ class ArchiveSql:
                 body = f"""SELECT * EXCLUDE (raw, log_ts), decode(raw)::JSON AS event FROM (
                       SELECT *, row_number() OVER (ORDER BY log_ts, partition, "offset")
                              AS log_position
-                      FROM (SELECT *, {LOG_TS_SQL} FROM read_parquet([{files}])))
+                      FROM (SELECT *, {LOG_TS_SQL}
+                            FROM read_parquet([{files}], hive_partitioning = false)))
                     QUALIFY row_number() OVER (PARTITION BY org_id, event_id
                                                ORDER BY log_position) = 1"""
             else:  # an empty archive: the (empty) typed table

@@ -79,6 +79,7 @@ class ArchiveStats:
     flushes: int = 0
     deadlettered: int = 0
     removed: int = 0  # leftovers of an interrupted flush, deleted at start
+    gaps: int = 0  # offset ranges that held no record (logged as warnings)
     seconds: float = 0.0
     partitions: dict[int, tuple[int, int]] = field(default_factory=dict)
 
@@ -359,11 +360,18 @@ class Archiver:
             raise ArchiveError(f"cannot write the archive at {self.root}: {exc}") from None
         try:
             topic = self.topics.events
-            self._partitions, topic_id = describe_topic(self.bootstrap, topic)
-            new_source = check_source(self.root, topic, topic_id)
-            ends = fetch_highwaters(
-                self.bootstrap, topic, range(self._partitions), near=next_offsets(self.root)
-            )
+            try:
+                self._partitions, topic_id = describe_topic(self.bootstrap, topic)
+                new_source = check_source(self.root, topic, topic_id)
+                ends = fetch_highwaters(
+                    self.bootstrap, topic, range(self._partitions), near=next_offsets(self.root)
+                )
+            except ArchiveError:
+                raise
+            except Exception as exc:  # kafka-python raises more than KafkaError here
+                raise ArchiveError(
+                    f"cannot read {topic} at {self.bootstrap}: {type(exc).__name__}: {exc}"
+                ) from None
             check_not_ahead(self.root, topic, ends)
             if new_source:
                 write_source(self.root, topic, topic_id)
@@ -416,14 +424,21 @@ class Archiver:
             ) from None
         except KafkaError as exc:
             raise ArchiveError(f"Kafka error while archiving {topic}: {exc}") from None
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # pyarrow's errors are ValueErrors
             raise ArchiveError(f"writing the archive at {self.root} failed: {exc}") from None
         self._commit_group_now()
 
     def _reached(self, targets: dict[int, int], follow: bool) -> bool:
         if follow and not self._joined:
             return False
-        return all(state.next >= targets.get(p, 0) for p, state in self._open.items())
+        from kafka import TopicPartition
+
+        def position(p: int, state: _Open) -> int:
+            # past a partition's trailing control records (Kafka transactions) no record
+            # ever arrives; the consumer's position still moves beyond them
+            return max(state.next, self._consumer.position(TopicPartition(self.topics.events, p)))
+
+        return all(position(p, state) >= targets.get(p, 0) for p, state in self._open.items())
 
     def _assigned(self, partitions: Iterable[Any]) -> None:
         """Resume each partition where the archive (not the group) says it ends."""
@@ -451,10 +466,12 @@ class Archiver:
         if record.offset != state.next:
             if record.offset < state.next:
                 return  # already held (a refetch)
-            # no record at the offsets between (transaction markers on Kafka): the flush's
-            # range still covers them, so they are never looked for again
-            log.debug(
-                "partition %d: offsets %d..%d hold no record",
+            # no record at the offsets between (transaction markers on Kafka, or records
+            # the broker no longer has): the flush's range still covers them, so they are
+            # never looked for again; said loudly, since on our logs it should not happen
+            self.stats.gaps += 1
+            log.warning(
+                "partition %d: offsets %d..%d hold no record; the archive skips them",
                 partition,
                 state.next,
                 record.offset - 1,

@@ -74,6 +74,8 @@ def test_activities_and_events_views_match_the_fold(archived: tuple[Path, Path])
         assert n == distinct == len({e.event_id for e in events}) < len(events)
         _, rows = db.query("SELECT event->>'$.type', type FROM events")
         assert all(a == b for a, b in rows)
+        names, _ = db.query("SELECT * FROM events LIMIT 0")
+        assert "month" not in names and "org" not in names  # no hive folder columns
     finally:
         db.close()
 
@@ -86,6 +88,8 @@ def test_activities_and_events_views_match_the_fold(archived: tuple[Path, Path])
         "SELECT 1; DROP VIEW events",
         "ATTACH 'other.db'",
         "INSTALL httpfs",
+        "EXPLAIN ANALYZE COPY (SELECT 42) TO 'x.csv'",
+        "explain  analyse COPY (SELECT 42) TO 'x.csv'",
     ],
 )
 def test_only_read_only_statements_run(archived: tuple[Path, Path], statement: str) -> None:
