@@ -455,6 +455,11 @@ class ArchiveReplay:
                     yield ctx.month(m)
 
 
+def stages() -> tuple[str, ...]:
+    """The SQL stages of a replay, in order (for :meth:`ArchiveReplay.prepare`)."""
+    return _STAGES
+
+
 def _memory_mb() -> int:
     """Physical memory in MB (Linux and macOS; 4 GB if the system does not say)."""
     try:
