@@ -21,7 +21,6 @@ import hmac
 import os
 import re
 import secrets
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -30,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
+from streams.atomic_files import write_bytes
 
 ENV = "CARETALLY_API_KEYS"
 DEFAULT_PATH = Path(".caretally/api-keys.json")
@@ -98,18 +99,7 @@ def _write_records(path: Path, records: list[KeyRecord]) -> None:
     """Replace the file atomically (temp file in the same folder, fsync, rename), mode 0600."""
     doc: dict[str, Any] = {"version": FORMAT_VERSION, "keys": [asdict(r) for r in records]}
     data = orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_bytes(path, data)  # a temporary file is created 0600
 
 
 @contextlib.contextmanager

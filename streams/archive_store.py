@@ -22,7 +22,6 @@ reorder one key's events).
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -49,6 +48,7 @@ from schemas.events import (
     StayRecorded,
     VisitRecorded,
 )
+from streams.atomic_files import replace_file, write_bytes
 
 DEFAULT_ARCHIVE = Path("data/archive")
 COMMITTED = "_committed"
@@ -192,35 +192,17 @@ def write_flush(root: Path, flush: Flush, rows: list[dict[str, Any]]) -> list[Pa
         folder = root / org_dir(org) / f"month={month}"
         folder.mkdir(parents=True, exist_ok=True)
         final = folder / f"{flush.name}.parquet"
-        _atomic(final, lambda tmp, part=part: _write_table(tmp, part))  # type: ignore[misc]
+        replace_file(final, lambda tmp, part=part: _write_table(tmp, part))  # type: ignore[misc]
         written.append(final)
     marks = root / COMMITTED
     marks.mkdir(parents=True, exist_ok=True)
-    _atomic(marks / flush.name, lambda tmp: tmp.write_text(f"{len(rows)}\n"))
-    _fsync_dir(marks)
+    write_bytes(marks / flush.name, f"{len(rows)}\n".encode())
     return written
 
 
 def _write_table(path: Path, rows: list[dict[str, Any]]) -> None:
     table = pa.Table.from_pylist(rows, schema=SCHEMA)
     pq.write_table(table, path, compression="zstd")
-
-
-def _atomic(final: Path, write: Any) -> None:
-    tmp = final.with_name(f".{final.name}.tmp")
-    write(tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
-    _fsync_dir(final.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def committed(root: Path) -> set[Flush]:

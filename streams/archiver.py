@@ -52,6 +52,7 @@ from streams.archive_store import (
     remove_uncommitted,
     write_flush,
 )
+from streams.atomic_files import write_bytes
 from streams.records import deadletter_headers
 from streams.topics import Topics
 
@@ -232,11 +233,9 @@ def read_source(root: Path) -> dict[str, str] | None:
 
 def write_source(root: Path, topic: str, topic_id: str) -> None:
     """Record (atomically) which log the archive copies."""
-    tmp = root / f".{SOURCE_FILE}.tmp"
-    tmp.write_text(json.dumps({"topic": topic, "topic_id": topic_id}) + "\n")
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, root / SOURCE_FILE)
+    write_bytes(
+        root / SOURCE_FILE, (json.dumps({"topic": topic, "topic_id": topic_id}) + "\n").encode()
+    )
 
 
 def check_source(root: Path, topic: str, topic_id: str) -> bool:

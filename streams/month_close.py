@@ -15,9 +15,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-import os
 import re
-import tempfile
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -31,6 +29,7 @@ from projections.calendar import DEFAULT_TIMEZONE
 from projections.claims import FIELDS, ClaimLine
 from projections.ledger import Ledger, body_digest, idempotency_digest
 from schemas.events import EventRejected, MonthClosed, PracticeConfigured, parse_event
+from streams.atomic_files import write_bytes
 from streams.ingress_gate import to_bytes
 from streams.log_reader import read_range, read_to_end
 from streams.records import Headers, event_key
@@ -209,21 +208,6 @@ def json_bytes(lines: list[ClaimLine], meta: dict[str, Any]) -> bytes:
     return orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n"
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename,
-    so a reader never sees half a claim file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_claims(
     lines: list[ClaimLine],
     directory: Path,
@@ -237,10 +221,10 @@ def write_claims(
     written = []
     if "csv" in formats:
         path = directory / f"{stem}.csv"
-        write_atomic(path, csv_text(lines).encode())
+        write_bytes(path, csv_text(lines).encode())
         written.append(path)
     if "json" in formats:
         path = directory / f"{stem}.json"
-        write_atomic(path, json_bytes(lines, meta))
+        write_bytes(path, json_bytes(lines, meta))
         written.append(path)
     return written

@@ -8,11 +8,12 @@ the same name) so a snapshot of another log is never applied to this one.
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from streams.atomic_files import replace_file
 
 log = logging.getLogger(__name__)
 FORMAT = 2  # 2: the fold's Projector keeps the claim lines billed at each month close
@@ -62,10 +63,10 @@ class SnapshotStore:
         if self.directory is None:
             return
         path = self._path(partition)
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            pickle.dump((FORMAT, self.log_id, slot.next_offset, slot.state), f, protocol=5)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+
+        def dump(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
+                pickle.dump((FORMAT, self.log_id, slot.next_offset, slot.state), f, protocol=5)
+
+        replace_file(path, dump)
         slot.dirty = False
