@@ -45,6 +45,11 @@ def to_bytes(digest: int) -> bytes:
     return digest.to_bytes(8, "big")
 
 
+def log_headers(idem: int, body: int) -> list[tuple[str, bytes]]:
+    """The headers of a record of the log (``idem``, ``body``): all its writers use them."""
+    return [("idem", to_bytes(idem)), ("body", to_bytes(body))]
+
+
 def from_bytes(raw: bytes) -> int:
     return int.from_bytes(raw, "big")
 

@@ -30,7 +30,7 @@ from projections.claims import FIELDS, ClaimLine
 from projections.ledger import Ledger, body_digest, idempotency_digest
 from schemas.events import EventRejected, MonthClosed, PracticeConfigured, parse_event
 from streams.atomic_files import write_bytes
-from streams.ingress_gate import to_bytes
+from streams.ingress_gate import log_headers
 from streams.log_reader import read_range, read_to_end
 from streams.records import Headers, event_key
 
@@ -114,8 +114,7 @@ def close_record(org: str, month: str, now: datetime) -> CloseRecord:
     raw = orjson.dumps(body)
     event = parse_event(raw)  # the bytes are valid before they can reach the log
     assert isinstance(event, MonthClosed)
-    idem = idempotency_digest(event.org_id, event.event_id)
-    headers = [("idem", to_bytes(idem)), ("body", to_bytes(body_digest(event, raw)))]
+    headers = log_headers(idempotency_digest(event.org_id, event.event_id), body_digest(event, raw))
     return CloseRecord(event, raw, event_key(org, None), headers)
 
 

@@ -40,7 +40,7 @@ from streams.archive_store import (
     is_archive,
     next_offsets,
 )
-from streams.ingress_gate import IngressGate, Verdict, to_bytes
+from streams.ingress_gate import IngressGate, Verdict, log_headers
 from streams.records import event_key
 from streams.topics import DEFAULT_PARTITIONS, Topics
 
@@ -243,7 +243,7 @@ class LogWriter:
         if d.verdict is Verdict.REJECTED or d.event is None:
             raise RestoreError(f"an archived event is not accepted by the gate: {d.reason}")
         key = event_key(d.event.org_id, d.event.patient_id)
-        headers = [("idem", to_bytes(d.idem)), ("body", to_bytes(d.body))]
+        headers = log_headers(d.idem, d.body)
         targets: Any = range(self.partitions) if d.practice_wide else (None,)
         for p in targets:
             future = self.producer.send(

@@ -49,7 +49,7 @@ from streams.fold_partition import (
     alert_output,
     sweep_clock,
 )
-from streams.ingress_gate import IngressGate, Verdict, from_bytes, to_bytes
+from streams.ingress_gate import IngressGate, Verdict, from_bytes, log_headers
 from streams.log_reader import read_range, read_to_end
 from streams.records import deadletter_headers, event_key, header
 from streams.snapshots import Slot, SnapshotStore
@@ -217,7 +217,7 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str]) -> Any:
                     continue
                 assert d.event is not None
                 key = event_key(d.event.org_id, d.event.patient_id)
-                hdrs = [("idem", to_bytes(d.idem)), ("body", to_bytes(d.body))]
+                hdrs = log_headers(d.idem, d.body)
                 targets = range(cfg.partitions) if d.practice_wide else (None,)
                 for p in targets:
                     pending.append(await produce(t.events, key, d.raw, hdrs, p))

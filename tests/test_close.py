@@ -19,6 +19,7 @@ import orjson
 import pytest
 from builders import Log
 from click.testing import CliRunner
+from test_pipeline import worker_for
 
 from projections.claims import ClaimLine, claim_line_id, claim_refs, month_claims, reach
 from projections.engine import Projector, fold
@@ -27,8 +28,8 @@ from streams.broker import EmbeddedBroker, free_port
 from streams.cli import cli
 from streams.demo_live import expected_views
 from streams.month_close import claims_stem
-from streams.pipeline_client import Follower, WorkerProcess, produce
-from streams.topics import Topics, ensure_topics
+from streams.pipeline_client import Follower, produce
+from streams.topics import Topics
 
 P, Q = "P-000123", "P-000456"
 MARCH = "2025-03"
@@ -365,18 +366,7 @@ def test_close_exports_the_core_billing_and_a_late_activity_names_its_line(
     log = month_log()
     lines = [orjson.dumps(e) for e in log.raw]
     expected = expected_views(lines)
-    ensure_topics(broker.bootstrap, topics, PARTS)
-    worker = WorkerProcess(
-        broker.bootstrap,
-        topics,
-        PARTS,
-        tmp_path / "state",
-        "--app-id",
-        f"app-{topics.prefix}",
-        "--sweep-interval",
-        "3600",
-        log_path=tmp_path / "worker.log",
-    ).start()
+    worker = worker_for(broker, topics, tmp_path).start()
     out = tmp_path / "claims"
     out.mkdir()
     late = Log(recorded_at="2025-04-03T12:00:00Z")
