@@ -2,9 +2,19 @@
 
 Layout (hive style, so DuckDB can prune by org and month)::
 
-    ROOT/org=<org_id, percent-encoded>/month=<YYYY-MM of recorded_at, UTC>/
+    ROOT/org=<org key>/month=<YYYY-MM of recorded_at, UTC>/
         p<partition>-<first offset>-<last offset>.parquet
     ROOT/_committed/p<partition>-<first offset>-<last offset>
+    ROOT/_orgs.json                 {org key: org_id}, for people (nothing reads it back)
+
+The org key (:func:`org_key`) is the first 32 hex digits of the SHA-256 of the org id:
+a fixed-length folder name, so no org id, however long or whatever its characters, can
+make a path the file system refuses (which would stop the archive at that event on
+every restart). No other event value becomes a path component: the month is bounded by
+the schema's ``recorded_at`` range, the file name is the flush's offsets. Readers take
+the org from the rows' ``org_id`` column, never from a folder name, so archives written
+before this layout (``org=<org_id, percent-encoded>``), and archives mixing both, read
+the same.
 
 One *flush* copies a contiguous offset range of one log partition; its rows are split
 into one file per (org, month), all named by the flush's range. A flush is visible only
@@ -22,13 +32,15 @@ reorder one key's events).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -52,6 +64,7 @@ from streams.atomic_files import replace_file, write_bytes
 
 DEFAULT_ARCHIVE = Path("data/archive")
 COMMITTED = "_committed"
+ORGS_FILE = "_orgs.json"  # {org key: org_id}: which folder is whose, for people
 _TS = pa.timestamp("us", tz="UTC")
 
 SCHEMA = pa.schema(
@@ -174,22 +187,50 @@ def month_dir(recorded_at: datetime) -> str:
     return f"{utc.year:04d}-{utc.month:02d}"
 
 
+def org_key(org_id: str) -> str:
+    """The fixed-length folder key of an org: 32 hex digits of the SHA-256 of its id."""
+    return hashlib.sha256(org_id.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
 def org_dir(org_id: str) -> str:
-    return "org=" + quote(org_id, safe="")
+    """The org's folder name (``org=`` and its 32-digit key: 36 bytes, whatever the id)."""
+    return "org=" + org_key(org_id)
+
+
+def read_orgs(root: Path) -> dict[str, str]:
+    """The archive's ``{org key: org_id}`` manifest (empty if absent or unreadable)."""
+    try:
+        data = json.loads((root / ORGS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def _note_orgs(root: Path, orgs: Iterable[str]) -> None:
+    """Add orgs the manifest does not name yet (atomically; before the flush commits)."""
+    known = read_orgs(root)
+    new = {org_key(o): o for o in orgs if org_key(o) not in known}
+    if new:
+        text = json.dumps({**known, **new}, ensure_ascii=False, indent=0, sort_keys=True)
+        write_bytes(root / ORGS_FILE, (text + "\n").encode("utf-8", "surrogatepass"))
 
 
 def write_flush(root: Path, flush: Flush, rows: list[dict[str, Any]]) -> list[Path]:
     """Write one flush's rows (in offset order) atomically and commit it; returns the files.
 
     Every file is written under a temporary name and renamed; the commit marker comes
-    last. Rows must all belong to ``flush.partition`` within ``[first, last]``.
+    last. Rows must all belong to ``flush.partition`` within ``[first, last]``. Rows
+    are grouped by folder, not by org id, so even two ids with one key (a SHA-256
+    collision) would share a file rather than overwrite each other's.
     """
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in rows:
-        groups.setdefault((row["org_id"], month_dir(row["recorded_at"])), []).append(row)
+        groups.setdefault((org_dir(row["org_id"]), month_dir(row["recorded_at"])), []).append(row)
+    root.mkdir(parents=True, exist_ok=True)
+    _note_orgs(root, {row["org_id"] for row in rows})
     written: list[Path] = []
     for (org, month), part in sorted(groups.items()):
-        folder = root / org_dir(org) / f"month={month}"
+        folder = root / org / f"month={month}"
         folder.mkdir(parents=True, exist_ok=True)
         final = folder / f"{flush.name}.parquet"
         replace_file(final, lambda tmp, part=part: _write_table(tmp, part))  # type: ignore[misc]
@@ -247,14 +288,20 @@ def remove_uncommitted(root: Path) -> list[Path]:
     for p in list((root / COMMITTED).glob(".*.tmp")) if (root / COMMITTED).is_dir() else []:
         p.unlink()
         removed.append(p)
+    for p in list(root.glob(f".{ORGS_FILE}.*.tmp")):
+        p.unlink()
+        removed.append(p)
     return removed
 
 
 def org_months(root: Path) -> Iterator[tuple[str, str]]:
-    """(org_id, month) folders present in the archive."""
+    """(org_id, month) folders present in the archive: the org named by the manifest, or
+    (a folder of the old layout) by the folder's percent-encoded name."""
+    orgs = read_orgs(root)
     for org in sorted(root.glob("org=*")):
+        key = org.name[4:]
         for month in sorted(org.glob("month=*")):
-            yield unquote(org.name[4:]), month.name[6:]
+            yield orgs.get(key, unquote(key)), month.name[6:]
 
 
 def is_archive(path: Path) -> bool:

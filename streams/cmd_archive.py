@@ -61,8 +61,9 @@ def archive(
     """Copy the immutable log (care.events.v1) into a Parquet archive, exactly once.
 
     \b
-    DIR/org=<org>/month=<YYYY-MM>/p<partition>-<first>-<last>.parquet
+    DIR/org=<org key>/month=<YYYY-MM>/p<partition>-<first>-<last>.parquet
     DIR/_committed/p<partition>-<first>-<last>     (a flush is visible once committed)
+    DIR/_orgs.json     which org each key is (32 hex digits of the id's SHA-256)
 
     Each row keeps the event's exact bytes, its partition, offset and record
     timestamp, and typed columns for DuckDB. The archive itself records how far

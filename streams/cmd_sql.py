@@ -13,6 +13,7 @@ from typing import Any
 import click
 import orjson
 
+from streams.archive_sql import DEFAULT_TIMEOUT_S
 from streams.archive_store import is_archive
 from streams.cli_options import archive_option
 
@@ -55,7 +56,15 @@ def _cell(value: Any) -> str:
     show_default=True,
     help="table: human-readable (first 10,000 rows); csv; json: one object per line.",
 )
-def sql(query: str, archive_dir: Path, fmt: str) -> None:
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_TIMEOUT_S,
+    show_default=True,
+    metavar="SECONDS",
+    help="Stop the query (and the views it needs) after this long (exit 1).",
+)
+def sql(query: str, archive_dir: Path, fmt: str, timeout: float) -> None:
     """Run a read-only DuckDB QUERY over the archive.
 
     \b
@@ -67,7 +76,12 @@ def sql(query: str, archive_dir: Path, fmt: str) -> None:
       patient_months  the replayed billing: the numbers `caretally replay` prints
                       (minutes MAP, billable/blocked lists, flags, estimated_payment)
 
-    Only SELECT-style statements run; anything that writes is refused (exit 2).
+    Read-only: QUERY must be one SELECT (DESCRIBE, SHOW and SUMMARIZE are SELECTs),
+    as DuckDB's parser sees it; anything else, EXPLAIN included, is refused (exit 2).
+    The connection can read the archive's own Parquet files and nothing else on disk
+    or the network, cannot write any file, load an extension or change a setting, and
+    each query is stopped after --timeout seconds. It is not a sandbox for untrusted
+    users: whoever may run it can read every row of the archive, patient ids included.
     `activities` and `patient_months` are built when the query names them (a replay of
     the archive: seconds on a large one).
 
@@ -81,19 +95,22 @@ def sql(query: str, archive_dir: Path, fmt: str) -> None:
     """
     import duckdb
 
-    from streams.archive_sql import ArchiveSql, SqlRejected
+    from streams.archive_sql import ArchiveSql, SqlRejected, SqlTimeout
 
     if not archive_dir.exists() or not is_archive(archive_dir):
         raise click.UsageError(
             f"no archive at {archive_dir} (run `caretally archive`, or pass --archive DIR)"
         )
-    db = ArchiveSql(archive_dir)
+    db = ArchiveSql(archive_dir, timeout=timeout)
     try:
         try:
             names, rows = db.query(query)
             _write(names, rows, fmt)
         except SqlRejected as exc:
             raise click.UsageError(str(exc)) from exc
+        except SqlTimeout as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_QUERY_FAILED)
         except duckdb.Error as exc:
             click.echo(f"error: {str(exc).strip()}", err=True)
             sys.exit(EXIT_QUERY_FAILED)
