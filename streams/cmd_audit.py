@@ -51,13 +51,16 @@ def read_events(
         return
     if path.is_dir():
         raise InputError(f"{path} is a folder but not a caretally archive")
-    from streams.logfile import iter_lines
+    from streams.logfile import iter_lines, too_large_reason
+
+    def too_large(number: int) -> None:
+        bad.append(f"{path}:{number}: rejected: {too_large_reason()}")
 
     with open(path, "rb") as stream:
         if stream.read(2) == GZIP_MAGIC:
             raise InputError(f"{path} is gzip-compressed; decompress it first (gunzip -k FILE)")
         stream.seek(0)
-        for number, line in iter_lines(stream):
+        for number, line in iter_lines(stream, on_too_large=too_large):
             try:
                 yield parse_event(line), line
             except EventRejected as exc:

@@ -4,6 +4,12 @@ Every non-empty line (NDJSON) or row (CSV, converted by ``streams.csv_events``) 
 ``care.ingress.v1`` under ``event_key(org_id, patient_id)``: ingress is the untrusted
 input, and the worker dead-letters what it rejects, with the reason. Each line is also
 validated here, so the sender learns at once which lines will be dead-lettered and why.
+
+The input is read with bounded memory: a line (or CSV row, or the event it converts to)
+longer than ``EVENT_MAX_BYTES`` is rejected here as ``too_large`` and never sent (the
+gate would dead-letter it anyway), skipped without being held whole; gzip input may
+decompress to at most ``--max-decompressed`` bytes, so a gzip bomb ends the ingest with
+a clear error instead of exhausting memory or time.
 The producer is kafka-python's idempotent one (``acks=all``); every send is confirmed
 before the command reports success. A line the broker has not acknowledged within
 ``--delivery-timeout`` seconds fails the ingest, with how many lines were acknowledged.
@@ -27,7 +33,8 @@ import click
 from schemas.events import EventRejected, parse_event
 from streams.cli_options import bootstrap_option, prefix_option
 from streams.csv_events import CsvHeaderError, mapping_summary, read_csv_events
-from streams.logfile import iter_lines
+from streams.limits import EVENT_MAX_BYTES, PRODUCER_MAX_REQUEST_BYTES
+from streams.logfile import read_lines, too_large_reason
 from streams.records import event_key, key_of
 from streams.topics import DEFAULT_PARTITIONS
 
@@ -39,6 +46,7 @@ GZIP_MAGIC = b"\x1f\x8b"
 STDIN_NAME = "<stdin>"
 READ_BUFFER = 1 << 20
 DEFAULT_DELIVERY_TIMEOUT = 30.0  # seconds (--delivery-timeout)
+DEFAULT_MAX_DECOMPRESSED = 4_000_000_000  # bytes (--max-decompressed): ~10M events
 
 Format = Literal["ndjson", "csv"]
 
@@ -53,23 +61,34 @@ PRODUCER_SETTINGS: dict[str, Any] = {
     "request_timeout_ms": 15_000,
     "max_block_ms": 15_000,
     "delivery_timeout_ms": int(DEFAULT_DELIVERY_TIMEOUT * 1000),  # see producer_settings
-    "max_request_size": 1 << 20,
+    "max_request_size": PRODUCER_MAX_REQUEST_BYTES,  # an event at the limit always fits
 }
 
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
-    """One line to send: its line number, bytes, key, and why it is invalid (if it is)."""
+    """One line to send: its line number, bytes, key, and why it is invalid (if it is);
+    ``too_large``: rejected for its size and not sent (``value`` is then empty)."""
 
     line: int
     value: bytes
     key: bytes | None
     reason: str | None
+    too_large: bool = False
+
+
+def oversized(line: int, reason: str | None = None) -> Outgoing:
+    """A line or row rejected for its size: reported, counted, never sent."""
+    return Outgoing(line, b"", None, reason or too_large_reason(), too_large=True)
 
 
 def ndjson_records(stream: BinaryIO) -> Iterator[Outgoing]:
-    """Each non-empty line as sent, validated."""
-    for number, raw in iter_lines(stream):
+    """Each non-empty line as sent, validated; a line over ``EVENT_MAX_BYTES`` is not read
+    whole but rejected as too large."""
+    for number, raw in read_lines(stream, EVENT_MAX_BYTES):
+        if raw is None:
+            yield oversized(number)
+            continue
         try:
             event = parse_event(raw)
         except EventRejected as exc:
@@ -86,6 +105,12 @@ def csv_records(stream: BinaryIO) -> Iterator[Outgoing]:
     def convert() -> Iterator[Outgoing]:
         try:
             for row in rows:
+                if row.too_large:
+                    yield oversized(row.line, row.error)
+                    continue
+                if len(row.value) > EVENT_MAX_BYTES:
+                    yield oversized(row.line, too_large_reason(what="event"))
+                    continue
                 reason = row.error
                 if reason is None:
                     try:
@@ -110,8 +135,42 @@ class Source:
     position: Callable[[], int] | None = None
 
 
-def open_source(path: str, stack: contextlib.ExitStack) -> Source:
-    """Open FILE or stdin (``-``); gzip is recognised by its magic bytes.
+class DecompressedTooLarge(Exception):
+    """Gzip input decompressed to more than ``--max-decompressed`` bytes."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"it decompresses to more than {limit:,} bytes (--max-decompressed); "
+            "a gzip bomb, or raise the limit"
+        )
+
+
+class BoundedRead(io.RawIOBase):
+    """A raw reader over ``inner`` that raises :class:`DecompressedTooLarge` once more than
+    ``limit`` bytes came out of it (at most one read's worth beyond the limit)."""
+
+    def __init__(self, inner: io.BufferedIOBase, limit: int) -> None:
+        super().__init__()
+        self._inner = inner
+        self._limit = limit
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self._inner.readinto(buffer)
+        self.count += n
+        if self.count > self._limit:
+            raise DecompressedTooLarge(self._limit)
+        return n
+
+
+def open_source(
+    path: str, stack: contextlib.ExitStack, max_decompressed: int = DEFAULT_MAX_DECOMPRESSED
+) -> Source:
+    """Open FILE or stdin (``-``); gzip is recognised by its magic bytes, and reading it
+    raises :class:`DecompressedTooLarge` past ``max_decompressed`` bytes.
 
     Reads go through 1 MiB buffers: a read that reaches the OS releases the GIL, and the
     producer's sender thread may then hold it for a whole switch interval (5 ms), so small
@@ -132,7 +191,8 @@ def open_source(path: str, stack: contextlib.ExitStack) -> Source:
     stream = raw
     if raw.peek(2)[:2] == GZIP_MAGIC:
         unzipped = stack.enter_context(gzip.GzipFile(fileobj=raw, mode="rb"))
-        stream = stack.enter_context(io.BufferedReader(unzipped, READ_BUFFER))
+        bounded = BoundedRead(unzipped, max_decompressed)
+        stream = stack.enter_context(io.BufferedReader(bounded, READ_BUFFER))
     return Source(name, stream, size, position)
 
 
@@ -310,15 +370,24 @@ class Reporter:
 
 @dataclass
 class Stats:
-    """Lines handed to the producer (``not_sent``: refused by it as too large) and their
-    local verdicts; ``errors`` end the ingest as failed; ``stopped_at``: the line at which
-    sending stopped early (a delivery or send failed), the rest of the input unread."""
+    """Lines read and their local verdicts; ``too_large``: rejected for their size here and
+    never sent (counted in ``rejected``); ``not_sent``: refused by the producer as too
+    large (not expected: its limit is above ours); ``errors`` end the ingest as failed;
+    ``stopped_at``: the line at which sending stopped early (a delivery or send failed),
+    the rest of the input unread."""
 
     lines: int = 0
     valid: int = 0
     rejected: int = 0
     sent_bytes: int = 0
+    too_large: int = 0
     not_sent: int = 0
+
+    @property
+    def handed(self) -> int:
+        """Lines given to the producer and accepted by it (each to be acknowledged)."""
+        return self.lines - self.too_large - self.not_sent
+
     errors: list[str] = field(default_factory=list)
     stopped_at: int | None = None
 
@@ -342,6 +411,12 @@ def send_all(
         if delivery.failed:
             stats.stopped_at = record.line
             break
+        if record.too_large:
+            stats.lines += 1
+            stats.rejected += 1
+            stats.too_large += 1
+            reporter.rejected(record.line, record.reason or too_large_reason())
+            continue
         try:
             future = send(topic, value=record.value, key=record.key)
         except MessageSizeTooLargeError:
@@ -371,6 +446,32 @@ def send_all(
     reporter.advance(position() if position else stats.sent_bytes, stats.lines)
 
 
+SIZE_UNITS: dict[str, int] = {
+    "": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
+}  # fmt: skip
+
+
+class ByteSize(click.ParamType):
+    """A size in bytes: ``4000000000``, ``4GB``, ``500MB``, ``2GiB`` (decimal or binary)."""
+
+    name = "bytes"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().lower().replace("_", "")
+        number = text.rstrip("kmgtib")
+        unit = text[len(number) :]
+        try:
+            size = float(number) * SIZE_UNITS[unit]
+        except (KeyError, ValueError):
+            self.fail(f"{value!r} is not a size (e.g. 4GB, 500MB, 2GiB)", param, ctx)
+        if size < 1:
+            self.fail("must be at least 1 byte", param, ctx)
+        return int(size)
+
+
 def _help() -> str:
     return f"""Send a file of events to the ingress topic (care.ingress.v1).
 
@@ -378,12 +479,15 @@ def _help() -> str:
     or gzip-compressed; `-` reads stdin. Every non-empty line is sent as it is, keyed
     org_id:patient_id; the worker dead-letters the invalid ones with their reason.
     Each line is also validated here: rejected lines are listed on stderr (the first
-    {MAX_REPORTED}) as FILE:LINE: rejected: REASON.
+    {MAX_REPORTED}) as FILE:LINE: rejected: REASON. A line (or CSV row, or the event
+    it becomes) longer than {EVENT_MAX_BYTES:,} bytes is rejected as too_large and not
+    sent.
 
     Exit code: 0 if every line was valid, 3 if some were rejected (they are sent all
-    the same), 2 for usage errors, 1 if the broker is unreachable or a send failed
-    (a line not acknowledged within --delivery-timeout seconds fails the ingest, which
-    then stops; the error says how many lines were acknowledged).
+    the same, except too large ones), 2 for usage errors, 1 if the broker is
+    unreachable or a send failed (a line not acknowledged within --delivery-timeout
+    seconds fails the ingest, which then stops; the error says how many lines were
+    acknowledged), or if gzip input decompresses past --max-decompressed.
 
     {mapping_summary()}
 
@@ -432,6 +536,15 @@ def _help() -> str:
     "fails the ingest.",
 )
 @click.option(
+    "--max-decompressed",
+    default=DEFAULT_MAX_DECOMPRESSED,
+    show_default=True,
+    type=ByteSize(),
+    metavar="SIZE",
+    help="Gzip input may decompress to at most this many bytes (e.g. 4GB, 500MB); "
+    "past it the ingest stops with an error.",
+)
+@click.option(
     "--no-progress",
     is_flag=True,
     help="No progress bar (there is none unless stderr is a terminal).",
@@ -443,6 +556,7 @@ def ingest(
     topic_prefix: str | None,
     partitions: int,
     delivery_timeout: float,
+    max_decompressed: int,
     no_progress: bool,
 ) -> None:
     """Send FILE to care.ingress.v1 (the help text is ``_help()``)."""
@@ -459,11 +573,13 @@ def ingest(
 
     with contextlib.ExitStack() as stack:
         try:
-            source = open_source(file, stack)
+            source = open_source(file, stack, max_decompressed)
             kind: Format = detect_format(source) if fmt == "auto" else fmt  # type: ignore[assignment]
             records = (csv_records if kind == "csv" else ndjson_records)(source.stream)
         except CsvHeaderError as exc:
             raise click.UsageError(f"{source.name}: CSV header: {exc}") from None
+        except DecompressedTooLarge as exc:
+            _fail(f"{file}: {exc}; nothing was sent")
         except (OSError, EOFError) as exc:
             raise click.UsageError(f"cannot read {file}: {describe(exc)}") from None
 
@@ -498,6 +614,8 @@ def ingest(
                 send_all(records, producer, topics.ingress, reporter, source, delivery, stats)
             except KeyboardInterrupt:
                 interrupted = True
+            except DecompressedTooLarge as exc:
+                read_error = f"reading {source.name} stopped after line {stats.lines:,}: {exc}"
             except (OSError, EOFError) as exc:
                 read_error = f"reading {source.name} failed: {describe(exc)}"
             wait = delivery_timeout + 1  # each record is answered or expired by then
@@ -509,7 +627,7 @@ def ingest(
                 close_producer(producer, flushed=delivery.waited is None)
         elapsed = time.perf_counter() - started
 
-    sent = stats.lines - stats.not_sent
+    sent = stats.handed
     if stats.rejected > MAX_REPORTED:
         click.echo(f"... and {stats.rejected - MAX_REPORTED:,} more rejected line(s)", err=True)
     problems = delivery_problems(stats, delivery, sent, source.name)
@@ -521,8 +639,15 @@ def ingest(
     if delivery.acked == sent and not delivery.failed and not stats.errors:
         rate = delivery.acked / elapsed if elapsed > 0 else 0.0
         verdict = f"{stats.valid:,} valid, {stats.rejected:,} rejected"
-        if stats.rejected:
-            verdict += f" (the worker will dead-letter them to {topics.deadletter})"
+        notes = []
+        if stats.too_large:
+            notes.append(f"{stats.too_large:,} too large, not sent")
+        if stats.rejected > stats.too_large:
+            others = stats.rejected - stats.too_large
+            them = f"the other {others:,}" if stats.too_large else "them"
+            notes.append(f"the worker will dead-letter {them} to {topics.deadletter}")
+        if notes:
+            verdict += f" ({'; '.join(notes)})"
         click.echo(
             f"sent {delivery.acked:,} line(s) to {topics.ingress}: {verdict}; "
             f"{stats.sent_bytes / 1e6:,.1f} MB in {elapsed:.1f} s ({rate:,.0f} lines/s)"

@@ -37,10 +37,17 @@ Problems are reported per row with the row's first line number (a quoted cell ma
 lines), and the row still goes to ingress so the worker dead-letters it with its reason;
 nothing is dropped:
 
-* a cell that does not convert ("data.minutes: 'abc' is not a number") stays a string in
-  the JSON, which the strict schema then rejects;
+* a cell that does not convert ("data.minutes: not a number") stays a string in the
+  JSON, which the strict schema then rejects;
 * a row with more or fewer cells than the header, or a row that is not valid UTF-8, is
-  sent as its raw CSV text (not JSON).
+  sent as its raw CSV text (not JSON);
+* a row longer than ``EVENT_MAX_BYTES`` characters (a huge line, or a quoted field that
+  never closes) is skipped to its end without being held whole and marked ``too_large``:
+  ``caretally ingest`` reports it and does not send it.
+
+Problems never quote a cell: cells may hold patient ids (PHI), so a problem names the
+column and the kind of trouble. The header's problems name columns by position unless
+the name is a known one (a "header" may really be a row of data).
 """
 
 from __future__ import annotations
@@ -58,6 +65,8 @@ from typing import Any, Literal, TextIO
 import orjson
 
 from schemas.events import EVENT_TYPES
+from streams.limits import EVENT_MAX_BYTES
+from streams.logfile import SKIP_CHUNK, too_large_reason
 from streams.records import event_key
 
 Kind = Literal["number", "boolean", "list", "text"]
@@ -169,36 +178,55 @@ class CsvRecord:
     value: bytes
     key: bytes | None
     error: str | None = None
+    too_large: bool = False
 
 
 def parse_header(cells: list[str]) -> list[Column]:
     """Columns of a header row; raises :class:`CsvHeaderError` with what to fix."""
     names = [c.strip() for c in cells]
     problems = []
-    seen: set[str] = set()
+    seen: dict[str, int] = {}
     columns = []
-    for name in names:
+    for number, name in enumerate(names, start=1):
         if name in seen:
-            problems.append(f"column {name!r} appears twice")
-        seen.add(name)
+            problems.append(f"{_label(number, name)} repeats column {seen[name]}")
+        seen.setdefault(name, number)
         if name.startswith(DATA_PREFIX):
             field = name[len(DATA_PREFIX) :]
             if field not in ANY_FIELD_KINDS:
-                close = difflib.get_close_matches(field, list(ANY_FIELD_KINDS), n=1)
-                hint = f" (did you mean data.{close[0]}?)" if close else ""
-                problems.append(f"unknown data field {name!r}{hint}")
+                problems.append(
+                    f"column {number}: unknown data field{_hint(field, ANY_FIELD_KINDS, 'data.')}"
+                )
             columns.append(Column(name, field, True))
         elif name in ENVELOPE_REQUIRED or name in ENVELOPE_OPTIONAL:
             columns.append(Column(name, name, False))
         else:
-            hint = f"one of {', '.join(ENVELOPE_REQUIRED + ENVELOPE_OPTIONAL)} or data.FIELD"
-            problems.append(f"unknown column {name!r} (expected {hint})")
+            known = ENVELOPE_REQUIRED + ENVELOPE_OPTIONAL
+            expected = f"expected one of {', '.join(known)} or data.FIELD"
+            problems.append(f"column {number}: unknown column ({expected}){_hint(name, known)}")
     missing = [n for n in ENVELOPE_REQUIRED if n not in seen]
     if missing:
         problems.append(f"missing column(s) {', '.join(missing)}")
+        if len(missing) == len(ENVELOPE_REQUIRED):
+            problems.append("is the first row a header?")
     if problems:
         raise CsvHeaderError("; ".join(problems))
     return columns
+
+
+def _label(number: int, name: str) -> str:
+    """A header column for a problem: its position, and its name only if it is a known one
+    (a header row may really be data, and its cells patient ids)."""
+    known = name in ENVELOPE_REQUIRED or name in ENVELOPE_OPTIONAL
+    if name.startswith(DATA_PREFIX) and name[len(DATA_PREFIX) :] in ANY_FIELD_KINDS:
+        known = True
+    return f"column {number} ({name})" if known else f"column {number}"
+
+
+def _hint(name: str, known: typing.Iterable[str], prefix: str = "") -> str:
+    """`` (did you mean X?)`` with X one of ``known`` (never the name given), or nothing."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {prefix}{close[0]}?)" if close else ""
 
 
 def _convert(kind: Kind, cell: str) -> tuple[Any, str | None]:
@@ -213,15 +241,15 @@ def _convert(kind: Kind, cell: str) -> tuple[Any, str | None]:
         low = cell.lower()
         if low in ("true", "false"):
             return low == "true", None
-        return cell, f"{cell!r} is not a boolean (write true or false)"
+        return cell, "not a boolean (write true or false)"
     if _INTEGER.fullmatch(cell):
         return int(cell), None
     try:
         number = float(cell)
     except ValueError:
-        return cell, f"{cell!r} is not a number"
+        return cell, "not a number"
     if not math.isfinite(number):
-        return cell, f"{cell!r} is not a finite number"
+        return cell, "not a finite number"
     return number, None
 
 
@@ -244,7 +272,7 @@ def convert_row(columns: list[Column], cells: list[str]) -> tuple[bytes, bytes |
                 envelope["schema_version"] = int(value)
             else:
                 envelope["schema_version"] = value
-                problems.append(f"schema_version: {value!r} is not an integer")
+                problems.append("schema_version: not an integer")
         else:
             envelope[column.field] = value
     envelope.setdefault("schema_version", 1)
@@ -263,26 +291,63 @@ def convert_row(columns: list[Column], cells: list[str]) -> tuple[bytes, bytes |
     return orjson.dumps(event), key, "; ".join(problems) or None
 
 
-class _LineTap:
-    """Iterates a text stream's lines for ``csv.reader`` and keeps those of the current row."""
+class _RowTooLarge(Exception):
+    """The current row is longer than the limit; it was skipped to its end."""
 
-    def __init__(self, text: TextIO) -> None:
+
+_LINE_ENDS = ("\n", "\r")
+
+
+class _LineTap:
+    """Iterates a text stream's lines for ``csv.reader`` and keeps those of the current row.
+
+    Lines are read with a bound, and a row is held only up to ``limit`` characters: past
+    that the rest of the row (to a line end outside quotes) is read and dropped, and
+    :class:`_RowTooLarge` is raised through the reader, which starts afresh at the next
+    line. The row's end is found by the parity of its quote characters, which is exact
+    for the quoting ``csv.reader`` does (an escaped quote is two of them).
+    """
+
+    def __init__(self, text: TextIO, limit: int = EVENT_MAX_BYTES) -> None:
         self._text = text
+        self._limit = limit
         self.lines: list[str] = []
+        self.size = 0
         self.consumed = 0
 
     def __iter__(self) -> _LineTap:
         return self
 
     def __next__(self) -> str:
-        line = next(self._text)
-        self.lines.append(line)
+        line = self._text.readline(self._limit + 2)
+        if not line:
+            raise StopIteration
         self.consumed += 1
+        self.lines.append(line)
+        self.size += len(line)
+        if self.size > self._limit:
+            self._skip_row()
+            raise _RowTooLarge
         return line
+
+    def _skip_row(self) -> None:
+        """Drop the current row and read past its end without holding it."""
+        quotes = sum(line.count('"') for line in self.lines)
+        chunk = self.lines[-1]
+        self.lines.clear()
+        self.size = 0
+        while chunk:
+            if chunk.endswith(_LINE_ENDS) and quotes % 2 == 0:
+                return
+            ended = chunk.endswith(_LINE_ENDS)
+            chunk = self._text.readline(SKIP_CHUNK)
+            quotes += chunk.count('"')
+            self.consumed += ended and bool(chunk)
 
     def take(self) -> str:
         raw = "".join(self.lines)
         self.lines.clear()
+        self.size = 0
         return raw
 
 
@@ -315,6 +380,8 @@ def read_csv_events(text: TextIO) -> Iterator[CsvRecord]:
             return iter(())
         except csv.Error as exc:
             raise CsvHeaderError(f"line {start}: {exc}") from None
+        except _RowTooLarge:
+            raise CsvHeaderError(f"line {start}: {too_large_reason(what='header')}") from None
         tap.take()
         if not any(c.strip() for c in cells):
             continue
@@ -333,6 +400,10 @@ def _rows(tap: _LineTap, reader: Iterator[list[str]], columns: list[Column]) -> 
             return
         except csv.Error as exc:
             yield CsvRecord(start, _raw_bytes(tap.take()), None, f"not a CSV row: {exc}")
+            continue
+        except _RowTooLarge:
+            reason = too_large_reason(what="row")
+            yield CsvRecord(start, b"", None, reason, too_large=True)
             continue
         raw = tap.take()
         if not any(c.strip() for c in cells):
