@@ -7,6 +7,7 @@ timestamps and dates as ISO strings; they must carry a UTC offset.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from datetime import UTC, date, datetime, timedelta
@@ -38,8 +39,21 @@ Instant = Annotated[
         le=datetime(2199, 12, 30, tzinfo=UTC),
     ),
 ]
-Identifier = Annotated[str, Field(min_length=1, max_length=128)]
-EventId = Annotated[str, Field(min_length=1, max_length=128)]
+_ID_CHAR = r"[^\p{C}\p{Z}:/]"
+IDENTIFIER_PATTERN = rf"^{_ID_CHAR}(?:(?:{_ID_CHAR}| )*{_ID_CHAR})?$"
+"""Printable text (CJK and other non-ASCII letters are fine) without ``:`` or ``/`` (they
+separate the parts of record keys and archive paths), control or format characters
+(Unicode C*: ``\x1f`` separates the parts of digests), other separators than the ASCII
+space, or a leading/trailing space: the ids of two tenants can never join into the same
+key. ECMA-262 (``u`` flag) and pydantic-core's Rust regex read it alike."""
+IDENTIFIER_RULE = "must be printable text without ':', '/', control characters or edge spaces"
+EVENT_ID_PATTERN = r"^(?:[^\p{C}\p{Z}]| )+$"
+"""``event_id`` is in no key or path, so ``:`` and ``/`` stay legal (``urn:uuid:…``,
+``ehr-main:000001``); printable only, so the ``\x1f`` join of the idempotency digest
+(``projections.ledger``) cannot be forged."""
+EVENT_ID_RULE = "must be printable text without control characters"
+Identifier = Annotated[str, Field(min_length=1, max_length=128, pattern=IDENTIFIER_PATTERN)]
+EventId = Annotated[str, Field(min_length=1, max_length=128, pattern=EVENT_ID_PATTERN)]
 Label = Annotated[str, Field(min_length=1, max_length=200)]
 
 
@@ -354,6 +368,12 @@ class EventRejected(ValueError):
         self.reason = reason
 
 
+_PATTERN_RULES = {IDENTIFIER_PATTERN: IDENTIFIER_RULE, EVENT_ID_PATTERN: EVENT_ID_RULE}
+
+
+_FIELD_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
+
+
 def _describe(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors(include_url=False, include_input=False):
@@ -373,16 +393,87 @@ def _describe(exc: ValidationError) -> str:
             msg = re.sub(r" at line 1 column (\d+)$", r" at column \1", msg)
         elif err["type"] == "literal_error" and field == "schema_version":
             msg = "unsupported schema_version; this service speaks version 1"
+        elif err["type"] == "extra_forbidden":
+            # the location ends in the unknown key itself, which may be anything (even a
+            # patient id): named only when it looks like a field name (snake_case)
+            if not _FIELD_NAME.fullmatch(loc[-1]):
+                field = ".".join([*loc[:-1], "<unknown field>"])
+            msg = "not in the wire contract (see `caretally schema`)"
+        elif err["type"] == "string_pattern_mismatch":
+            msg = _PATTERN_RULES.get(str((err.get("ctx") or {}).get("pattern")), msg)
         parts.append(f"{field}: {msg}")
     return "; ".join(parts)
 
 
 def parse_event(raw: bytes | str) -> Event:
-    """Validate one JSON event; raise :class:`EventRejected` with a precise reason."""
+    """Validate one JSON event; raise :class:`EventRejected` with a precise reason.
+
+    An object with a repeated key is refused: pydantic keeps the last value and other
+    JSON readers (DuckDB) the first, so the typed event and the stored bytes would disagree.
+    """
     try:
-        return EVENT_ADAPTER.validate_json(raw)
+        event = EVENT_ADAPTER.validate_json(raw)
     except ValidationError as exc:
         raise EventRejected(_describe(exc)) from None
+    if _member_bound(raw) > _distinct_keys(event):
+        _refuse_duplicate_keys(raw)
+    return event
+
+
+# --- duplicate keys ------------------------------------------------------------------------
+# parse_event is the hot path: members are bounded with C-level scans, and the object is
+# read again (json, which sees every pair) only when that bound cannot prove it clean.
+
+_KEY_END = re.compile(r'"[: \t\n\r]')  # JSON whitespace is exactly these four
+_KEY_END_BYTES = re.compile(rb'"[: \t\n\r]')
+_QUOTE_SPACE = re.compile(r'"[ \t\n\r]')
+_QUOTE_SPACE_BYTES = re.compile(rb'"[ \t\n\r]')
+
+
+def _member_bound(raw: bytes | str) -> int:
+    """At least the number of members of all objects in ``raw``: a key's closing quote is
+    followed by ``:`` or whitespace. Without any quote-whitespace, count ``":`` (cheaper)."""
+    if isinstance(raw, str):
+        return raw.count('":') if _QUOTE_SPACE.search(raw) is None else len(_KEY_END.findall(raw))
+    if _QUOTE_SPACE_BYTES.search(raw) is None:
+        return raw.count(b'":')
+    return len(_KEY_END_BYTES.findall(raw))
+
+
+def _distinct_keys(event: _Envelope) -> int:
+    """Keys the parsed JSON held: ``extra="forbid"``, so each is a field it set; ``data``
+    is the only nested object (checked at import)."""
+    return len(event.model_fields_set) + len(event.data.model_fields_set)  # type: ignore[attr-defined]
+
+
+def _nested_models(cls: type[BaseModel]) -> list[str]:
+    return [
+        name
+        for name, f in cls.model_fields.items()
+        if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)
+    ]
+
+
+assert all(_nested_models(m) == ["data"] for m in EVENT_MODELS)
+assert not any(_nested_models(m.model_fields["data"].annotation) for m in EVENT_MODELS)  # type: ignore[arg-type]
+
+
+def _no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:  # a field name: validation passed and unknown keys are refused
+            raise EventRejected(f"{key}: duplicate key in a JSON object; send each key once")
+        seen.add(key)
+    return dict(pairs)
+
+
+def _refuse_duplicate_keys(raw: bytes | str) -> None:
+    try:
+        json.loads(raw, object_pairs_hook=_no_repeats)
+    except (ValueError, RecursionError) as exc:
+        if isinstance(exc, EventRejected):
+            raise
+        raise EventRejected("event: JSON that cannot be checked for duplicate keys") from None
 
 
 def event_json_schemas() -> dict[str, dict[str, Any]]:

@@ -30,6 +30,7 @@ from streams.archiver import ArchiveError, Archiver, archived_events
 from streams.broker import EmbeddedBroker, reachable
 from streams.demo import _print_alert, summary_table
 from streams.pipeline_client import Follower, WorkerProcess, produce
+from streams.records import billing_key
 from streams.synthetic import generate_practice_log, write_ndjson
 from streams.topics import Topics, ensure_topics
 
@@ -48,8 +49,7 @@ def expected_views(lines: list[bytes]) -> dict[bytes, bytes]:
         with contextlib.suppress(EventRejected):
             events.append(parse_event(line))
     return {
-        f"{b.org_id}:{b.patient_id}:{b.month}".encode(): orjson.dumps(b.view())
-        for b in replay(events)
+        billing_key(b.org_id, b.patient_id, b.month): orjson.dumps(b.view()) for b in replay(events)
     }
 
 

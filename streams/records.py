@@ -15,10 +15,14 @@
   have_s, need_s}]``, where the month stands against each track's next threshold.
 * ``care.alerts.v1``: key ``org_id:patient_id``, value an ``Alert`` as JSON.
 * ``care.staff.v1`` (internal): key ``org_id:staff_id``, value a staff interval as JSON.
+
+Key parts are ids as the event gives them (``/`` and ``:`` escaped as ``/2F`` and ``/3A``,
+which no valid id holds); ``key_parts`` decodes a key to its ids.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -29,8 +33,44 @@ from schemas.views import Alert
 Headers = list[tuple[str, bytes]]
 
 
+# Key parts are joined by ``:``. Identifiers cannot hold ``:`` or ``/`` (schemas.events), so
+# a valid id is its own key part and every key of a valid event is what it always was (the
+# partitioning of existing logs is unchanged); anything else has ``/`` and ``:`` escaped,
+# with ``/`` as the escape, so no two tuples of ids ever share a key. Readers decode a key
+# back to its tuple (``key_parts``) and compare tuples, never joined bytes or prefixes.
+_UNESCAPE = re.compile("/(2F|3A)")
+
+
+def _part(text: str) -> str:
+    if "/" not in text and ":" not in text:
+        return text
+    return text.replace("/", "/2F").replace(":", "/3A")
+
+
+def _join(*parts: str) -> bytes:
+    return ":".join(map(_part, parts)).encode()
+
+
+def key_parts(key: bytes | None) -> tuple[str, ...] | None:
+    """The ids a key was made of (inverse of ``event_key``/``billing_key``/``staff_key``;
+    the practice-wide ``event_key(org, None)`` gives ``(org, "")``); None if not a key."""
+    if key is None:
+        return None
+    try:
+        text = bytes(key).decode()
+    except UnicodeDecodeError:
+        return None
+    parts = []
+    for part in text.split(":"):
+        plain = _UNESCAPE.sub(lambda m: chr(int(m.group(1), 16)), part)
+        if _part(plain) != part:  # not what _part writes (a stray "/")
+            return None
+        parts.append(plain)
+    return tuple(parts)
+
+
 def event_key(org_id: str, patient_id: str | None) -> bytes:
-    return f"{org_id}:{patient_id or ''}".encode()
+    return _join(org_id, patient_id or "")
 
 
 def key_of(raw: bytes) -> bytes | None:
@@ -46,7 +86,11 @@ def key_of(raw: bytes) -> bytes | None:
 
 
 def billing_key(org_id: str, patient_id: str, month: str) -> bytes:
-    return f"{org_id}:{patient_id}:{month}".encode()
+    return _join(org_id, patient_id, month)
+
+
+def staff_key(org_id: str, staff_id: str) -> bytes:
+    return _join(org_id, staff_id)
 
 
 def billing_value(billing: MonthBilling | None) -> bytes | None:

@@ -297,13 +297,19 @@ REJECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], None], str]] = [
         "extra envelope field",
         "activity.logged",
         _set("note", "free text"),
-        "note: Extra inputs are not permitted",
+        "note: not in the wire contract (see `caretally schema`)",
     ),
     (
         "extra data field",
         "activity.logged",
         _set("data.note_text", "free text"),
-        "data.note_text: Extra inputs are not permitted",
+        "data.note_text: not in the wire contract (see `caretally schema`)",
+    ),
+    (
+        "extra field named like a patient id",
+        "activity.logged",
+        _set("data.P-7Q3X9Z", 1),
+        "data.<unknown field>: not in the wire contract (see `caretally schema`)",
     ),
     (
         "patient_id missing",
