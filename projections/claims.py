@@ -3,9 +3,17 @@
 A claim line is one billable code of a patient-month for one billing practitioner, with
 its units, date of service and estimated payment (the rule book's national
 non-facility fee x units; a patient-month's lines add up to its
-``MonthBilling.estimated_payment``). Its id hashes (org, patient, month, code,
-practitioner), so the same line keeps its id however often the log is replayed or the
-month is closed again.
+``MonthBilling.estimated_payment``).
+
+Its id is an HMAC-SHA256 of (org, patient, month, code, practitioner) keyed by the
+``event_id`` of the ``month.closed`` that produced the line. Everything on a claim is
+guessable (a patient id among a handful of candidates), so an unkeyed hash would give
+the patient away to anyone who sees the id; the close's event id is in the org's own
+log only, and ``caretally close`` makes it random (a UUID4). Every engine folding the
+same log (the worker, a replay, ``caretally close`` and ``--export-only``) therefore
+derives the same ids, with no secret to distribute; a reissued close is a new
+``month.closed`` and so gives new ids. A ``month.closed`` a client sends with a
+guessable ``event_id`` keys its lines with it: such ids are only as private as that id.
 
 Date of service (RULES.md G16 and what it leaves open), in this order:
 
@@ -39,6 +47,7 @@ Date of service (RULES.md G16 and what it leaves open), in this order:
 from __future__ import annotations
 
 import hashlib
+import hmac
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date
@@ -69,6 +78,7 @@ FIELDS = (
 )
 
 # (code, units, billing practitioner, claim line id): a line as the Projector remembers it
+# at a close
 ClaimRef = tuple[str, int, str | None, str]
 
 
@@ -112,14 +122,20 @@ def claim_line_id(
     code: str,
     practitioner_id: str | None,
     occurrence: int = 1,
+    *,
+    close_id: str,
 ) -> str:
-    """Stable id of a claim line. ``occurrence`` tells apart a code billed twice for one
-    practitioner in a month (two device periods ending in it); the first keeps the plain
-    hash of (org, patient, month, code, practitioner)."""
+    """Id of a claim line billed at the close whose ``event_id`` is ``close_id`` (the
+    key: see the module docstring). ``occurrence`` tells apart a code billed twice for
+    one practitioner in a month (two device periods ending in it)."""
+    if not close_id:
+        raise ValueError("a claim line id needs the event_id of its month.closed")
     parts = [org_id, patient_id, month, code, practitioner_id or ""]
     if occurrence > 1:
         parts.append(str(occurrence))
-    return hashlib.blake2b("\x1f".join(parts).encode(), digest_size=12).hexdigest()
+    key = b"caretally claim line v2\x1f" + close_id.encode()
+    message = "\x1f".join(parts).encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()[:24]
 
 
 def _numbered(lines: Iterable[Line]) -> Iterator[tuple[Line, int]]:
@@ -131,24 +147,32 @@ def _numbered(lines: Iterable[Line]) -> Iterator[tuple[Line, int]]:
         yield ln, seen[key]
 
 
-def claim_refs(billing: MonthBilling) -> tuple[ClaimRef, ...]:
-    """The compact form of a patient-month's claim lines (no dates of service)."""
+def claim_refs(billing: MonthBilling, close_id: str) -> tuple[ClaimRef, ...]:
+    """The compact form of a patient-month's claim lines at the close ``close_id`` (no
+    dates of service)."""
     return tuple(
         (
             ln.code,
             ln.units,
             ln.practitioner_id,
             claim_line_id(
-                billing.org_id, billing.patient_id, billing.month, ln.code, ln.practitioner_id, n
+                billing.org_id,
+                billing.patient_id,
+                billing.month,
+                ln.code,
+                ln.practitioner_id,
+                n,
+                close_id=close_id,
             ),
         )
         for ln, n in _numbered(billing.billable)
     )
 
 
-def claim_lines(billing: MonthBilling, ctx: PatientContext) -> list[ClaimLine]:
-    """Claim lines of one patient-month; ``ctx`` is the patient's context that produced
-    ``billing`` (its device periods, documentation and practice)."""
+def claim_lines(billing: MonthBilling, ctx: PatientContext, close_id: str) -> list[ClaimLine]:
+    """Claim lines of one patient-month at the close ``close_id``; ``ctx`` is the
+    patient's context that produced ``billing`` (its device periods, documentation and
+    practice)."""
     book = book_for_month(billing.month)
     dates = _DateOfService(billing, ctx, book)
     out = []
@@ -164,6 +188,7 @@ def claim_lines(billing: MonthBilling, ctx: PatientContext) -> list[ClaimLine]:
                     ln.code,
                     ln.practitioner_id,
                     n,
+                    close_id=close_id,
                 ),
                 org_id=billing.org_id,
                 patient_id=billing.patient_id,
@@ -181,10 +206,17 @@ def claim_lines(billing: MonthBilling, ctx: PatientContext) -> list[ClaimLine]:
     return out
 
 
-def month_claims(ledger: Ledger, org_id: str, month: str) -> tuple[list[ClaimLine], float]:
+def month_claims(
+    ledger: Ledger, org_id: str, month: str, close_id: str | None = None
+) -> tuple[list[ClaimLine], float]:
     """Claim lines of every patient-month of ``org_id`` in ``month`` (sorted by patient,
-    code, practitioner), and the total of those months' ``estimated_payment``."""
+    code, practitioner) at the close ``close_id`` (default: the month's latest close in
+    ``ledger``), and the total of those months' ``estimated_payment``."""
     practice = ledger.practices.get(org_id) or Practice()  # no side effect on the ledger
+    if close_id is None:
+        close_id = practice.close_ids.get(month)
+        if close_id is None:
+            raise ValueError(f"{month} of org {org_id!r} has no month.closed in this ledger")
     lines: list[ClaimLine] = []
     total = 0.0
     for (org, _pid), patient in sorted(ledger.patients.items()):
@@ -194,7 +226,7 @@ def month_claims(ledger: Ledger, org_id: str, month: str) -> tuple[list[ClaimLin
         if month not in ctx.months():
             continue
         billing = ctx.month(month)
-        lines.extend(claim_lines(billing, ctx))
+        lines.extend(claim_lines(billing, ctx, close_id))
         total += billing.estimated_payment
     return lines, round(total, 2)
 

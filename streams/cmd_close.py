@@ -5,9 +5,11 @@ already? the practice's time zone), append ``month.closed`` straight to every pa
 of ``care.events.v1`` as the ingress gate writes practice-wide events, take each
 partition's offset from the broker's acknowledgement, fold the org's records up to and
 including those offsets with the core, and write the claim lines of the month
-(``projections.claims``) to ``claims-<org>-<YYYY-MM>.csv`` / ``.json`` atomically. The
-worker need not run; when it folds the close it remembers the same claim lines, and
-later activities or voids in the month raise ``late_activity`` alerts naming them.
+(``projections.claims``) to ``claims-<org>-<digest>-<YYYY-MM>.csv`` / ``.json``
+atomically (``streams.month_close.claims_stem``: a digest of the exact org id keeps
+orgs that render alike apart). The worker need not run; when it folds the close it
+remembers the same claim lines, and later activities or voids in the month raise
+``late_activity`` alerts naming them.
 
 Decisions:
 
@@ -17,6 +19,9 @@ Decisions:
   files exactly as the latest close saw the log, appending nothing.
 * A month that has not ended in the practice's time zone, or an org with no records in
   the log (a typo would close a month of nobody, for ever), is refused unless ``--force``.
+* Claim line ids are keyed by the ``event_id`` of the close (a random UUID4 here; see
+  ``projections.claims``): ``--export-only`` reproduces them, ``--reissue`` makes new
+  ones, and nobody without the log can test patient-id guesses against them.
 * Two closes racing each other are not prevented (the check and the append are not
   atomic); each writes its own claim files, and the later close's lines are the ones
   the worker remembers.
@@ -62,7 +67,7 @@ def _fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
     type=click.Path(exists=True, file_okay=False, writable=True, path_type=Path),
     default=Path("."),
     show_default=True,
-    help="Folder for claims-<org>-<YYYY-MM>.csv / .json (replaced atomically).",
+    help="Folder for claims-<org>-<digest>-<YYYY-MM>.csv / .json (replaced atomically).",
 )
 @click.option(
     "--format",
@@ -102,9 +107,14 @@ def close(
     """Close the month YYYY-MM of --org: append month.closed to the log (care.events.v1,
     every partition) and write the claim lines billed as of that close (org, patient,
     billing practitioner, code, units, date of service per RULES.md G16, estimated
-    payment, a stable claim line id) to claims-<org>-<YYYY-MM>.csv and .json. Activities
-    or voids that land in a closed month later raise late_activity alerts naming the
-    claim line they would change. The worker need not be running.
+    payment, a claim line id) to claims-<org>-<digest>-<YYYY-MM>.csv and .json, where
+    <org> is the org id made file-name safe and <digest> 16 hex digits of a hash of the
+    exact org id (orgs that look alike never share a file). Activities or voids that
+    land in a closed month later raise late_activity alerts naming the claim line they
+    would change. The worker need not be running.
+
+    A claim line id is keyed by this close's random month.closed event id: the same
+    with --export-only, new with --reissue, and useless for guessing patient ids.
 
     A closed month is refused unless --reissue (close again: new claims) or
     --export-only (rewrite the files of the latest close; nothing is appended). A month
@@ -222,7 +232,7 @@ def _close(
         event_id, closed_at = record.event.event_id, record.event.recorded_at
         action = f"closed {month} for org {org}: appended month.closed {event_id}"
     ledger = asyncio.run(fold_until(address, topic, org, stops))
-    lines, total = month_claims(ledger, org, month)
+    lines, total = month_claims(ledger, org, month, close_id=event_id)
     meta: dict[str, Any] = {
         "org_id": org,
         "month": month,

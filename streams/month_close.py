@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import hashlib
 import io
 import re
 import uuid
@@ -32,7 +33,7 @@ from schemas.events import EventRejected, MonthClosed, PracticeConfigured, parse
 from streams.atomic_files import write_bytes
 from streams.ingress_gate import log_headers
 from streams.log_reader import read_range, read_to_end
-from streams.records import Headers, event_key
+from streams.records import Headers, event_key, key_parts
 
 SOURCE = "caretally-close"
 
@@ -60,21 +61,29 @@ class LogScan:
         return [c for c in self.closes if len(c.offsets) == self.partitions]
 
 
-def _org_match(key: bytes | None, prefix: bytes) -> bool:
-    return key is not None and key.startswith(prefix)
+def _key_ids(key: bytes | None) -> tuple[str, str] | None:
+    """(org_id, patient_id or "") of a log key; a key is never matched by its bytes or a
+    prefix of them (org ``a`` is not org ``a:b``)."""
+    parts = key_parts(key)
+    return (parts[0], parts[1]) if parts is not None and len(parts) == 2 else None
+
+
+def _org_match(key: bytes | None, org: str) -> bool:
+    ids = _key_ids(key)
+    return ids is not None and ids[0] == org
 
 
 async def scan(bootstrap: str, topic: str, partitions: int, org: str, month: str) -> LogScan:
     """Read the log to its end: the org's record count, time zone and closes of ``month``
     (only the org's practice-wide records are parsed)."""
     out = LogScan(partitions)
-    prefix, practice_key = f"{org}:".encode(), event_key(org, None)
     closes: dict[str, Close] = {}
     async for record in read_to_end(bootstrap, topic, range(partitions)):
-        if not _org_match(record.key, prefix):
+        ids = _key_ids(record.key)
+        if ids is None or ids[0] != org:
             continue
         out.org_records += 1
-        if record.key != practice_key:
+        if ids[1]:  # not the practice-wide key
             continue
         try:
             event = parse_event(record.value or b"")
@@ -125,11 +134,14 @@ async def append(
     partition, and the error per partition that failed."""
     from aiokafka import AIOKafkaProducer
 
+    from streams.limits import PRODUCER_MAX_REQUEST_BYTES
+
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         acks="all",
         client_id=SOURCE,
         request_timeout_ms=int(timeout * 1000),
+        max_request_size=PRODUCER_MAX_REQUEST_BYTES,
     )
     await producer.start()
     offsets: dict[int, int] = {}
@@ -157,10 +169,9 @@ async def append(
 async def fold_until(bootstrap: str, topic: str, org: str, stops: dict[int, int]) -> Ledger:
     """Fold ``org``'s records of each partition up to and including ``stops[partition]``."""
     ledger = Ledger()
-    prefix = f"{org}:".encode()
     for partition, stop in sorted(stops.items()):
         async for record in read_range(bootstrap, topic, partition, 0, stop + 1):
-            if not _org_match(record.key, prefix):
+            if not _org_match(record.key, org):
                 continue
             raw = record.value or b""
             try:
@@ -175,9 +186,18 @@ async def fold_until(bootstrap: str, topic: str, org: str, stops: dict[int, int]
 # -- claim files --------------------------------------------------------------------
 
 
+STEM_ORG_CHARS = 48  # of the org's readable rendering in a claim file name
+
+
 def claims_stem(org: str, month: str) -> str:
-    """``claims-<org>-<YYYY-MM>``; characters unsafe in a file name become ``_``."""
-    return f"claims-{re.sub(r'[^A-Za-z0-9._-]', '_', org)}-{month}"
+    """``claims-<org>-<digest>-<YYYY-MM>``: the org made readable and file-name safe
+    (ASCII letters, digits, ``.``, ``_``, ``-``; anything else becomes ``_``; at most
+    :data:`STEM_ORG_CHARS` characters), then 16 hex digits of a hash of the exact org id.
+    Orgs that render alike (``a_b``, ``a b``, two CJK names, ``Org``/``org`` on a
+    case-insensitive file system) still get names of their own."""
+    readable = re.sub(r"[^A-Za-z0-9._-]", "_", org)[:STEM_ORG_CHARS]
+    digest = hashlib.blake2b(org.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+    return f"claims-{readable}-{digest}-{month}"
 
 
 def _money(value: float | None) -> str:

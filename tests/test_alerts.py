@@ -234,7 +234,8 @@ def test_late_activity_in_closed_month() -> None:
         ids[-1]: [("late_activity", "99490", MARCH), ("threshold_revoked", "99490", MARCH)],
     }
     late = [a for a in all_alerts(log) if a.kind == "late_activity"]
-    line = f"99490 by DR-1 (claim line {claim_line_id('o1', P, MARCH, '99490', 'DR-1')})"
+    line_id = claim_line_id("o1", P, MARCH, "99490", "DR-1", close_id=ids[-4])  # keyed by the close
+    line = f"99490 by DR-1 (claim line {line_id})"
     assert [a.detail for a in late] == [
         f"activity a2 lands in closed month 2025-03; affects {line}: x1 at close, x1 now",
         f"void a1 lands in closed month 2025-03; affects {line}: x1 at close, x0 now",

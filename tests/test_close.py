@@ -33,12 +33,17 @@ from streams.topics import Topics
 
 P, Q = "P-000123", "P-000456"
 MARCH = "2025-03"
+CLOSE = "test-close"  # the month.closed event id keying claim line ids where a log has none
 
 
 def claims(log: Log, org: str = "o1", month: str = MARCH) -> dict[tuple[str, str], ClaimLine]:
     """(patient, code) -> claim line, after checking the lines against the core's billing:
-    same codes and units per patient-month, payments adding up to estimated_payment."""
-    lines, total = month_claims(fold(log.events()), org, month)
+    same codes and units per patient-month, payments adding up to estimated_payment. The
+    ids are keyed by the log's latest close of the month, else by :data:`CLOSE`."""
+    ledger = fold(log.events())
+    practice = ledger.practices.get(org)
+    close_id = CLOSE if practice is None else practice.close_ids.get(month, CLOSE)
+    lines, total = month_claims(ledger, org, month, close_id)
     billed = {b.patient_id: b for b in log.billing() if b.month == month and b.org_id == org}
     for pid, b in billed.items():
         units: dict[str, int] = {}
@@ -78,7 +83,7 @@ def test_ccm_date_of_service_is_the_local_day_the_20_minutes_were_met() -> None:
         60.49,
         60.49,
     )
-    assert line.claim_line_id == claim_line_id("o1", P, MARCH, "99490", "DR-1")
+    assert line.claim_line_id == claim_line_id("o1", P, MARCH, "99490", "DR-1", close_id=CLOSE)
 
 
 def test_time_met_counts_concurrent_staff_minutes_once() -> None:
@@ -177,7 +182,7 @@ def test_two_device_periods_ending_in_one_month_are_two_lines() -> None:
         log.reading(P, f"2025-02-{day:02d}T12:00:00-05:00")
     for day in range(3, 20):
         log.reading(P, f"2025-03-{day:02d}T12:00:00-04:00")
-    lines, _ = month_claims(fold(log.events()), "o1", MARCH)
+    lines, _ = month_claims(fold(log.events()), "o1", MARCH, CLOSE)
     [b] = [b for b in log.billing() if b.month == MARCH]
     assert b.units() == {"99453": 1, "99454": 2}  # 99453 with the episode's first period
     assert [(ln.code, ln.date_of_service.isoformat()) for ln in lines] == [
@@ -185,10 +190,12 @@ def test_two_device_periods_ending_in_one_month_are_two_lines() -> None:
         ("99454", "2025-03-01"),
         ("99454", "2025-03-31"),
     ]
-    assert lines[1].claim_line_id == claim_line_id("o1", P, MARCH, "99454", "DR-1")
-    assert lines[2].claim_line_id == claim_line_id("o1", P, MARCH, "99454", "DR-1", 2)
+    assert lines[1].claim_line_id == claim_line_id("o1", P, MARCH, "99454", "DR-1", close_id=CLOSE)
+    assert lines[2].claim_line_id == claim_line_id(
+        "o1", P, MARCH, "99454", "DR-1", 2, close_id=CLOSE
+    )
     assert len({ln.claim_line_id for ln in lines}) == 3
-    assert [r[3] for r in claim_refs(b)] == [ln.claim_line_id for ln in lines]
+    assert [r[3] for r in claim_refs(b, CLOSE)] == [ln.claim_line_id for ln in lines]
     assert round(sum(ln.estimated_payment for ln in lines), 2) == b.estimated_payment
 
 
@@ -224,11 +231,13 @@ def test_late_activity_and_void_name_the_claim_line_billed_at_close() -> None:
     log = ccm()
     log.activity(P, "a1", "2025-03-03T10:00:00-05:00", 25)
     log.activity(P, "a2", "2025-03-10T10:00:00-04:00", 20)  # 45 min: 99490 + 99439
-    log.close(MARCH)
+    close = log.close(MARCH)["event_id"]
     log.activity(P, "a3", "2025-03-30T10:00:00-04:00", 20)  # late: 65 min, 99439 x2
     log.void(P, "a2")  # late void: 45 min, 99439 x1
     log.activity(P, "a4", "2025-04-02T10:00:00-04:00", 30)  # April is open: no alert
-    base, addon = (claim_line_id("o1", P, MARCH, c, "DR-1") for c in ("99490", "99439"))
+    base, addon = (
+        claim_line_id("o1", P, MARCH, c, "DR-1", close_id=close) for c in ("99490", "99439")
+    )
     first, second = late_alerts(log)
     assert (first.code, first.month, first.patient_id) == ("99439", MARCH, P)
     assert first.detail == (
@@ -268,11 +277,8 @@ def test_nothing_billed_at_close_may_create_a_claim_line() -> None:
         "activity a2 lands in closed month 2025-03; nothing was billed for this patient-month "
         "at close; it may create a claim line"
     )
-    line = claim_line_id("o1", P, MARCH, "99490", "DR-1")
-    assert second.code == "99490"
-    assert second.detail.endswith(
-        f"affects 99490 by DR-1 (claim line {line}): not billed at close, x1 now"
-    )
+    assert second.code == "99490"  # no id: it gets one when a close bills it
+    assert second.detail.endswith("affects 99490 by DR-1: not billed at close, x1 now")
 
 
 def test_a_reissued_close_and_a_snapshot_keep_the_claims_at_close() -> None:
@@ -282,11 +288,11 @@ def test_a_reissued_close_and_a_snapshot_keep_the_claims_at_close() -> None:
     log.activity(P, "a1", "2025-03-03T10:00:00-05:00", 15)
     log.close(MARCH)
     log.activity(P, "a2", "2025-03-30T10:00:00-04:00", 10)  # late: 99490 now
-    log.close(MARCH)  # reissued: 99490 x1 is billed at this close
+    reissued = log.close(MARCH)["event_id"]  # 99490 x1 is billed at this close
     proj = Projector()
     for ev in log.events():
         proj.step(ev)
-    line = claim_line_id("o1", P, MARCH, "99490", "DR-1")
+    line = claim_line_id("o1", P, MARCH, "99490", "DR-1", close_id=reissued)
     assert proj.closed_claims == {("o1", P, MARCH): (("99490", 1, "DR-1", line),)}
     restored = pickle.loads(pickle.dumps(proj))
     log.void(P, "a2")
@@ -298,20 +304,20 @@ def test_a_reissued_close_and_a_snapshot_keep_the_claims_at_close() -> None:
 def test_a_knock_on_change_names_the_line_of_another_family() -> None:
     """§6.2 step 9: with PCM the program of record, late PCM time by the same practitioner
     blocks the CCM line billed at close; the alert names it (x1 -> x0) and the PCM line
-    the event creates, with the id that line gets."""
+    the event creates (without an id: a claim line id is keyed by the close billing it)."""
     log = ccm()
     log.care_plan(P, "pcm")
     log.consent(P, "pcm")
     log.enrollment(P, "pcm", on="2025-02-01")  # later than the CCM enrollment: of record
     log.activity(P, "a1", "2025-03-03T10:00:00-05:00", 25)
-    log.close(MARCH)
+    close = log.close(MARCH)["event_id"]
     log.activity(P, "p1", "2025-03-10T10:00:00-04:00", 35, program="pcm", staff="RN-9")
     [alert] = late_alerts(log)
-    ccm_line, pcm_line = (claim_line_id("o1", P, MARCH, c, "DR-1") for c in ("99490", "99426"))
+    ccm_line = claim_line_id("o1", P, MARCH, "99490", "DR-1", close_id=close)
     assert alert.code == "99490"
     assert alert.detail.endswith(
         f"affects 99490 by DR-1 (claim line {ccm_line}): x1 at close, x0 now; "
-        f"99426 by DR-1 (claim line {pcm_line}): not billed at close, x1 now"
+        "99426 by DR-1: not billed at close, x1 now"
     )
 
 
@@ -405,8 +411,10 @@ def test_close_exports_the_core_billing_and_a_late_activity_names_its_line(
     assert P not in done.output and Q not in done.output
 
     # the files hold exactly the core's claim lines of the month (an offline fold of the
-    # same events: all of them were in the log before the close)
-    want, total = month_claims(fold(log.events()), "o1", MARCH)
+    # same events: all of them were in the log before the close; ids keyed by the close)
+    stem = out / claims_stem("o1", MARCH)
+    doc = orjson.loads(stem.with_suffix(".json").read_bytes())
+    want, total = month_claims(fold(log.events()), "o1", MARCH, doc["month_closed_event_id"])
     assert (
         total
         == round(
@@ -415,7 +423,6 @@ def test_close_exports_the_core_billing_and_a_late_activity_names_its_line(
         )
         == 166.91
     )
-    stem = out / claims_stem("o1", MARCH)
     rows = list(csv.DictReader(io.StringIO(stem.with_suffix(".csv").read_text())))
     assert rows == [
         {
@@ -425,7 +432,6 @@ def test_close_exports_the_core_billing_and_a_late_activity_names_its_line(
         }
         for ln in want
     ]
-    doc = orjson.loads(stem.with_suffix(".json").read_bytes())
     assert doc["lines"] == [ln.row() for ln in want]
     assert (doc["org_id"], doc["month"], doc["line_count"], doc["estimated_payment"]) == (
         "o1",
