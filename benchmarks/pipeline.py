@@ -713,7 +713,7 @@ async def run(
 
             if args.latency_seconds > 0:
                 lat = await latency(bootstrap, topics, follower, worker, probe, rest, args, warmup)
-                lat["snapshot_files"] = len(list(state.glob("*.pickle")))
+                lat["snapshot_files"] = len(list(state.glob("*.json")))
                 result["latency"] = lat
                 e = lat["end_to_end"]
                 log(

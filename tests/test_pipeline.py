@@ -221,7 +221,7 @@ def test_worker_killed_mid_stream_restarts_to_the_same_result(
     finally:
         worker.stop()
     assert follower.got.views() == expected
-    assert any(Path(tmp_path / "state").rglob("fold-*.pickle"))
+    assert any(Path(tmp_path / "state").rglob("fold-*.json"))
     # the log holds each accepted event once: the restarted gate rebuilt its index from it
     log = asyncio.run(read_all(broker.bootstrap, topics.events))
     ids = Counter(

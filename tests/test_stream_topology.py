@@ -136,7 +136,7 @@ def test_snapshot_round_trip_and_refusal_of_another_log(tmp_path: Path) -> None:
     assert back is not None and back.next_offset == 42 and not back.dirty
     assert pickle.dumps(back.state.projector.views) == pickle.dumps(part.projector.views)
     assert SnapshotStore(tmp_path, "fold", log_id="topic-2").load(3) is None  # recreated topic
-    (tmp_path / "fold-4.pickle").write_bytes(b"garbage")
+    (tmp_path / "fold-4.json").write_bytes(b"garbage")
     assert store.load(4) is None
     assert SnapshotStore(None, "fold", "x").load(3) is None
 

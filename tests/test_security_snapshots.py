@@ -1,0 +1,352 @@
+"""Security hardening (#9), items 4 and 10: the worker's snapshots are data, never code;
+its state folders are private; a worker follows its log across a broker restart.
+
+* A pickle planted in the state folder is never opened (it used to run as the worker).
+* Fold a prefix, snapshot, load into a fresh slot, fold the rest: the same outputs and
+  billing as one uninterrupted fold (the data-only codec loses nothing).
+* State folders are created 0700; a group/world-writable one, or another user's, is
+  refused by ``caretally worker`` with a one-line error.
+* A worker left running while the broker restarts (new, empty topics) and the log is
+  restored refolds the new log instead of skipping every offset it had passed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import stat
+import subprocess
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from projections.staff import StaffProjector
+from streams import state_codec
+from streams.broker import EmbeddedBroker, free_port
+from streams.demo_live import expected_views
+from streams.fold_partition import STAFF, FoldPartition
+from streams.limits import PRODUCER_MAX_REQUEST_BYTES
+from streams.pipeline_client import Follower, WorkerProcess, produce
+from streams.snapshots import Slot, SnapshotStore
+from streams.synthetic import generate_events, generate_practice_log
+from streams.topics import Topics, ensure_topics
+from streams.worker import staff_item
+
+PARTS = 3
+
+
+def lines_of(events: Any) -> list[bytes]:
+    return [orjson.dumps(e) for e in events]
+
+
+def app_id(topics: Topics) -> str:
+    return f"app-{topics.prefix}"
+
+
+def worker_folder(state: Path, topics: Topics) -> Path:
+    """Where ``caretally worker --state-dir state`` keeps this pipeline's snapshots."""
+    return state / f"{app_id(topics)}@{topics.prefix.rstrip('.')}"
+
+
+def start_worker(bootstrap: str, topics: Topics, tmp_path: Path, *extra: str) -> WorkerProcess:
+    ensure_topics(bootstrap, topics, PARTS)
+    return WorkerProcess(
+        bootstrap,
+        topics,
+        PARTS,
+        tmp_path / "state",
+        "--app-id",
+        app_id(topics),
+        "--sweep-interval",
+        "3600",
+        *extra,
+        log_path=tmp_path / "worker.log",
+    ).start()
+
+
+def tail(path: Path) -> str:
+    return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+
+
+# -- a planted pickle is never executed -------------------------------------------------
+
+
+class _Planted:
+    """Unpickling this creates ``marker`` (an attacker's code would do anything else)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.slow
+def test_a_planted_pickle_snapshot_is_never_executed_and_the_worker_refolds(
+    broker: EmbeddedBroker, topics: Topics, tmp_path: Path
+) -> None:
+    marker = tmp_path / "pwned"
+    folder = worker_folder(tmp_path / "state", topics)
+    folder.mkdir(parents=True, mode=0o700)
+    os.chmod(tmp_path / "state", 0o700)
+    os.chmod(folder, 0o700)
+    payload = pickle.dumps(_Planted(marker), protocol=5)
+    for p in range(PARTS):
+        for name in (f"fold-{p}.pickle", f"staff-{p}.pickle", f"fold-{p}.json"):
+            (folder / name).write_bytes(payload)
+            os.chmod(folder / name, 0o600)
+    lines = lines_of(generate_practice_log(seed=3, patients=12))
+    expected = expected_views(lines)
+
+    async def run() -> Follower:
+        async with Follower(broker.bootstrap, topics, PARTS) as f:
+            await produce(broker.bootstrap, topics.ingress, lines)
+            await f.until(lambda got: got.views() == expected, 120, quiet=1.0)
+            return f
+
+    worker = start_worker(broker.bootstrap, topics, tmp_path)
+    try:
+        follower = asyncio.run(run())
+    finally:
+        worker.stop()
+    assert not marker.exists(), "a planted pickle ran as the worker"
+    assert follower.got.views() == expected, tail(tmp_path / "worker.log")
+    assert not list(folder.glob("*.pickle"))  # old pickles (PHI) are removed, not read
+
+
+# -- the data-only codec round-trips the fold ----------------------------------------
+
+
+def _outputs(part: FoldPartition, raws: list[bytes]) -> list[tuple[Any, ...]]:
+    return [(o.topic, o.key, o.value, o.headers) for raw in raws for o in part.apply(raw)]
+
+
+def _staff_alerts(proj: StaffProjector, outs: list[tuple[Any, ...]]) -> list[Any]:
+    return [a for o in outs if o[0] == STAFF for a in proj.apply(staff_item(o[2]))]
+
+
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    seed=st.integers(min_value=0, max_value=10_000),
+    size=st.integers(min_value=50, max_value=500),
+    cut=st.floats(min_value=0.0, max_value=1.0),
+)
+def test_fold_snapshot_load_and_fold_the_rest_equals_one_fold(
+    seed: int, size: int, cut: float
+) -> None:
+    raws = lines_of(generate_events(size, seed=seed, orgs=2))
+    at = int(len(raws) * cut)
+    whole = FoldPartition()
+    expected = _outputs(whole, raws[:at])
+    now = whole.latest or datetime(2025, 3, 20, tzinfo=UTC)
+    expected += [(o.topic, o.key, o.value, o.headers) for o in whole.sweep(now)]
+    expected += _outputs(whole, raws[at:])
+    whole_staff = StaffProjector()
+    expected_staff = _staff_alerts(whole_staff, expected)
+
+    first = FoldPartition()
+    head = _outputs(first, raws[:at])
+    head += [(o.topic, o.key, o.value, o.headers) for o in first.sweep(now)]
+    first_staff = StaffProjector()
+    staff_head = _staff_alerts(first_staff, head)
+    with tempfile.TemporaryDirectory() as tmp:
+        folds = SnapshotStore(Path(tmp) / "s", "fold", log_id="log-1")
+        staffs = SnapshotStore(Path(tmp) / "s", "staff", log_id="staff-1")
+        folds.save(0, Slot(first, next_offset=at, dirty=True))
+        staffs.save(0, Slot(first_staff, next_offset=len(head), dirty=True))
+        fold_slot, staff_slot = folds.load(0), staffs.load(0)
+    assert fold_slot is not None and staff_slot is not None
+    assert fold_slot.next_offset == at
+    rest = _outputs(fold_slot.state, raws[at:])
+    assert head + rest == expected
+    assert staff_head + _staff_alerts(staff_slot.state, rest) == expected_staff
+    final = fold_slot.state.projector
+    assert [b.view() for b in final.billing()] == [b.view() for b in whole.projector.billing()]
+    assert final.closed_claims == whole.projector.closed_claims
+    assert fold_slot.state.swept == whole.swept and fold_slot.state.latest == whole.latest
+    assert state_codec.encode(fold_slot.state) == state_codec.encode(whole)
+    assert state_codec.encode(staff_slot.state) == state_codec.encode(whole_staff)
+
+
+def test_the_codec_builds_only_state_types() -> None:
+    """Data naming anything but a registered state class is refused, not imported."""
+    for doc in (
+        {"$": "os.system", "v": {"command": "touch /tmp/x"}},
+        {"$": "FoldPartition", "v": {"projector": None, "swept": {}, "latest": None, "x": 1}},
+        {"$": "Outcome", "v": {}},
+        {"__reduce__": "x"},
+    ):
+        with pytest.raises(state_codec.CodecError):
+            state_codec.decode(orjson.dumps(doc))
+    with pytest.raises(state_codec.CodecError):
+        state_codec.encode(object())
+
+
+def test_a_snapshot_that_is_not_a_private_file_of_ours_is_ignored(tmp_path: Path) -> None:
+    part = FoldPartition()
+    _outputs(part, lines_of(generate_practice_log(seed=1, patients=3)))
+    store = SnapshotStore(tmp_path / "s", "fold", log_id="log-1")
+    store.save(1, Slot(part, next_offset=7))
+    path = tmp_path / "s" / "fold-1.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert store.load(1) is not None
+    os.chmod(path, 0o666)  # anyone could have written it
+    assert store.load(1) is None
+    os.chmod(path, 0o600)
+    (tmp_path / "s" / "fold-2.json").symlink_to(path)
+    assert store.load(2) is None
+    assert SnapshotStore(tmp_path / "s", "fold", log_id="log-2").load(1) is None
+
+
+# -- private state folders ----------------------------------------------------------------
+
+
+def run_worker_cli(state_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """``caretally worker`` against a port nothing listens on: it stops at its checks."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streams.cli",
+            "worker",
+            "--bootstrap",
+            f"127.0.0.1:{free_port()}",
+            "--state-dir",
+            str(state_dir),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "CARETALLY_TOPIC_PREFIX": ""},
+    )
+
+
+def test_state_folders_are_created_0700(tmp_path: Path) -> None:
+    os.chmod(tmp_path, 0o755)
+    state = tmp_path / "a" / "b"
+    run_worker_cli(state, "--app-id", "app1")
+    for folder in (tmp_path / "a", state, state / "app1"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+    store = SnapshotStore(tmp_path / "x" / "y", "fold", log_id="l")
+    store.save(0, Slot(FoldPartition()))
+    assert stat.S_IMODE((tmp_path / "x").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "x" / "y").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "x" / "y" / "fold-0.json").stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o775, 0o1777])
+def test_a_state_folder_others_can_write_is_refused(tmp_path: Path, mode: int) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chmod(state, mode)
+    done = run_worker_cli(state)
+    assert done.returncode != 0
+    assert "group- or world-writable" in done.stderr, done.stderr
+    assert str(state) in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not list(state.iterdir())  # nothing written into it
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a folder to another user")
+def test_a_state_folder_of_another_user_is_refused(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    (state / "caretally").mkdir(parents=True, mode=0o700)
+    os.chown(state / "caretally", 65534, 65534)
+    done = run_worker_cli(state)
+    assert done.returncode != 0
+    assert "belongs to another user" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+# -- a broker restart: the worker follows the new log ------------------------------------
+
+
+async def _read_log(bootstrap: str, topic: str) -> list[Any]:
+    """Every record of ``topic`` (all partitions), each partition in order."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(PARTS)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        out: list[Any] = []
+        idle = 0
+        while idle < 3:
+            got = await consumer.getmany(timeout_ms=300)
+            idle = 0 if got else idle + 1
+            for records in got.values():
+                out.extend(records)
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def _republish(bootstrap: str, topic: str, records: list[Any]) -> None:
+    """What ``caretally restore`` does: the same bytes, keys, headers, partitions, order."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", max_request_size=PRODUCER_MAX_REQUEST_BYTES
+    )
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(
+                topic, r.value, key=r.key, partition=r.partition, headers=list(r.headers)
+            )
+            for r in records
+        ]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+@pytest.mark.slow
+def test_a_worker_running_across_a_broker_restart_refolds_the_restored_log(
+    tmp_path: Path,
+) -> None:
+    topics = Topics(prefix="restart.")
+    lines = lines_of(generate_practice_log(seed=9, patients=15))
+    expected = expected_views(lines)
+    assert len(expected) > 10
+
+    async def first_life(bootstrap: str) -> list[Any]:
+        async with Follower(bootstrap, topics, PARTS) as f:
+            await produce(bootstrap, topics.ingress, lines)
+            assert await f.until(lambda got: got.views() == expected, 120, quiet=1.0)
+        return await _read_log(bootstrap, topics.events)
+
+    async def second_life(bootstrap: str, log: list[Any]) -> Follower:
+        await _republish(bootstrap, topics.events, log)
+        async with Follower(bootstrap, topics, PARTS) as f:
+            await f.until(lambda got: got.views() == expected, 150, quiet=1.0)
+            return f
+
+    broker = EmbeddedBroker(log_path=tmp_path / "tansu.log").start()
+    worker = None
+    try:
+        worker = start_worker(broker.bootstrap, topics, tmp_path, "--snapshot-interval", "0.5")
+        log = asyncio.run(first_life(broker.bootstrap))
+        assert len(log) >= len(lines) - 5
+        broker.stop()  # memory storage: the topics, offsets and group are gone
+        broker.start()  # same port; the worker keeps running
+        ensure_topics(broker.bootstrap, topics, PARTS)  # as `caretally restore` does
+        follower = asyncio.run(second_life(broker.bootstrap, log))
+        assert worker.proc is not None and worker.proc.poll() is None, tail(tmp_path / "worker.log")
+    finally:
+        if worker is not None:
+            worker.stop()
+        broker.stop()
+    assert follower.got.views() == expected, tail(tmp_path / "worker.log")
