@@ -403,7 +403,7 @@ class AuditFold:
         if outcome.status is Status.DUPLICATE:
             counts.duplicates += 1
             return
-        if outcome.status is Status.CONFLICT:
+        if outcome.status in (Status.CONFLICT, Status.OVER_LIMIT):
             counts.rejected += 1
             self.rejected.append(
                 RejectedEvent(event.event_id, event.type, event.recorded_at, outcome.reason)

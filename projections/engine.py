@@ -29,7 +29,7 @@ from projections.calendar import (
     months_spanned,
     next_month,
 )
-from projections.claims import ClaimRef, claim_line_id, claim_refs
+from projections.claims import ClaimRef, claim_refs
 from projections.ledger import QUARTER_HOUR, Activity, Ledger, Outcome, Status
 from projections.rulebook import book_for_month
 from schemas.events import (
@@ -95,8 +95,9 @@ class Projector:
         # (both are keyed by the zone they were computed in; a new zone recomputes them)
         self._days: dict[tuple[str, str], tuple[str, dict[str, set[date]]]] = {}
         self._by_month: dict[tuple[str, str], tuple[str, dict[str, list[Activity]]]] = {}
-        # (org, patient, month) -> the claim lines billed when the month was (last) closed;
-        # plain tuples, since the worker pickles this state in its snapshots
+        # (org, patient, month) -> the claim lines billed when the month was (last) closed,
+        # their ids keyed by that close's event_id; plain tuples, since the worker pickles
+        # this state in its snapshots
         self.closed_claims: dict[tuple[str, str, str], tuple[ClaimRef, ...]] = {}
 
     def step(self, event: Event, raw: bytes | None = None) -> StepResult:
@@ -104,6 +105,7 @@ class Projector:
         ledger = self.ledger
         org = event.org_id
         earliest = self._earliest_reading(event) if isinstance(event, DeviceReading) else None
+        settings = _settings(ledger, org) if isinstance(event, PracticeConfigured) else None
         outcome = ledger.apply(event, raw)
         if outcome.status is not Status.APPLIED:
             return StepResult(outcome)
@@ -114,11 +116,13 @@ class Projector:
         if isinstance(event, ActivityLogged | ActivityVoided):
             self._move_activity(event, outcome.previous, tz)
         if isinstance(event, PracticeConfigured):
+            if settings == _settings(ledger, org):
+                return result  # the same settings again: no evaluation can change
             for o, pid in sorted(k for k in ledger.patients if k[0] == org):
                 self._refresh(o, pid, None, event, result)
             return result
         if isinstance(event, MonthClosed):
-            self._remember_claims(org, event.data.month)
+            self._remember_claims(org, event.data.month, event.event_id)
             return result
         pid = event.patient_id
         assert pid is not None
@@ -202,14 +206,15 @@ class Projector:
         quarters = patient.readings.get(event.data.program) if patient is not None else None
         return min(quarters) if quarters else None
 
-    def _remember_claims(self, org: str, month: str) -> None:
+    def _remember_claims(self, org: str, month: str, close_id: str) -> None:
         """Keep the claim lines of ``org``'s patient-months in ``month`` as billed at its
-        close (a later close of the same month replaces them: the claims were reissued)."""
+        close ``close_id`` (a later close of the same month replaces them: the claims were
+        reissued)."""
         for key in [k for k in self.closed_claims if k[0] == org and k[2] == month]:
             del self.closed_claims[key]
         for key, billing in self.views.items():
             if key[0] == org and key[2] == month and billing.billable:
-                self.closed_claims[key] = claim_refs(billing)
+                self.closed_claims[key] = claim_refs(billing, close_id)
 
     def _late(
         self,
@@ -223,8 +228,9 @@ class Projector:
         A line billed at close is affected when the event's activity (either version)
         counts toward its family and practitioner, or when the event changes its units
         (a knock-on effect, e.g. through an exclusive pair); a line not billed at close
-        that the event makes billable is named too, with the id it would get. The
-        alert's ``code`` is the first of them; its id hashes only the cause, as before.
+        that the event makes billable is named too, without an id (a claim line id is
+        keyed by its close, so it has none until the month is reissued). The alert's
+        ``code`` is the first of them; its id hashes only the cause, as before.
         """
         org, pid = event.org_id, event.patient_id
         what = "void" if isinstance(event, ActivityVoided) else "activity"
@@ -250,10 +256,7 @@ class Projector:
                 if (code, who) in billed or not units:
                     continue
                 if (book.code(code).family, who) in touched or old.get((code, who)) != units:
-                    line_id = claim_line_id(org, pid, m, code, who)
-                    parts.append(
-                        (code, f"{_line(code, who, line_id)}: not billed at close, x{units} now")
-                    )
+                    parts.append((code, f"{_line(code, who)}: not billed at close, x{units} now"))
             detail = f"{what} {event.data.activity_id} lands in closed month {m}; "
             if parts:
                 detail += "affects " + "; ".join(words for _, words in parts)
@@ -315,6 +318,12 @@ class Projector:
         return [self.views[k] for k in sorted(self.views)]
 
 
+def _settings(ledger: Ledger, org: str) -> tuple[str, str]:
+    """What a ``practice.configured`` sets, as the evaluation reads it."""
+    practice = ledger.practice(org)
+    return practice.timezone, practice.facility_type
+
+
 def _same_pairs(a: MonthBilling, b: MonthBilling) -> bool:
     return {(p.kind, p.kept, p.other) for p in a.pairs} == {
         (p.kind, p.kept, p.other) for p in b.pairs
@@ -333,5 +342,6 @@ def _by_code(item: tuple[tuple[str, str | None], int]) -> tuple[str, str]:
     return item[0][0], item[0][1] or ""
 
 
-def _line(code: str, practitioner: str | None, line_id: str) -> str:
-    return f"{code} by {practitioner or 'no practitioner of record'} (claim line {line_id})"
+def _line(code: str, practitioner: str | None, line_id: str | None = None) -> str:
+    line = f"{code} by {practitioner or 'no practitioner of record'}"
+    return line if line_id is None else f"{line} (claim line {line_id})"

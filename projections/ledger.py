@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
 from enum import Enum
 from sys import intern
 from typing import Any
@@ -39,6 +39,19 @@ from schemas.events import (
 
 PERSONAL_ROLES = frozenset({"physician", "qhp"})
 QUARTER_HOUR = 900
+
+# Volume bounds per patient and UTC calendar month (of ``started_at`` / ``taken_at``), so
+# one feed cannot make a patient-month arbitrarily expensive to fold for everyone behind
+# it on the partition. A CCM patient has tens of activities a month and an RPM device a
+# few readings a day (a CGM at one reading every 5 minutes sends 8,928 in a 31-day month);
+# at the activity bound the fold of the worst patient-month (every activity a separate
+# interval) takes about 0.4 s in all and under 20 ms for its slowest event (2 cores, 2026-12).
+# Counted over applied events in log order, so the fold, ``caretally replay`` and the
+# archive replay (``streams.archive_replay``, in SQL) reject the same events.
+MAX_ACTIVITY_VERSIONS = 200
+"""``activity.logged`` events (first loggings and amendments) per patient-month."""
+MAX_READINGS = 10_000
+"""``device.reading`` events per patient-month."""
 
 
 @dataclass(slots=True)
@@ -94,6 +107,8 @@ class PatientState:
     # program -> epoch quarter-hours with a reading: exact for local days (every UTC offset
     # is a multiple of 15 minutes) and at most 96 a day however often a device sends
     readings: dict[str, set[int]] = field(default_factory=dict)
+    # "activity:YYYY-MM" / "reading:YYYY-MM" (UTC) -> events applied, for the bounds above
+    volume: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -101,12 +116,15 @@ class Practice:
     timezone: str = DEFAULT_TIMEZONE
     facility_type: str = "office"
     closed_months: set[str] = field(default_factory=set)
+    # month -> event_id of its latest month.closed (the key of its claim line ids)
+    close_ids: dict[str, str] = field(default_factory=dict)
 
 
 class Status(Enum):
     APPLIED = "applied"
     DUPLICATE = "duplicate"  # same event_id, same body: a no-op
     CONFLICT = "conflict"  # same event_id, different body: rejected
+    OVER_LIMIT = "over_limit"  # its patient-month is at a volume bound: rejected
 
 
 class Outcome:
@@ -127,6 +145,20 @@ _DUPLICATE = Outcome(Status.DUPLICATE)
 _CONFLICT = Outcome(
     Status.CONFLICT, reason="event_id: already used for an event with a different body"
 )
+
+
+def utc_month(instant: datetime) -> str:
+    """``YYYY-MM`` of an instant in UTC (the bucket of the volume bounds)."""
+    u = instant.astimezone(UTC)
+    return f"{u.year:04d}-{u.month:02d}"
+
+
+def over_limit_reason(what: str, month: str, limit: int) -> str:
+    """The rejection of an event beyond a volume bound (no patient id: it is PHI)."""
+    return (
+        f"over_limit: the patient-month {month} (UTC) already holds {limit:,} {what}, "
+        "the most one patient-month may have; event not applied"
+    )
 
 
 def _digest(text: str | bytes) -> int:
@@ -196,10 +228,32 @@ class Ledger:
         prior = self.seen.get(key)
         if prior is not None:
             return _DUPLICATE if prior == body else _CONFLICT
-        self.seen.add(key, body)
+        self.seen.add(key, body)  # consumed even when refused below, as in the archive replay
+        refusal = self._over_limit(event)
+        if refusal is not None:
+            return Outcome(Status.OVER_LIMIT, reason=refusal)
         self.seq += 1
         previous = self._handlers[type(event)](event, self.seq)
         return Outcome(Status.APPLIED, self.seq, previous=previous)
+
+    def _over_limit(self, event: Event) -> str | None:
+        """Count an activity version or reading toward its patient-month's bound; the
+        reason when the month is already at it (then nothing is counted)."""
+        if isinstance(event, ActivityLogged):
+            kind, what, limit = "activity", "activity versions", MAX_ACTIVITY_VERSIONS
+            month = utc_month(event.data.started_at)
+        elif isinstance(event, DeviceReading):
+            kind, what, limit = "reading", "readings", MAX_READINGS
+            month = utc_month(event.data.taken_at)
+        else:
+            return None
+        volume = self.patient(event.org_id, event.patient_id).volume  # type: ignore[arg-type]
+        key = f"{kind}:{month}"
+        n = volume.get(key, 0)
+        if n >= limit:
+            return over_limit_reason(what, month, limit)
+        volume[key] = n + 1
+        return None
 
     # -- handlers (one per event type) ---------------------------------------
 
@@ -274,4 +328,6 @@ class Ledger:
         p.facility_type = ev.data.facility_type
 
     def _month_closed(self, ev: MonthClosed, seq: int) -> None:
-        self.practice(ev.org_id).closed_months.add(ev.data.month)
+        practice = self.practice(ev.org_id)
+        practice.closed_months.add(ev.data.month)
+        practice.close_ids[ev.data.month] = ev.event_id

@@ -44,7 +44,15 @@ from projections.calendar import (
     month_key,
     next_month,
 )
-from projections.ledger import Activity, ConsentEntry, EnrollmentEntry, PatientState, Practice
+from projections.ledger import (
+    MAX_ACTIVITY_VERSIONS,
+    MAX_READINGS,
+    Activity,
+    ConsentEntry,
+    EnrollmentEntry,
+    PatientState,
+    Practice,
+)
 from projections.rulebook import book_for_month
 from streams.archive_store import LOG_TS_SQL, parquet_sources
 
@@ -60,6 +68,7 @@ class ReplayStats:
     sql_accounted: int = 0  # patient-months whose time SQL accounted
     core_accounted: int = 0  # ... and those the core accounted (overlaps, stays, ...)
     practice_events: int = 0  # practice-wide events (every shard reads them)
+    over_limit: int = 0  # events refused: their patient-month was at a volume bound
 
 
 class ArchiveReplay:
@@ -141,6 +150,7 @@ class ArchiveReplay:
                 params,
             )
             sql("DROP TABLE keep")
+            self._bound_volume()
         self.stats.applied, self.stats.practice_events = sql(  # type: ignore[misc]
             "SELECT count(*), count(*) FILTER (WHERE patient_id IS NULL) FROM ev"
         ).fetchone()
@@ -154,6 +164,24 @@ class ArchiveReplay:
                        FROM ev WHERE type = 'practice.configured' GROUP BY org_id) p
             USING (org_id)"""
         )
+
+    def _bound_volume(self) -> None:
+        """Drop what the ledger refuses as ``over_limit``: a patient's activity versions
+        (readings) past ``MAX_ACTIVITY_VERSIONS`` (``MAX_READINGS``) in a UTC month, in
+        log order. The ledger counts only events it applied, and once a month is at its
+        bound it refuses every later one, so the refused are exactly those numbered past it."""
+        n = self.con.execute(
+            f"""DELETE FROM ev WHERE ord IN (
+              SELECT ord FROM (
+                SELECT ord, type, row_number() OVER (
+                  PARTITION BY org_id, patient_id, type, strftime(
+                    make_timestamp(epoch_us(coalesce(started_at, taken_at))), '%Y-%m')
+                  ORDER BY ord) AS n
+                FROM ev WHERE type IN ('activity.logged', 'device.reading'))
+              WHERE n > CASE type WHEN 'activity.logged' THEN {MAX_ACTIVITY_VERSIONS:d}
+                              ELSE {MAX_READINGS:d} END)"""
+        ).fetchone()
+        self.stats.over_limit = int(n[0]) if n else 0
 
     def _calendar(self) -> None:
         """Local month and day bounds per zone, from the core's calendar (no ICU)."""
@@ -611,7 +639,7 @@ def replay_views(
         parts = pool.starmap(_shard_views, [(source, as_of, (k, n)) for k in range(n)])
     stats = ReplayStats(practice_events=parts[0][1].practice_events)
     for _, st in parts:
-        for name in ("applied", "patient_months", "sql_accounted", "core_accounted"):
+        for name in ("applied", "patient_months", "sql_accounted", "core_accounted", "over_limit"):
             setattr(stats, name, getattr(stats, name) + getattr(st, name))
     stats.applied -= (n - 1) * stats.practice_events  # once, not once per share
     streams = [(orjson.loads(line) for line in blob.split(b"\n") if line) for blob, _ in parts]

@@ -141,6 +141,13 @@ def _replay_archive(path: Path, as_of: datetime | None, fmt: str, workers: int |
         "by the core)",
         err=True,
     )
+    if stats.over_limit:
+        click.echo(
+            f"rejected {stats.over_limit} event(s): over_limit (their patient-month already "
+            "held the most activity versions or readings one may have)",
+            err=True,
+        )
+        sys.exit(EXIT_BAD_LINES)
 
 
 def _write_views(views: Iterable[dict[str, Any]], fmt: str) -> None:

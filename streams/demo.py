@@ -62,7 +62,7 @@ def run_demo(
         result = projector.step(event)
         if result.outcome.status is Status.DUPLICATE:
             duplicates += 1
-        elif result.outcome.status is Status.CONFLICT:
+        elif result.outcome.status in (Status.CONFLICT, Status.OVER_LIMIT):
             rejected += 1
         for alert in result.alerts:
             kinds[alert.kind] += 1

@@ -2,8 +2,8 @@
 
 No I/O here: the worker feeds records and sends what comes back. A partition holds
 the :class:`~projections.engine.Projector` of the patients keyed to it, plus what the
-daily sweep has done, and is pickled whole as a snapshot beside the log offset it
-reflects (``streams.snapshots``).
+daily sweep has done, and is saved whole as a snapshot beside the log offset it
+reflects (``streams.snapshots``, as data through ``streams.state_codec``).
 """
 
 from __future__ import annotations
@@ -27,9 +27,17 @@ from schemas.events import (
     parse_event,
 )
 from schemas.views import Alert
-from streams.records import alert_value, billing_key, billing_value, event_key, progress_header
+from streams.records import (
+    alert_value,
+    billing_key,
+    billing_value,
+    event_key,
+    progress_header,
+    staff_key,
+)
 
 BILLING, ALERTS, STAFF, DEADLETTER = "billing", "alerts", "staff", "deadletter"
+_REFUSED = (Status.CONFLICT, Status.OVER_LIMIT)  # dead-lettered with the ledger's reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +66,7 @@ def _staff_out(event: Event, activity: Activity, tz: str, voided: bool) -> Outpu
         "timezone": tz,
         "voided": voided,
     }
-    key = f"{event.org_id}:{activity.staff_id}".encode()
-    return Output(STAFF, key, orjson.dumps(item))
+    return Output(STAFF, staff_key(event.org_id, activity.staff_id), orjson.dumps(item))
 
 
 @dataclass
@@ -78,7 +85,7 @@ class FoldPartition:
 
     def apply_event(self, event: Event, raw: bytes | None = None) -> list[Output]:
         result = self.projector.step(event, raw)
-        if result.outcome.status is Status.CONFLICT:
+        if result.outcome.status in _REFUSED:
             return [Output(DEADLETTER, None, raw, (("reason", result.outcome.reason.encode()),))]
         if result.outcome.status is not Status.APPLIED:
             return []
