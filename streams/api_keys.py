@@ -185,9 +185,9 @@ class ApiKeyStore:
         self._stamp = stamp
         self._checked = time.monotonic()
 
-    def _maybe_reload(self) -> None:
+    def _maybe_reload(self, fresh: bool = False) -> None:
         now = time.monotonic()
-        if now - self._checked < self.recheck_s:
+        if not fresh and now - self._checked < self.recheck_s:
             return
         self._checked = now
         try:
@@ -206,11 +206,16 @@ class ApiKeyStore:
     def __len__(self) -> int:
         return len(self._records)
 
-    def resolve(self, key: str | None) -> str | None:
-        """The org of an active key, else None."""
+    def resolve(self, key: str | None, *, fresh: bool = False) -> str | None:
+        """The org of an active key, else None.
+
+        ``fresh`` checks the file for a change now (one ``stat``; the file is re-read only
+        when it changed) instead of at most every ``recheck_s``: what a long-lived stream
+        uses before each write, so nothing is sent after a revocation reached the file.
+        """
         if not key or not key.isascii():
             return None
-        self._maybe_reload()
+        self._maybe_reload(fresh)
         presented = hashlib.sha256(key.encode()).digest()
         found: str | None = None
         for stored, org_id in self._records:

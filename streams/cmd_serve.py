@@ -9,6 +9,7 @@ from typing import NoReturn
 import click
 
 from streams.cli_options import bootstrap_option, prefix_option
+from streams.rate_limit import DEFAULT_EVENTS_PER_MINUTE, DEFAULT_PRACTICE_EVENTS_PER_MINUTE
 from streams.topics import DEFAULT_PARTITIONS
 
 MIB = 1024 * 1024
@@ -44,6 +45,69 @@ def _fail(message: str) -> NoReturn:
     help="Largest POST /v1/events body; bigger ones get 413.",
 )
 @click.option(
+    "--header-timeout",
+    envvar="CARETALLY_SERVE_HEADER_TIMEOUT",
+    show_envvar=True,
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    metavar="SECONDS",
+    help="A request head must be complete this long after its first byte, else 408 and close.",
+)
+@click.option(
+    "--body-timeout",
+    envvar="CARETALLY_SERVE_BODY_TIMEOUT",
+    show_envvar=True,
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    metavar="SECONDS",
+    help="A request body must be complete this long after its head, else 408 and close.",
+)
+@click.option(
+    "--idle-timeout",
+    envvar="CARETALLY_SERVE_IDLE_TIMEOUT",
+    show_envvar=True,
+    default=75.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    metavar="SECONDS",
+    help="Close a connection with no request in progress after this long (keep-alive); "
+    "keep it above a proxy's upstream keep-alive.",
+)
+@click.option(
+    "--max-connections",
+    envvar="CARETALLY_SERVE_MAX_CONNECTIONS",
+    show_envvar=True,
+    default=1000,
+    show_default=True,
+    type=click.IntRange(min=16),
+    help="Open connections at most; at the cap a new one evicts the oldest idle or "
+    "still-sending-its-head connection, else gets 503. Lowered to fit the open-file limit.",
+)
+@click.option(
+    "--rate-limit",
+    envvar="CARETALLY_SERVE_RATE_LIMIT",
+    show_envvar=True,
+    default=DEFAULT_EVENTS_PER_MINUTE,
+    show_default=True,
+    type=click.IntRange(min=1),
+    metavar="EVENTS_PER_MINUTE",
+    help="Events one org may POST a minute (a token bucket holding a minute's worth); "
+    "beyond it 429 with Retry-After.",
+)
+@click.option(
+    "--practice-rate-limit",
+    envvar="CARETALLY_SERVE_PRACTICE_RATE_LIMIT",
+    show_envvar=True,
+    default=DEFAULT_PRACTICE_EVENTS_PER_MINUTE,
+    show_default=True,
+    type=click.IntRange(min=1),
+    metavar="EVENTS_PER_MINUTE",
+    help="Practice-wide events (practice.configured, month.closed) one org may POST a "
+    "minute; each touches every patient of the org.",
+)
+@click.option(
     "--partitions",
     default=DEFAULT_PARTITIONS,
     show_default=True,
@@ -63,6 +127,12 @@ def serve(
     keys_file: Path | None,
     topic_prefix: str | None,
     max_body_bytes: int,
+    header_timeout: float,
+    body_timeout: float,
+    idle_timeout: float,
+    max_connections: int,
+    rate_limit: int,
+    practice_rate_limit: int,
     partitions: int,
     loglevel: str,
 ) -> None:
@@ -80,6 +150,10 @@ def serve(
     own org. A batch is all or nothing: one invalid line (reported with its line
     number) and no event of it is written. Accepted events go to the ingress topic;
     `caretally worker` turns them into billing and alerts, which this server reads.
+
+    Slow or idle connections are cut (--header-timeout, --body-timeout, --idle-timeout)
+    and their number is capped (--max-connections); alert streams are exempt. Listen on
+    loopback and put a reverse proxy (TLS, rate limits) in front before --host 0.0.0.0.
 
     \b
     Examples:
@@ -101,6 +175,8 @@ def serve(
     from streams.broker import reachable
     from streams.http_api import Server, build_app
     from streams.http_api import serve as run_server
+    from streams.http_guard import ConnectionLimits, fit_connection_cap
+    from streams.rate_limit import OrgRateLimits
     from streams.topics import Topics, ensure_topics
 
     logging.basicConfig(
@@ -133,7 +209,21 @@ def serve(
     except Exception as exc:  # kafka-python raises a zoo of errors for a sick broker
         _fail(f"cannot create the topics on {address}: {exc}")
 
-    app = build_app(address, topics, keys, max_body_bytes=max_body_bytes)
+    app = build_app(
+        address,
+        topics,
+        keys,
+        max_body_bytes=max_body_bytes,
+        rate_limits=OrgRateLimits(rate_limit, practice_rate_limit),
+    )
+    cap = fit_connection_cap(max_connections)
+    if cap < max_connections:
+        click.echo(
+            f"warning: the open-file limit leaves room for {cap} connections, "
+            f"not {max_connections}; raise `ulimit -n`",
+            err=True,
+        )
+    limits = ConnectionLimits(header_timeout, body_timeout, idle_timeout, cap)
 
     def ready(server: Server) -> None:
         click.echo(
@@ -147,7 +237,7 @@ def serve(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await run_server(app, host, port, stop, on_ready=ready)
+        await run_server(app, host, port, stop, on_ready=ready, limits=limits)
 
     try:
         asyncio.run(main())

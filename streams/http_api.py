@@ -13,6 +13,8 @@ access log names the route template, not the path.
 Endpoints (errors are always ``{"error": "..."}``):
 
 * ``POST /v1/events`` one JSON event, or an NDJSON batch. All-or-nothing validation.
+  Per-org token buckets counted in events (:mod:`streams.rate_limit`): 429 and
+  ``Retry-After`` beyond them.
 * ``GET /v1/orgs/{org}/patients/{patient}/months/{month}`` the billing view.
 * ``GET /v1/orgs/{org}/worklist?month=YYYY-MM`` patient-months by billing status.
 * ``GET /v1/orgs/{org}/alerts`` Server-Sent Events, ``?replay=N`` and ``Last-Event-ID``.
@@ -40,18 +42,23 @@ from pydantic import ValidationError
 from schemas.events import EventRejected, parse_event
 from schemas.views import Alert
 from streams.api_keys import ApiKeyStore
-from streams.records import billing_key, event_key, header
+from streams.http_guard import ConnectionLimits, GuardedRunner, redact_aiohttp_logs
+from streams.ingress_gate import TOO_LARGE, Source, deadletter_write
+from streams.limits import EVENT_MAX_BYTES, PRODUCER_MAX_REQUEST_BYTES
+from streams.rate_limit import OrgRateLimits, Refusal
+from streams.records import event_key, header, key_parts
 from streams.topics import Topics
 
 log = logging.getLogger("caretally.serve")
 
 DEFAULT_MAX_BODY_BYTES = 5 * 1024 * 1024
-MAX_EVENT_BYTES = 1_000_000  # under Kafka's default message.max.bytes (1 MiB with overhead)
+MAX_EVENT_BYTES = EVENT_MAX_BYTES  # the one limit of HTTP, ingest and the gate (streams.limits)
 MAX_ERRORS_SHOWN = 1000
 ALERTS_PER_ORG = 10_000
 SUBSCRIBER_QUEUE = 1000
 MAX_STREAMS_PER_ORG = 64
 HEARTBEAT_S = 15.0
+KEY_CHECK_S = 1.0  # an SSE stream re-checks its key at least this often
 OFFLOAD_BYTES = 256 * 1024  # validate bigger bodies off the event loop
 JSON_TYPES = frozenset({"application/json"})
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson"})
@@ -86,6 +93,21 @@ class BillingEntry:
     raw: bytes
     view: dict[str, Any]
     progress: list[dict[str, Any]]
+
+    @property
+    def ids(self) -> BillingIds:
+        return (self.org_id, self.patient_id, self.month)
+
+
+BillingIds = tuple[str, str, str]
+"""(org_id, patient_id, month): what a ``care.billing.v1`` key stands for."""
+
+
+def _billing_ids(key: bytes | None) -> BillingIds | None:
+    parts = key_parts(key)
+    if parts is None or len(parts) != 3:
+        return None
+    return parts[0], parts[1], parts[2]
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,8 +162,9 @@ class StateCache:
         self.topics = topics
         self.alerts_per_org = alerts_per_org
         self.subscriber_queue = subscriber_queue
-        self.billing: dict[bytes, BillingEntry] = {}
-        self._by_org_month: dict[str, dict[str, set[bytes]]] = {}
+        # keyed by the ids (org, patient, month) a record's key decodes to, never its bytes
+        self.billing: dict[BillingIds, BillingEntry] = {}
+        self._by_org_month: dict[str, dict[str, set[BillingIds]]] = {}
         self.alerts: dict[str, deque[StoredAlert]] = {}
         self._subscribers: dict[str, set[Subscriber]] = {}
         self._lag = _Lag()
@@ -243,11 +266,13 @@ class StateCache:
     # -- applying records (synchronous: no await between a change and its fan-out) ---------
 
     def apply_billing(self, key: bytes | None, value: bytes | None, progress: bytes | None) -> None:
-        if key is None:
+        ids = _billing_ids(key)
+        if ids is None:
+            log.warning("skipped a billing record whose key is not org:patient:month")
             return
-        old = self.billing.pop(key, None)
+        old = self.billing.pop(ids, None)
         if old is not None:
-            self._unindex(key, old)
+            self._unindex(old)
         if value is None:  # tombstone: the month no longer has anything in it
             return
         try:
@@ -255,20 +280,20 @@ class StateCache:
             org_id, patient_id, month = view["org_id"], view["patient_id"], view["month"]
             if not all(isinstance(x, str) for x in (org_id, patient_id, month)):
                 raise TypeError("ids are not strings")
-            if billing_key(org_id, patient_id, month) != key:
+            if (org_id, patient_id, month) != ids:
                 raise ValueError("key does not match the view")
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             log.warning("skipped a billing record that is not a view: %s", exc)
             return
         entry = BillingEntry(org_id, patient_id, month, bytes(value), view, _progress(progress))
-        self.billing[key] = entry
-        self._by_org_month.setdefault(org_id, {}).setdefault(month, set()).add(key)
+        self.billing[entry.ids] = entry
+        self._by_org_month.setdefault(org_id, {}).setdefault(month, set()).add(entry.ids)
 
-    def _unindex(self, key: bytes, entry: BillingEntry) -> None:
+    def _unindex(self, entry: BillingEntry) -> None:
         months = self._by_org_month.get(entry.org_id, {})
         keys = months.get(entry.month)
         if keys is not None:
-            keys.discard(key)
+            keys.discard(entry.ids)
             if not keys:
                 del months[entry.month]
         if not months:
@@ -298,11 +323,7 @@ class StateCache:
     # -- queries ------------------------------------------------------------------------------
 
     def month_view(self, org_id: str, patient_id: str, month: str) -> BillingEntry | None:
-        entry = self.billing.get(billing_key(org_id, patient_id, month))
-        # the key format cannot tell "a:b"+"c" from "a"+"b:c": check the view's own ids
-        if entry is None or (entry.org_id, entry.patient_id) != (org_id, patient_id):
-            return None
-        return entry
+        return self.billing.get((org_id, patient_id, month))
 
     def worklist(self, org_id: str, month: str) -> dict[str, list[dict[str, Any]]]:
         """The org's patient-months of ``month`` by status, nearest threshold first."""
@@ -311,10 +332,8 @@ class StateCache:
             "blocked": [],
             "in_progress": [],
         }
-        for key in self._by_org_month.get(org_id, {}).get(month, ()):
-            entry = self.billing[key]
-            if entry.org_id != org_id:
-                continue
+        for ids in self._by_org_month.get(org_id, {}).get(month, ()):
+            entry = self.billing[ids]
             view = entry.view
             billable, blocked = view.get("billable") or [], view.get("blocked") or []
             status = "billable" if billable else "blocked" if blocked else "in_progress"
@@ -428,6 +447,7 @@ BOOTSTRAP = web.AppKey("bootstrap", str)
 MAX_BODY = web.AppKey("max_body_bytes", int)
 HEARTBEAT = web.AppKey("heartbeat_s", float)
 KAFKA = web.AppKey("kafka", Kafka)
+RATE = web.AppKey("rate_limits", OrgRateLimits)
 ORG = web.RequestKey("org_id", str)  # the org of the presented key
 
 
@@ -459,8 +479,11 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return error(exc.status, exc.reason.lower(), headers)
     except asyncio.CancelledError:
         raise
-    except Exception:
-        log.exception("internal error on %s %s", request.method, _route_name(request))
+    except Exception as exc:
+        # the exception's text may quote ids: its type at ERROR, the traceback at DEBUG
+        route = _route_name(request)
+        log.error("internal error on %s %s (%s)", request.method, route, type(exc).__name__)
+        log.debug("traceback of that internal error", exc_info=True)
         return error(500, "internal error")
 
 
@@ -518,8 +541,9 @@ async def _read_limited(request: web.Request, limit: int) -> bytes | None:
 
 def _validate(
     body: bytes, ndjson: bool, org_id: str
-) -> tuple[list[tuple[bytes, bytes]], list[dict[str, Any]], int]:
-    """(records to produce, errors, events seen). Lines count from 1, blank lines included."""
+) -> tuple[list[tuple[bytes, bytes]], list[dict[str, Any]], int, list[tuple[int, bytes]]]:
+    """(records to produce, errors, events seen, (line, bytes) of the events refused for
+    their size). Lines count from 1, blank lines included."""
     if ndjson:
         lines = [(n, ln.strip()) for n, ln in enumerate(body.split(b"\n"), 1)]
         lines = [(n, ln) for n, ln in lines if ln]
@@ -528,9 +552,12 @@ def _validate(
         lines = [(1, whole)] if whole else []
     records: list[tuple[bytes, bytes]] = []
     errors: list[dict[str, Any]] = []
+    too_large: list[tuple[int, bytes]] = []
     for n, raw in lines:
         if len(raw) > MAX_EVENT_BYTES:
-            errors.append({"line": n, "reason": f"event: larger than {MAX_EVENT_BYTES} bytes"})
+            reason = f"{TOO_LARGE}: event larger than {MAX_EVENT_BYTES} bytes"
+            errors.append({"line": n, "reason": reason})
+            too_large.append((n, raw))
             continue
         try:
             event = parse_event(raw)
@@ -541,7 +568,44 @@ def _validate(
             errors.append({"line": n, "reason": "org_id: not the organisation of this API key"})
             continue
         records.append((event_key(event.org_id, event.patient_id), raw))
-    return records, errors, len(lines)
+    return records, errors, len(lines), too_large
+
+
+async def _dead_letter_too_large(
+    request: web.Request, org_id: str, refused: list[tuple[int, bytes]]
+) -> None:
+    """Events refused for their size go to the dead-letter topic as the gate writes them
+    (reason ``too_large``, an excerpt, ``digest`` and ``size`` headers), keyed ``org_id:``
+    with ``source_topic`` ``http`` and the body's line as ``source_offset``. Best effort:
+    the client has its 400 either way."""
+    producer = request.app[KAFKA].producer
+    if producer is None or not refused:
+        return
+    topic = request.app[TOPICS].deadletter
+    try:
+        pending = []
+        for n, raw in refused:
+            w = deadletter_write(TOO_LARGE, event_key(org_id, None), raw, Source("http", -1, n))
+            pending.append(await producer.send(topic, value=w.value, key=w.key, headers=w.headers))
+        await asyncio.gather(*pending)
+    except KafkaError as exc:
+        log.warning("dead-lettering %d too-large event(s) failed: %s", len(refused), exc)
+
+
+def _offset_ranges(offsets: list[int]) -> str:
+    """``3-5,9``: the ingress offsets a batch was written at (``X-Ingress-Offsets``)."""
+    out: list[str] = []
+    for o in sorted(offsets):
+        if out and o == int(out[-1].rpartition("-")[2]) + 1:
+            out[-1] = f"{out[-1].partition('-')[0]}-{o}"
+        else:
+            out.append(str(o))
+    return ",".join(out)
+
+
+def _refusal(refused: Refusal) -> web.Response:
+    retry = {} if refused.retry_after is None else {"Retry-After": str(refused.retry_after)}
+    return error(refused.status, refused.message, retry)
 
 
 async def post_events(request: web.Request) -> web.Response:
@@ -554,19 +618,28 @@ async def post_events(request: web.Request) -> web.Response:
     ctype = request.content_type
     if ctype not in JSON_TYPES | NDJSON_TYPES:
         return error(415, "send application/json (one event) or application/x-ndjson (a batch)")
+    org_id = request[ORG]
+    rate = request.app[RATE]
+    if (refused := rate.exhausted(org_id)) is not None:
+        return _refusal(refused)
     limit = request.app[MAX_BODY]
     body = await _read_limited(request, limit)
     if body is None:
         return error(413, f"body larger than {limit} bytes; split the batch")
-    org_id = request[ORG]
     ndjson = ctype in NDJSON_TYPES
+    lines = sum(1 for ln in body.split(b"\n") if ln.strip()) if ndjson else 1
+    if (refused := rate.check(org_id, lines)) is not None:
+        return _refusal(refused)
     if len(body) > OFFLOAD_BYTES:
         loop = asyncio.get_running_loop()
-        records, errors, seen = await loop.run_in_executor(None, _validate, body, ndjson, org_id)
+        records, errors, seen, too_large = await loop.run_in_executor(
+            None, _validate, body, ndjson, org_id
+        )
     else:
-        records, errors, seen = _validate(body, ndjson, org_id)
+        records, errors, seen, too_large = _validate(body, ndjson, org_id)
     if seen == 0:
         return error(400, "no events in the body")
+    await _dead_letter_too_large(request, org_id, too_large)
     if errors:
         reply: dict[str, Any] = {
             "accepted": 0,
@@ -576,13 +649,17 @@ async def post_events(request: web.Request) -> web.Response:
         if len(errors) > MAX_ERRORS_SHOWN:
             reply["errors_truncated"] = True
         return json_response(reply, status=400)
+    practice_key = event_key(org_id, None)
+    practice_wide = sum(1 for key, _ in records if key == practice_key)
+    if practice_wide and (refused := rate.check(org_id, 0, practice_wide)) is not None:
+        return _refusal(refused)
     producer = request.app[KAFKA].producer
     if producer is None:
         return error(503, "not connected to the event log yet", {"Retry-After": "1"})
     topic = request.app[TOPICS].ingress
     try:
         pending = [await producer.send(topic, value=raw, key=key) for key, raw in records]
-        await asyncio.gather(*pending)
+        written = await asyncio.gather(*pending)
     except KafkaError as exc:
         log.warning("producing %d event(s) to ingress failed: %s", len(records), exc)
         return error(
@@ -592,7 +669,15 @@ async def post_events(request: web.Request) -> web.Response:
             {"Retry-After": "5"},
         )
     log.debug("accepted %d event(s) for org %s", len(records), org_id)
-    return json_response({"accepted": len(records), "rejected": 0}, status=202)
+    # 202: in the ingress topic; the gate then writes each event to the log, drops it as an
+    # exact duplicate or dead-letters it (a conflicting duplicate): the dead letter's
+    # source_offset is one of these offsets
+    offsets = _offset_ranges([m.offset for m in written])
+    return json_response(
+        {"accepted": len(records), "rejected": 0},
+        status=202,
+        headers={"X-Ingress-Offsets": offsets},
+    )
 
 
 async def get_month(request: web.Request) -> web.Response:
@@ -624,7 +709,10 @@ async def get_alerts(request: web.Request) -> web.StreamResponse:
     """Server-Sent Events of the org's alerts: stored ones first (``?replay=N``, or those
     after ``Last-Event-ID``), then live ones; a comment every ``heartbeat_s`` keeps
     proxies from closing an idle stream. A client too slow to keep up is dropped with a
-    final comment rather than slowing the others; it reconnects with ``Last-Event-ID``."""
+    final comment rather than slowing the others; it reconnects with ``Last-Event-ID``.
+    The key is re-checked before every write and every ``KEY_CHECK_S`` (a stat of the key
+    file, re-read only when it changed): a revoked key's stream ends, with no alert after
+    the revocation reached the file."""
     if (denied := _own_org(request)) is not None:
         return denied
     try:
@@ -647,17 +735,31 @@ async def get_alerts(request: web.Request) -> web.StreamResponse:
             "X-Accel-Buffering": "no",
         }
     )
+    presented, keys = _presented_key(request), request.app[KEYS]
+
+    def key_revoked() -> bool:
+        return keys.resolve(presented, fresh=True) != org_id
+
     sub, backlog = cache.subscribe(org_id, replay, last_id)
     try:
         await resp.prepare(request)
         await resp.write(b": caretally alerts\n\n" + b"".join(a.sse() for a in backlog))
         heartbeat = request.app[HEARTBEAT]
+        loop = asyncio.get_running_loop()
+        beat_at = loop.time() + heartbeat
         while True:
             try:
-                item = await asyncio.wait_for(sub.queue.get(), timeout=heartbeat)
+                wait = max(0.0, min(beat_at - loop.time(), KEY_CHECK_S))
+                item = await asyncio.wait_for(sub.queue.get(), timeout=wait)
             except TimeoutError:
-                await resp.write(b": heartbeat\n\n")
+                if key_revoked():
+                    await resp.write(b": api key revoked; stream closed\n\n")
+                    break
+                if loop.time() >= beat_at:
+                    await resp.write(b": heartbeat\n\n")
+                    beat_at = loop.time() + heartbeat
                 continue
+            beat_at = loop.time() + heartbeat
             if item is None:
                 reason = "too slow, dropped; reconnect" if sub.dropped else "server shutting down"
                 await resp.write(f": {reason}\n\n".encode())
@@ -669,6 +771,9 @@ async def get_alerts(request: web.Request) -> web.StreamResponse:
                     sub.queue.put_nowait(None)
                     break
                 chunk.append(nxt.sse())
+            if key_revoked():
+                await resp.write(b": api key revoked; stream closed\n\n")
+                break
             await resp.write(b"".join(chunk))
         return resp
     except ConnectionError:
@@ -698,7 +803,7 @@ async def _kafka(app: web.Application) -> AsyncIterator[None]:
         enable_idempotence=False,  # Tansu rejects aiokafka's InitProducerId (KAFKA-NOTES §0.3)
         linger_ms=2,
         request_timeout_ms=15000,
-        max_request_size=MAX_EVENT_BYTES + 64 * 1024,
+        max_request_size=PRODUCER_MAX_REQUEST_BYTES,
     )
     await producer.start()
     try:
@@ -728,6 +833,7 @@ def build_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     heartbeat_s: float = HEARTBEAT_S,
     cache: StateCache | None = None,
+    rate_limits: OrgRateLimits | None = None,
 ) -> web.Application:
     """The aiohttp application; Kafka clients start with it (``AppRunner.setup``)."""
     app = web.Application(middlewares=[json_errors, require_key], client_max_size=max_body_bytes)
@@ -738,6 +844,7 @@ def build_app(
     app[MAX_BODY] = max_body_bytes
     app[HEARTBEAT] = heartbeat_s
     app[KAFKA] = Kafka()
+    app[RATE] = rate_limits if rate_limits is not None else OrgRateLimits()
     app.cleanup_ctx.append(_kafka)
     app.on_shutdown.append(_close_streams)
     app.router.add_get("/healthz", healthz)
@@ -761,11 +868,22 @@ class Server:
 
 
 async def start(
-    app: web.Application, host: str, port: int, shutdown_timeout: float = 5.0
+    app: web.Application,
+    host: str,
+    port: int,
+    shutdown_timeout: float = 5.0,
+    limits: ConnectionLimits | None = None,
 ) -> Server:
-    """Start Kafka clients and listen; raises if the broker or the port is unavailable."""
-    runner = web.AppRunner(
-        app, access_log_class=RouteAccessLogger, shutdown_timeout=shutdown_timeout
+    """Start Kafka clients and listen; raises if the broker or the port is unavailable.
+
+    Connections are bounded by ``limits`` (:mod:`streams.http_guard`: head, body and idle
+    timeouts, a connection cap) and aiohttp's own error logs name no request line."""
+    redact_aiohttp_logs()
+    runner = GuardedRunner(
+        app,
+        limits or ConnectionLimits(),
+        access_log_class=RouteAccessLogger,
+        shutdown_timeout=shutdown_timeout,
     )
     await runner.setup()
     try:
@@ -784,9 +902,10 @@ async def serve(
     port: int,
     stop: asyncio.Event,
     on_ready: Callable[[Server], None] | None = None,
+    limits: ConnectionLimits | None = None,
 ) -> None:
     """Run until ``stop`` is set, then shut down (SSE streams end, Kafka clients close)."""
-    server = await start(app, host, port)
+    server = await start(app, host, port, limits=limits)
     try:
         if on_ready is not None:
             on_ready(server)
