@@ -43,6 +43,16 @@ class DigestIndex:
         if self._size > _MAX_LOAD * (self._mask + 1):
             self._grow()
 
+    def discard(self, key: int) -> None:
+        """Remove ``key`` if present (the ingress gate undoing a write that failed)."""
+        b = key & self._mask
+        keys = self._keys[b]
+        if key in keys:
+            i = keys.index(key)
+            del keys[i]
+            del self._bodies[b][i]
+            self._size -= 1
+
     def items(self) -> list[tuple[int, int]]:
         return [
             (k, v)

@@ -491,6 +491,8 @@ class Archiver:
     def _dead_letter(self, record: Any, reason: str) -> None:
         from kafka import KafkaProducer
 
+        from streams.limits import PRODUCER_MAX_REQUEST_BYTES
+
         # the reason names fields, never values: safe to log (no patient identifiers)
         log.warning(
             "partition %d offset %d is not a valid event (%s); sent to %s",
@@ -501,7 +503,10 @@ class Archiver:
         )
         if self._producer is None:
             self._producer = KafkaProducer(
-                bootstrap_servers=self.bootstrap, client_id="caretally-archiver", acks="all"
+                bootstrap_servers=self.bootstrap,
+                client_id="caretally-archiver",
+                acks="all",
+                max_request_size=PRODUCER_MAX_REQUEST_BYTES,
             )
         headers = deadletter_headers(
             f"archiver: {reason}", record.topic, record.partition, record.offset

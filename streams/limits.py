@@ -22,3 +22,7 @@ PRODUCER_MAX_REQUEST_BYTES = EVENT_MAX_BYTES + RECORD_OVERHEAD_BYTES
 
 DEADLETTER_EXCERPT_BYTES = 16 * 1024
 """How much of a too-large record the dead-letter topic keeps (with the full digest)."""
+
+KEY_MAX_BYTES = 4 * 1024
+"""The largest record key the gate forwards or dead-letters whole (ids are at most 128
+characters, so a real ``org_id:patient_id`` key is far below it); inside the overhead."""

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from streams.limits import PRODUCER_MAX_REQUEST_BYTES
 from streams.records import key_of
 from streams.topics import Topics
 
@@ -35,7 +36,11 @@ async def produce(
 ) -> int:
     """Send raw lines (keyed by their org and patient) with acks=all; ``rate`` in lines/s."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", linger_ms=linger_ms, max_batch_size=256 * 1024
+        bootstrap_servers=bootstrap,
+        acks="all",
+        linger_ms=linger_ms,
+        max_batch_size=256 * 1024,
+        max_request_size=PRODUCER_MAX_REQUEST_BYTES,
     )
     await producer.start()
     n = 0
