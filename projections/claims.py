@@ -147,6 +147,18 @@ def _numbered(lines: Iterable[Line]) -> Iterator[tuple[Line, int]]:
         yield ln, seen[key]
 
 
+def _line_id(billing: MonthBilling, line: Line, n: int, close_id: str) -> str:
+    return claim_line_id(
+        billing.org_id,
+        billing.patient_id,
+        billing.month,
+        line.code,
+        line.practitioner_id,
+        n,
+        close_id=close_id,
+    )
+
+
 def claim_refs(billing: MonthBilling, close_id: str) -> tuple[ClaimRef, ...]:
     """The compact form of a patient-month's claim lines at the close ``close_id`` (no
     dates of service)."""
@@ -155,15 +167,7 @@ def claim_refs(billing: MonthBilling, close_id: str) -> tuple[ClaimRef, ...]:
             ln.code,
             ln.units,
             ln.practitioner_id,
-            claim_line_id(
-                billing.org_id,
-                billing.patient_id,
-                billing.month,
-                ln.code,
-                ln.practitioner_id,
-                n,
-                close_id=close_id,
-            ),
+            _line_id(billing, ln, n, close_id),
         )
         for ln, n in _numbered(billing.billable)
     )
@@ -181,15 +185,7 @@ def claim_lines(billing: MonthBilling, ctx: PatientContext, close_id: str) -> li
         dos, basis = dates.of(ln, n)
         out.append(
             ClaimLine(
-                claim_line_id=claim_line_id(
-                    billing.org_id,
-                    billing.patient_id,
-                    billing.month,
-                    ln.code,
-                    ln.practitioner_id,
-                    n,
-                    close_id=close_id,
-                ),
+                claim_line_id=_line_id(billing, ln, n, close_id),
                 org_id=billing.org_id,
                 patient_id=billing.patient_id,
                 month=billing.month,
