@@ -19,7 +19,8 @@ from streams.topics import DEFAULT_PARTITIONS
     default=DEFAULT_PARTITIONS,
     show_default=True,
     type=click.IntRange(1),
-    help="Partitions of each topic, when the worker creates them.",
+    help="Partitions of each topic, when the worker creates them; the log "
+    "(care.events.v1) and care.staff.v1 must have this many (care.ingress.v1 has 1).",
 )
 @click.option(
     "--app-id",
@@ -33,7 +34,8 @@ from streams.topics import DEFAULT_PARTITIONS
     default=Path(".caretally/state"),
     show_default=True,
     help="Where partition snapshots are kept, under a folder per app id and topic prefix "
-    "(so two pipelines never share snapshots).",
+    "(so two pipelines never share snapshots). Folders are created 0700; one that "
+    "others can write, or that another user owns, is refused.",
 )
 @click.option(
     "--snapshot-interval",
@@ -95,6 +97,12 @@ def worker(
     --state-dir and the log itself, so a worker can be killed at any moment.
 
     \b
+    Exit status: 0 after Ctrl-C or SIGTERM; 1 when it cannot start (e.g. a
+    topic's partition count does not fit --partitions); 3 when it stopped
+    itself (the gate could not write a batch, or the log was recreated with
+    another partition count): the reason is its last critical log line.
+
+    \b
     Examples:
       caretally broker &                   # an embedded broker on 127.0.0.1:9092
       caretally worker
@@ -103,9 +111,17 @@ def worker(
     """
     from streams import bootstrap as bs
     from streams.broker import reachable
+    from streams.snapshots import UnsafeStateDir, private_dir
     from streams.topics import Topics
-    from streams.worker import WorkerConfig, run
+    from streams.worker import WorkerConfig, WorkerStartError, run
 
+    topics = Topics.from_env(topic_prefix)
+    folder = state_dir / f"{app_id}{'@' + topics.prefix.rstrip('.') if topics.prefix else ''}"
+    try:  # snapshots hold PHI and are read back: only this user may write (or read) them
+        private_dir(folder)
+    except (UnsafeStateDir, OSError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
     address, _named = bs.resolve(bootstrap)
     if not reachable(address):
         click.echo(
@@ -114,16 +130,19 @@ def worker(
             err=True,
         )
         sys.exit(1)
-    topics = Topics.from_env(topic_prefix)
     cfg = WorkerConfig(
         bootstrap=address,
         topics=topics,
         partitions=partitions,
         app_id=app_id,
-        state_dir=state_dir / f"{app_id}{'@' + topics.prefix.rstrip('.') if topics.prefix else ''}",
+        state_dir=folder,
         snapshot_interval=snapshot_interval,
         sweep_interval=sweep_interval,
         sweep_clock=sweep_clock,
         role=role,
     )
-    run(cfg, loglevel=loglevel)
+    try:
+        run(cfg, loglevel=loglevel)
+    except WorkerStartError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)

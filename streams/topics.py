@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from streams.limits import PRODUCER_MAX_REQUEST_BYTES
+
 DEFAULT_PARTITIONS = 8
 UNLIMITED = "-1"
 
@@ -55,8 +57,16 @@ class Topics:
         return f"{self.prefix}care.staff.v1"
 
     def settings(self) -> dict[str, dict[str, str]]:
-        """Explicit per-topic configs (Kafka names). Tansu stores but does not apply them."""
+        """Explicit per-topic configs (Kafka names). Tansu stores but does not apply them.
+
+        ``max.message.bytes`` is our producers' ``max_request_size`` on every topic: a
+        Kafka broker's default (1,048,588) is below it, and would refuse an event at
+        ``EVENT_MAX_BYTES`` with its key and headers that our producers send."""
         week = str(7 * 24 * 3600 * 1000)
+        size = {"max.message.bytes": str(PRODUCER_MAX_REQUEST_BYTES)}
+        return {name: {**config, **size} for name, config in self._retention(week).items()}
+
+    def _retention(self, week: str) -> dict[str, dict[str, str]]:
         return {
             self.ingress: {"cleanup.policy": "delete", "retention.ms": week},
             self.events: {
@@ -110,12 +120,51 @@ def partition_counts(bootstrap: str, names: list[str]) -> dict[str, int]:
         consumer.close()
 
 
-def topic_ids(bootstrap: str, names: list[str]) -> dict[str, str]:
-    """The broker's id of each topic (a recreated topic gets a new one)."""
+@dataclass(frozen=True, slots=True)
+class TopicShape:
+    """What the broker says of one topic: its id (``""`` when it does not exist; a
+    recreated topic gets a new one) and its partition count."""
+
+    topic_id: str
+    partitions: int
+
+
+def topic_shapes(bootstrap: str, names: list[str]) -> dict[str, TopicShape]:
+    """Id and partition count of each topic (DescribeTopics: never creates one)."""
     from kafka import KafkaAdminClient
 
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="caretally-admin")
     try:
-        return {d["name"]: str(d.get("topic_id") or "") for d in admin.describe_topics(names)}
+        return {
+            d["name"]: TopicShape(str(d.get("topic_id") or ""), len(d.get("partitions") or ()))
+            for d in admin.describe_topics(names)
+        }
     finally:
         admin.close()
+
+
+def topic_ids(bootstrap: str, names: list[str]) -> dict[str, str]:
+    """The broker's id of each topic (a recreated topic gets a new one)."""
+    return {name: shape.topic_id for name, shape in topic_shapes(bootstrap, names).items()}
+
+
+def partition_mismatch(topics: Topics, partitions: int, counts: dict[str, int]) -> str | None:
+    """Why the topics' partition counts (``counts``, by name; those absent are not
+    judged) do not fit a worker run with ``--partitions partitions``, in one line; None
+    when they do. The ingress topic has one partition (its order is the log's order);
+    the log and the staff topic have ``partitions`` (practice-wide events are written to
+    each of them, and state is rebuilt from each of them)."""
+    ingress = counts.get(topics.ingress)
+    if ingress is not None and ingress != 1:
+        return (
+            f"topic {topics.ingress} has {ingress} partitions; it must have exactly 1 "
+            "(its order is the log's order): recreate it with one partition"
+        )
+    for name in (topics.events, topics.staff):
+        count = counts.get(name)
+        if count is not None and count != partitions:
+            return (
+                f"topic {name} has {count} partition(s) but the worker runs with "
+                f"--partitions {partitions}; start it with --partitions {count}"
+            )
+    return None

@@ -13,7 +13,12 @@ Agents (one process, ``concurrency=1`` each: KAFKA-NOTES.md §0.4):
 ``role`` runs all of it in one process (``all``), or the gate alone (``gate``) or the
 rest (``fold``), each as its own consumer group (``<app_id>-gate``, ``<app_id>-fold``),
 so the two halves can use two cores. Run at most one gate: it is the log's only writer
-and dedupes against the index it rebuilt from the log at start.
+and dedupes against the index it rebuilt from the log at start (and rebuilds from a new
+log before its next batch when the topic was recreated).
+
+``caretally worker`` exits 0 after SIGTERM/SIGINT, and ``FATAL_EXIT`` (3) after it
+stopped itself with a critical log line: the gate could not write a batch (which is not
+committed), or a recreated log has another partition count than ``--partitions``.
 
 State is not kept in Faust changelog tables: on Tansu their recovery loses updates
 (KAFKA-NOTES.md §0.2), and ``stream.take`` cannot write them (§0.7). Each partition's
@@ -29,6 +34,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,13 +57,118 @@ from streams.fold_partition import (
     alert_output,
     sweep_clock,
 )
-from streams.ingress_gate import IngressGate, Verdict, from_bytes, log_headers
+from streams.ingress_gate import (
+    TOO_LARGE,
+    IngressGate,
+    Source,
+    Target,
+    Write,
+    deadletter_write,
+    from_bytes,
+)
+from streams.limits import PRODUCER_MAX_REQUEST_BYTES
 from streams.log_reader import read_range, read_to_end
-from streams.records import deadletter_headers, event_key, header
+from streams.records import deadletter_headers, header
 from streams.snapshots import Slot, SnapshotStore
-from streams.topics import DEFAULT_PARTITIONS, Topics
+from streams.state_codec import CodecError
+from streams.topics import (
+    DEFAULT_PARTITIONS,
+    Topics,
+    TopicShape,
+    partition_mismatch,
+    topic_shapes,
+)
 
 log = logging.getLogger("caretally.worker")
+
+LOG_CHECK_INTERVAL = 10.0
+"""Seconds between checks, at snapshot time, that the topics are those the state was
+folded from (a check also runs on every partition assignment)."""
+
+GATE_SEND_ATTEMPTS = 6
+"""Tries of a gate write that failed (backoff 0.2 s doubling to 5 s, about 6 s in all):
+after that the gate stops the worker without committing the batch."""
+
+FATAL_EXIT = 3
+"""Exit status of ``caretally worker`` after it stopped itself on an error it cannot get
+past (the gate could not write a batch; a log came back with another partition count),
+so a supervisor can tell; a SIGTERM or SIGINT from outside exits 0."""
+
+CANNOT_WRITE = (
+    "ingress gate: cannot write to the log or the dead-letter topic; "
+    "stopping without committing the batch (a restart resumes from it)"
+)
+
+
+class FatalStop(Exception):
+    """The worker cannot go on; the message (one line, no PHI) says why."""
+
+
+class WorkerStartError(Exception):
+    """The worker cannot start as configured; the message (one line) says why."""
+
+
+@dataclass
+class LogCheck:
+    """When state built from a topic is next checked against the topic's id: before the
+    first batch after a partition assignment, and ``LOG_CHECK_INTERVAL`` after the last
+    check (a recreated topic does not always bring an assignment)."""
+
+    assignments: int = 0
+    at: float = field(default_factory=time.monotonic)
+
+    def due(self, assignments: int) -> bool:
+        return assignments != self.assignments or time.monotonic() - self.at >= LOG_CHECK_INTERVAL
+
+    def done(self, assignments: int) -> None:
+        self.assignments = assignments
+        self.at = time.monotonic()
+
+
+@dataclass(frozen=True, slots=True)
+class GateWrite:
+    """A write of the gate with the ingress record it came from (for a dead letter)."""
+
+    write: Write
+    source: Source
+    key: bytes | None
+    value: bytes
+    idem: int
+
+
+def too_large_error(exc: BaseException) -> bool:
+    """Whether a send failed because of the record's size (Faust wraps the client's
+    error in ``ProducerSendError``)."""
+    from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError
+
+    while exc is not None:
+        if isinstance(exc, MessageSizeTooLargeError | RecordListTooLargeError):
+            return True
+        exc = exc.__cause__  # type: ignore[assignment]
+    return False
+
+
+FOLD_YIELD_SECONDS = 0.05
+"""Longest stretch of fold work between two turns of the event loop (consumer heartbeats,
+the producer, timers and SIGTERM run in them). Measured cost: one clock read per record
+and about 20 loop turns a second: 0.4 µs a record against about 200 µs of fold (0.2 %)."""
+
+
+class LoopPause:
+    """Awaited after each unit of work: lets the event loop run once ``every`` seconds
+    of work have passed since it last did (``await`` alone need not suspend)."""
+
+    __slots__ = ("_since", "every")
+
+    def __init__(self, every: float = FOLD_YIELD_SECONDS) -> None:
+        self.every = every
+        self._since = time.monotonic()
+
+    async def __call__(self) -> None:
+        now = time.monotonic()
+        if now - self._since >= self.every:
+            await asyncio.sleep(0)
+            self._since = time.monotonic()
 
 
 @dataclass
@@ -92,9 +205,25 @@ class Partitions:
         n = 0
         for p, slot in self.slots.items():
             if slot.dirty:
-                self.store.save(p, slot)
+                try:
+                    self.store.save(p, slot)
+                except CodecError as exc:  # a state type not in the codec: no snapshot
+                    log.error("snapshot of %s-%d not taken: %s", self.store.name, p, exc)
+                    continue
                 n += 1
         return n
+
+    def follow(self, log_id: str) -> list[int] | None:
+        """Keep to the log ``log_id``: when it is another log than the state's (the topic
+        was recreated, e.g. by a broker restart), drop the state and its snapshots and
+        return the partitions that had state (to refold); None when it is the same log."""
+        if not log_id or log_id == self.store.log_id:
+            return None
+        held = sorted(self.slots)
+        self.slots.clear()
+        self.store.drop_all()
+        self.store.log_id = log_id
+        return held
 
 
 def staff_item(value: bytes) -> StaffInterval | StaffVoid:
@@ -136,6 +265,7 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str]) -> Any:
         consumer_auto_offset_reset="earliest",
         producer_linger=0.002,
         producer_max_batch_size=256 * 1024,
+        producer_max_request_size=PRODUCER_MAX_REQUEST_BYTES,
         stream_buffer_maxsize=32768,
         broker_max_poll_records=4000,
         broker_commit_interval=1.0,
@@ -166,6 +296,32 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str]) -> Any:
     fold_lock, staff_lock = asyncio.Lock(), asyncio.Lock()
     counts: Counter[str] = Counter()
     app.caretally_counts = counts  # type: ignore[attr-defined]
+    fatal: list[str] = []  # why the worker stopped itself (run() exits FATAL_EXIT)
+    app.caretally_fatal = fatal  # type: ignore[attr-defined]
+    # partition assignments so far (any agent's), and the one the fold's logs were last
+    # checked after: each agent checks before its first batch after an assignment (not
+    # inside the rebalance)
+    assignments = [0, 0]
+
+    def on_assigned(_app: Any, /, *_args: Any, signal: Any, **_kw: Any) -> None:
+        assignments[0] += 1
+
+    def stop_fatally(message: str) -> None:
+        """Log ``message`` as critical and stop the worker (SIGTERM to itself, so Faust
+        shuts down in order); it then exits with ``FATAL_EXIT``."""
+        if not fatal:
+            fatal.append(message)
+            log.critical("%s", message)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    async def describe(names: list[str]) -> dict[str, TopicShape] | None:
+        """The topics' ids and partition counts; None when the broker could not tell."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(None, topic_shapes, cfg.bootstrap, names)
+        except Exception as exc:  # the broker is away: the caller asks again later
+            log.info("topics not described (%s)", type(exc).__name__)
+            return None
 
     async def deliver(pending: list[Any]) -> None:
         if pending:
@@ -190,44 +346,154 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str]) -> Any:
         pending.append(await produce(names[out.topic], out.key, out.value, headers))
         counts[f"out.{out.topic}"] += 1
 
-    async def rebuild_gate() -> None:
+    gate_log = [""]  # the id of the log (events topic) the gate's index was built from
+    gate_check = LogCheck()
+
+    async def events_shape() -> TopicShape:
+        """The log's id and partition count, once the broker tells them: until then the
+        gate holds its batch (deciding it against the index of another log loses events)."""
+        warned = False
+        while True:
+            shape = ((await describe([t.events])) or {}).get(t.events)
+            if shape is not None and shape.topic_id and shape.partitions:
+                return shape
+            if not warned:
+                log.warning("ingress gate: %s not described yet; holding the batch", t.events)
+                warned = True
+            await asyncio.sleep(1.0)
+
+    async def rebuild_index(shape: TopicShape) -> None:
+        """The gate's index from the log ``shape`` (read to its current end)."""
+        problem = partition_mismatch(t, cfg.partitions, {t.events: shape.partitions})
+        if problem is not None:  # reading partitions that do not exist would never end
+            raise FatalStop(f"ingress gate: {problem}")
+        fresh = IngressGate()
         n = 0
         async for record in read_to_end(cfg.bootstrap, t.events, range(cfg.partitions)):
             idem, body = header(record.headers, "idem"), header(record.headers, "body")
             if idem and body:
-                gate.learn(from_bytes(idem), from_bytes(body))
+                fresh.learn(from_bytes(idem), from_bytes(body))
                 n += 1
+        gate.index = fresh.index
+        gate_log[0] = shape.topic_id
         log.info("ingress gate rebuilt from %d log records", n)
+
+    async def rebuild_gate() -> None:
+        try:
+            await rebuild_index(await events_shape())
+        except FatalStop as exc:
+            stop_fatally(str(exc))
+            return
         gate_ready.set()
+
+    async def gate_index_current() -> None:
+        """Before a batch is decided, when a check is due: if the log is another one than
+        the index's (a recreated topic: a restarted memory broker, then ``caretally
+        restore``), rebuild the index from it first; otherwise an event the new log lacks
+        would be dropped as a duplicate when it is sent again."""
+        if not gate_check.due(assignments[0]):
+            return
+        seen = assignments[0]
+        shape = await events_shape()
+        if shape.topic_id != gate_log[0]:
+            log.warning("%s is a new log (a recreated topic): rebuilding the gate index", t.events)
+            await rebuild_index(shape)
+        gate_check.done(seen)
+
+    async def submit(w: Write) -> asyncio.Future[Any]:
+        """Hand one write to the producer; an error raised at once comes back as a failed
+        future, so every write is judged the same way, one by one."""
+        topic = t.events if w.target is Target.LOG else t.deadletter
+        try:
+            return await produce(topic, w.key, w.value, w.headers, w.partition)
+        except Exception as exc:
+            failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            failed.set_exception(exc)
+            return failed
+
+    async def deliver_writes(writes: list[GateWrite]) -> list[GateWrite]:
+        """Send and await every write; returns those to try again. A write the producer
+        refuses as too large is replaced by its ``too_large`` dead letter (and its event
+        leaves the index: it is not in the log)."""
+        futures = [await submit(gw.write) for gw in writes]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        again: list[GateWrite] = []
+        replaced: set[int] = set()
+        for gw, result in zip(writes, results, strict=True):
+            if not isinstance(result, BaseException):
+                continue
+            if not too_large_error(result):
+                again.append(gw)
+            elif id(gw.source) not in replaced:  # one dead letter for a practice-wide event
+                replaced.add(id(gw.source))
+                if gw.write.target is Target.LOG:
+                    gate.forget(gw.idem)
+                    counts["ingress.new"] -= 1
+                    counts["ingress.rejected"] += 1
+                dead = deadletter_write(TOO_LARGE, gw.key, gw.value, gw.source)
+                again.append(GateWrite(dead, gw.source, gw.key, gw.value, 0))
+        return again
+
+    async def write_batch(writes: list[GateWrite]) -> bool:
+        """True once every write is delivered; False if some still fail after the retries."""
+        delay = 0.2
+        for attempt in range(1, GATE_SEND_ATTEMPTS + 1):
+            writes = await deliver_writes(writes)
+            if not writes:
+                return True
+            if attempt < GATE_SEND_ATTEMPTS:
+                log.warning("ingress gate: %d write(s) failed; retrying", len(writes))
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, 5.0)
+        return False
+
+    def withhold(batch: Any) -> None:
+        """Keep a batch's offsets from ever being committed. ``take_events`` acks every
+        event of a batch when the consumer leaves it, by an exception too (its ``finally``),
+        so a crashed batch was committed and lost; a message marked acked beforehand is
+        skipped by the consumer's ack bookkeeping, so the committed offset stays below it
+        and the next start redelivers it (what reached the log then counts as duplicate)."""
+        for ev in batch:
+            ev.message.acked = True
+
+    async def gate_batch(batch: Any) -> bool:
+        writes: list[GateWrite] = []
+        for ev in batch:
+            msg = ev.message
+            source = Source(msg.topic, msg.partition, msg.offset)
+            routed = gate.route(msg.value, msg.key, source, cfg.partitions)
+            counts[f"ingress.{routed.decision.verdict.value}"] += 1
+            value = msg.value or b""
+            idem = routed.decision.idem
+            writes.extend(GateWrite(w, source, msg.key, value, idem) for w in routed.writes)
+        return await write_batch(writes)
 
     async def gate_agent(stream: Any) -> None:
         await gate_ready.wait()
         async for batch in stream.take_events(cfg.batch_size, within=cfg.batch_within):
-            pending: list[Any] = []
-            for ev in batch:
-                msg = ev.message
-                d = gate.decide(msg.value)
-                counts[f"ingress.{d.verdict.value}"] += 1
-                if d.verdict is Verdict.REJECTED:
-                    reason = d.reason or "rejected"
-                    hdrs = deadletter_headers(reason, msg.topic, msg.partition, msg.offset)
-                    pending.append(await produce(t.deadletter, msg.key, msg.value or b"", hdrs))
-                    continue
-                if d.verdict is Verdict.DUPLICATE:
-                    continue
-                assert d.event is not None
-                key = event_key(d.event.org_id, d.event.patient_id)
-                hdrs = log_headers(d.idem, d.body)
-                targets = range(cfg.partitions) if d.practice_wide else (None,)
-                for p in targets:
-                    pending.append(await produce(t.events, key, d.raw, hdrs, p))
-            await deliver(pending)  # before take_events acks, and so commits, the batch
+            stop: str | None = None
+            try:  # all before take_events acks the batch
+                await gate_index_current()
+                if not await gate_batch(batch):
+                    stop = CANNOT_WRITE
+            except FatalStop as exc:
+                stop = str(exc)
+            except BaseException:
+                withhold(batch)
+                raise
+            if stop is not None:
+                withhold(batch)
+                stop_fatally(stop)
+                await asyncio.Event().wait()  # until the stop cancels this agent
+
+    pause = LoopPause()
 
     async def fold_record(slot: Slot, record: Any, pending: list[Any]) -> None:
         for out in slot.state.apply(record.value or b""):
             await send(out, pending, record)
         slot.next_offset = record.offset + 1
         slot.dirty = True
+        await pause()  # a long batch or gap must not starve heartbeats and SIGTERM
 
     async def catch_up(
         slot: Slot,
@@ -250,6 +516,7 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str]) -> Any:
     async def fold_agent(stream: Any) -> None:
         async for batch in stream.take_events(cfg.batch_size, within=cfg.batch_within):
             pending: list[Any] = []
+            await logs_checked()  # a new log after an assignment: refolded before this batch
             async with fold_lock:
                 for ev in batch:
                     msg = ev.message
@@ -287,6 +554,7 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str]) -> Any:
     async def staff_agent(stream: Any) -> None:
         async for batch in stream.take_events(cfg.batch_size, within=cfg.batch_within):
             pending: list[Any] = []
+            await logs_checked()
             async with staff_lock:
                 for ev in batch:
                     msg = ev.message
@@ -314,7 +582,67 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str]) -> Any:
                     await send(out, pending)
             await deliver(pending)
 
+    async def refold(parts: Partitions, topic_name: str, partitions: list[int], fold: Any) -> None:
+        """Fold ``partitions`` of a new log from its start to its current end, at once: the
+        group may already have moved past records it delivered before the change was seen."""
+        if not partitions:
+            return
+        pending: list[Any] = []
+        async for rec in read_to_end(cfg.bootstrap, topic_name, partitions):
+            slot = parts.get(rec.partition)
+            if rec.offset >= slot.next_offset:
+                await fold(slot, rec, pending)
+            if len(pending) >= cfg.batch_size:
+                await deliver(pending)
+                pending.clear()
+        await deliver(pending)
+
+    async def follow_logs() -> bool:
+        """Refold from scratch when a log is another one than the state's (the topic was
+        recreated: a restarted memory broker, then ``caretally restore``); otherwise every
+        record of the new log at an offset the state had passed would be skipped. False
+        when the broker could not tell."""
+        shapes = await describe([t.events, t.staff])
+        if shapes is None:  # the broker is away: checked again at the next chance
+            return False
+        ids = {name: shape.topic_id for name, shape in shapes.items()}
+        for parts, lock, name, fold in (
+            (folds, fold_lock, t.events, fold_record),
+            (staffs, staff_lock, t.staff, staff_record),
+        ):
+            shape = shapes.get(name)
+            if shape and shape.topic_id and shape.topic_id != parts.store.log_id:
+                problem = partition_mismatch(t, cfg.partitions, {name: shape.partitions})
+                if problem is not None and shape.partitions:  # its refold would never end
+                    raise FatalStop(f"fold: {name} is a new log: {problem}")
+            async with lock:
+                dropped = parts.follow(ids.get(name, ""))
+                if dropped is not None:
+                    log.warning("%s is a new log (a recreated topic): refolding it", name)
+                    await refold(parts, name, dropped, fold)
+        return all(ids.get(name) for name in (t.events, t.staff))  # a missing topic: again
+
+    async def logs_checked() -> None:
+        if assignments[1] != assignments[0]:
+            seen = assignments[0]
+            try:
+                checked = await follow_logs()
+            except FatalStop as exc:
+                stop_fatally(str(exc))
+                await asyncio.Event().wait()  # until the stop cancels the agent
+            if checked:
+                assignments[1] = seen
+
+    last_check = [time.monotonic()]
+
     async def snapshot() -> None:
+        if time.monotonic() - last_check[0] >= LOG_CHECK_INTERVAL:  # besides assignments
+            last_check[0] = time.monotonic()
+            try:
+                await follow_logs()
+            except FatalStop as exc:
+                stop_fatally(str(exc))
+                return
         async with fold_lock:
             n = folds.save_dirty()
         async with staff_lock:
@@ -330,20 +658,39 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str]) -> Any:
         app.agent(staff, concurrency=1)(staff_agent)
         app.timer(cfg.sweep_interval)(daily_sweep)
         app.timer(cfg.snapshot_interval)(snapshot)
+    app.on_partitions_assigned.connect(on_assigned)  # the gate's index follows its log too
     return app
 
 
+def checked_topics(cfg: WorkerConfig) -> dict[str, str]:
+    """The ids of the log and staff topics, once the partition counts of the ingress, log
+    and staff topics are found to fit ``cfg`` (else :class:`WorkerStartError`): a worker
+    that reads partitions that do not exist waits for them forever."""
+    t = cfg.topics
+    shapes = topic_shapes(cfg.bootstrap, [t.ingress, t.events, t.staff])
+    counts = {name: shape.partitions for name, shape in shapes.items()}
+    problem = partition_mismatch(t, cfg.partitions, counts)
+    if problem is not None:
+        raise WorkerStartError(problem)
+    return {name: shapes[name].topic_id for name in (t.events, t.staff)}
+
+
 def run(cfg: WorkerConfig, loglevel: str = "warning") -> None:
-    """Create the topics, then run the worker until SIGINT/SIGTERM."""
+    """Create the topics and check them (:class:`WorkerStartError`), then run the worker
+    until SIGINT/SIGTERM (exit 0) or until it stops itself (exit ``FATAL_EXIT``)."""
     import faust
 
-    from streams.topics import ensure_topics, topic_ids
+    from streams.topics import ensure_topics
 
     ensure_topics(cfg.bootstrap, cfg.topics, cfg.partitions)
-    ids = topic_ids(cfg.bootstrap, [cfg.topics.events, cfg.topics.staff])
-    app = build_app(cfg, ids)
+    app = build_app(cfg, checked_topics(cfg))
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     # Faust's startup spinner sets the root logger to DEBUG, so every aiokafka and faust
     # debug call built a record that was then dropped (4 % of the worker's time)
     worker.spinner = None
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    except SystemExit:
+        if app.caretally_fatal:  # its critical line is in the log
+            raise SystemExit(FATAL_EXIT) from None
+        raise
