@@ -6,10 +6,22 @@ input, and the worker dead-letters what it rejects, with the reason. Each line i
 validated here, so the sender learns at once which lines will be dead-lettered and why.
 
 The input is read with bounded memory: a line (or CSV row, or the event it converts to)
-longer than ``EVENT_MAX_BYTES`` is rejected here as ``too_large`` and never sent (the
-gate would dead-letter it anyway), skipped without being held whole; gzip input may
-decompress to at most ``--max-decompressed`` bytes, so a gzip bomb ends the ingest with
-a clear error instead of exhausting memory or time.
+longer than ``EVENT_MAX_BYTES`` is rejected here as ``too_large`` and never sent as an
+event, skipped without being held whole; gzip input may decompress to at most
+``--max-decompressed`` bytes, so a gzip bomb ends the ingest with a clear error instead
+of exhausting memory or time.
+
+Each too-large line or row is dead-lettered instead, as the gate and HTTP do it
+(``streams.ingress_gate.deadletter_write``): one record on ``care.deadletter.v1`` whose
+value is the first ``DEADLETTER_EXCERPT_BYTES`` of it, with headers ``reason``
+``too_large``, ``digest`` (``sha256:`` and the hex SHA-256 of all its bytes) and
+``size`` (their count), both hashed while the line is skipped; surrounding whitespace
+and the line ending are not counted, as for a line that is sent (for a CSV row that
+converts to a too-large event: that event's JSON). Its source headers say where it came
+from: ``source_topic`` ``ingest:FILE`` (the file's base name; ``ingest:-`` for stdin),
+``source_partition`` -1 and ``source_offset`` the line number (a CSV row's first line).
+It is keyed ``org_id:patient_id`` when both can be read from the excerpt (complete
+top-level JSON members, or complete CSV cells), else it has no key.
 The producer is kafka-python's idempotent one (``acks=all``); every send is confirmed
 before the command reports success. A line the broker has not acknowledged within
 ``--delivery-timeout`` seconds fails the ingest, with how many lines were acknowledged.
@@ -20,21 +32,28 @@ from __future__ import annotations
 import contextlib
 import gzip
 import io
+import json
 import logging
 import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, BinaryIO, Literal, NoReturn
 
 import click
 
-from schemas.events import EventRejected, parse_event
+from schemas.events import EVENT_TYPES, EventRejected, parse_event
+from streams import ingress_gate
 from streams.cli_options import bootstrap_option, prefix_option
 from streams.csv_events import CsvHeaderError, mapping_summary, read_csv_events
-from streams.limits import EVENT_MAX_BYTES, PRODUCER_MAX_REQUEST_BYTES
-from streams.logfile import read_lines, too_large_reason
+from streams.ingress_gate import TOO_LARGE, Write, deadletter_write
+from streams.limits import (
+    DEADLETTER_EXCERPT_BYTES,
+    EVENT_MAX_BYTES,
+    PRODUCER_MAX_REQUEST_BYTES,
+)
+from streams.logfile import Oversize, read_lines, too_large_reason
 from streams.records import event_key, key_of
 from streams.topics import DEFAULT_PARTITIONS
 
@@ -68,26 +87,109 @@ PRODUCER_SETTINGS: dict[str, Any] = {
 @dataclass(frozen=True, slots=True)
 class Outgoing:
     """One line to send: its line number, bytes, key, and why it is invalid (if it is);
-    ``too_large``: rejected for its size and not sent (``value`` is then empty)."""
+    ``too_large``: rejected for its size and dead-lettered as ``oversize`` describes it,
+    not sent (``value`` is then empty)."""
 
     line: int
     value: bytes
     key: bytes | None
     reason: str | None
     too_large: bool = False
+    oversize: Oversize | None = None
 
 
-def oversized(line: int, reason: str | None = None) -> Outgoing:
-    """A line or row rejected for its size: reported, counted, never sent."""
-    return Outgoing(line, b"", None, reason or too_large_reason(), too_large=True)
+def oversized(
+    line: int, oversize: Oversize, key: bytes | None, reason: str | None = None
+) -> Outgoing:
+    """A line or row rejected for its size: reported, counted, dead-lettered, never sent."""
+    return Outgoing(line, b"", key, reason or too_large_reason(), True, oversize)
+
+
+_JSON = json.JSONDecoder()
+_WHITESPACE = " \t\n\r"
+_KEY_FIELDS = ("org_id", "patient_id", "type")
+PRACTICE_WIDE_TYPES = frozenset(
+    name
+    for name, model in EVENT_TYPES.items()
+    if model.model_fields["patient_id"].annotation is type(None)
+)
+"""Event types without a patient (keyed ``org_id:``): practice.configured, month.closed."""
+
+
+def _utf8_prefix(excerpt: bytes) -> str | None:
+    """The excerpt as text, less a character cut at its end; None if it is not UTF-8."""
+    try:
+        return excerpt.decode()
+    except UnicodeDecodeError as exc:
+        if exc.end != len(excerpt) or exc.reason != "unexpected end of data":
+            return None
+        return excerpt[: exc.start].decode()
+
+
+def _top_level_members(text: str) -> Iterator[tuple[str, Any]]:
+    """The complete top-level members of the start of a JSON object, in order; stops at
+    the first that is cut (or malformed). Each value is parsed whole: the text is short."""
+    i = len(text) - len(text.lstrip(_WHITESPACE))
+    if not text.startswith("{", i):
+        return
+    i += 1
+    while True:
+        i += len(text[i:]) - len(text[i:].lstrip(_WHITESPACE))
+        name, i = _JSON.raw_decode(text, i)
+        i += len(text[i:]) - len(text[i:].lstrip(_WHITESPACE))
+        if not isinstance(name, str) or not text.startswith(":", i):
+            return
+        i += 1
+        i += len(text[i:]) - len(text[i:].lstrip(_WHITESPACE))
+        value, i = _JSON.raw_decode(text, i)
+        yield name, value
+        i += len(text[i:]) - len(text[i:].lstrip(_WHITESPACE))
+        if not text.startswith(",", i):
+            return
+        i += 1
+
+
+def excerpt_key(excerpt: bytes) -> bytes | None:
+    """The event key of a too-large NDJSON line, from its excerpt: ``org_id:patient_id``
+    when both are complete top-level members of it (the wire contract puts them before
+    ``data``), or ``org_id:`` when ``type`` is one without a patient; else None."""
+    text = _utf8_prefix(excerpt)
+    found: dict[str, Any] = {}
+    try:
+        for name, value in _top_level_members(text or ""):
+            if name in _KEY_FIELDS:
+                found[name] = value  # the last of a repeated name, as orjson reads it
+    except (ValueError, RecursionError):
+        pass  # cut short: what was complete stands
+    org, patient = found.get("org_id"), found.get("patient_id")
+    known = "patient_id" in found or found.get("type") in PRACTICE_WIDE_TYPES
+    if not isinstance(org, str) or not org or not known:
+        return None
+    return event_key(org, patient if isinstance(patient, str) else None)
+
+
+def ingest_origin(name: str) -> str:
+    """A too-large dead letter's ``source_topic``: ``ingest:`` and the input's base name
+    (``-`` for stdin); never its directories."""
+    return "ingest:" + ("-" if name == STDIN_NAME else os.path.basename(name))
+
+
+def too_large_letter(line: int, key: bytes | None, big: Oversize, origin: str) -> Write:
+    """The dead letter of a line rejected for its size: ``deadletter_write`` of its
+    excerpt, with the ``digest`` and ``size`` of the whole line measured while reading."""
+    source = ingress_gate.Source(origin, -1, line)
+    write = deadletter_write(TOO_LARGE, key, big.excerpt, source)
+    headers = [(k, v) for k, v in write.headers if k not in ("digest", "size")]
+    headers += [("digest", f"sha256:{big.sha256}".encode()), ("size", str(big.size).encode())]
+    return replace(write, headers=headers)
 
 
 def ndjson_records(stream: BinaryIO) -> Iterator[Outgoing]:
     """Each non-empty line as sent, validated; a line over ``EVENT_MAX_BYTES`` is not read
     whole but rejected as too large."""
     for number, raw in read_lines(stream, EVENT_MAX_BYTES):
-        if raw is None:
-            yield oversized(number)
+        if isinstance(raw, Oversize):
+            yield oversized(number, raw, excerpt_key(raw.excerpt))
             continue
         try:
             event = parse_event(raw)
@@ -105,11 +207,12 @@ def csv_records(stream: BinaryIO) -> Iterator[Outgoing]:
     def convert() -> Iterator[Outgoing]:
         try:
             for row in rows:
-                if row.too_large:
-                    yield oversized(row.line, row.error)
+                if row.too_large and row.oversize is not None:
+                    yield oversized(row.line, row.oversize, row.key, row.error)
                     continue
                 if len(row.value) > EVENT_MAX_BYTES:
-                    yield oversized(row.line, too_large_reason(what="event"))
+                    event = Oversize.of(row.value)
+                    yield oversized(row.line, event, row.key, too_large_reason(what="event"))
                     continue
                 reason = row.error
                 if reason is None:
@@ -371,7 +474,8 @@ class Reporter:
 @dataclass
 class Stats:
     """Lines read and their local verdicts; ``too_large``: rejected for their size here and
-    never sent (counted in ``rejected``); ``not_sent``: refused by the producer as too
+    never sent (counted in ``rejected``), each dead-lettered (``dead_lettered``: handed to
+    the producer); ``not_sent``: refused by the producer as too
     large (not expected: its limit is above ours); ``errors`` end the ingest as failed;
     ``stopped_at``: the line at which sending stopped early (a delivery or send failed),
     the rest of the input unread."""
@@ -381,6 +485,7 @@ class Stats:
     rejected: int = 0
     sent_bytes: int = 0
     too_large: int = 0
+    dead_lettered: int = 0
     not_sent: int = 0
 
     @property
@@ -392,10 +497,20 @@ class Stats:
     stopped_at: int | None = None
 
 
+@dataclass(frozen=True)
+class Targets:
+    """Where records go: events to ``ingress``; too-large lines to ``deadletter``, their
+    acknowledgements counted in ``dead``."""
+
+    ingress: str
+    deadletter: str
+    dead: Delivery
+
+
 def send_all(
     records: Iterator[Outgoing],
     producer: Any,
-    topic: str,
+    targets: Targets,
     reporter: Reporter,
     source: Source,
     delivery: Delivery,
@@ -405,10 +520,12 @@ def send_all(
     from kafka.errors import KafkaError, MessageSizeTooLargeError
 
     send = producer.send
+    topic, dead = targets.ingress, targets.dead
     ok, fail = delivery.ok, delivery.fail
     position = source.position
+    origin = ingest_origin(source.name)
     for record in records:
-        if delivery.failed:
+        if delivery.failed or dead.failed:
             stats.stopped_at = record.line
             break
         if record.too_large:
@@ -416,6 +533,20 @@ def send_all(
             stats.rejected += 1
             stats.too_large += 1
             reporter.rejected(record.line, record.reason or too_large_reason())
+            if record.oversize is None:  # not expected: every too-large record is measured
+                continue
+            letter = too_large_letter(record.line, record.key, record.oversize, origin)
+            try:
+                sent = send(
+                    targets.deadletter, value=letter.value, key=letter.key, headers=letter.headers
+                )
+            except KafkaError as exc:
+                stats.errors.append(f"dead-lettering line {record.line} failed: {describe(exc)}")
+                stats.stopped_at = record.line
+                break
+            sent.add_callback(dead.ok)
+            sent.add_errback(dead.fail)
+            stats.dead_lettered += 1
             continue
         try:
             future = send(topic, value=record.value, key=record.key)
@@ -481,13 +612,19 @@ def _help() -> str:
     Each line is also validated here: rejected lines are listed on stderr (the first
     {MAX_REPORTED}) as FILE:LINE: rejected: REASON. A line (or CSV row, or the event
     it becomes) longer than {EVENT_MAX_BYTES:,} bytes is rejected as too_large and not
-    sent.
+    sent as an event: it is dead-lettered here instead (care.deadletter.v1, reason
+    too_large), as its first {DEADLETTER_EXCERPT_BYTES:,} bytes with headers digest
+    (sha256:HEX of all its bytes, surrounding whitespace not counted), size,
+    source_topic ingest:FILE (base name; ingest:- for stdin), source_partition -1 and
+    source_offset LINE; keyed org_id:patient_id when the excerpt shows both (org_id:
+    when it shows a practice-wide type), else unkeyed.
 
     Exit code: 0 if every line was valid, 3 if some were rejected (they are sent all
-    the same, except too large ones), 2 for usage errors, 1 if the broker is
-    unreachable or a send failed (a line not acknowledged within --delivery-timeout
-    seconds fails the ingest, which then stops; the error says how many lines were
-    acknowledged), or if gzip input decompresses past --max-decompressed.
+    the same, except too large ones, which are dead-lettered), 2 for usage errors, 1
+    if the broker is unreachable or a send failed (a line not acknowledged within
+    --delivery-timeout seconds fails the ingest, which then stops; the error says how
+    many lines were acknowledged; so does a too-large line's dead letter), or if gzip
+    input decompresses past --max-decompressed.
 
     {mapping_summary()}
 
@@ -603,7 +740,8 @@ def ingest(
             producer.close(timeout=1)
             _fail(f"cannot create the topics at {address}: {describe(exc)}")
 
-        delivery = Delivery()
+        delivery, dead = Delivery(), Delivery()
+        targets = Targets(topics.ingress, topics.deadletter, dead)
         show = not no_progress and sys.stderr.isatty()
         started = time.perf_counter()
         interrupted = False
@@ -611,7 +749,7 @@ def ingest(
         with Reporter(source.name, show, source.size) as reporter:
             stats = Stats()
             try:
-                send_all(records, producer, topics.ingress, reporter, source, delivery, stats)
+                send_all(records, producer, targets, reporter, source, delivery, stats)
             except KeyboardInterrupt:
                 interrupted = True
             except DecompressedTooLarge as exc:
@@ -622,7 +760,7 @@ def ingest(
             try:
                 producer.flush(timeout=wait)
             except KafkaError:
-                delivery.waited = wait
+                delivery.waited = dead.waited = wait
             finally:
                 close_producer(producer, flushed=delivery.waited is None)
         elapsed = time.perf_counter() - started
@@ -631,6 +769,7 @@ def ingest(
     if stats.rejected > MAX_REPORTED:
         click.echo(f"... and {stats.rejected - MAX_REPORTED:,} more rejected line(s)", err=True)
     problems = delivery_problems(stats, delivery, sent, source.name)
+    problems += deadletter_problems(stats, dead, topics.deadletter)
     if read_error:
         problems.append(read_error)
     if stats.not_sent:
@@ -641,7 +780,10 @@ def ingest(
         verdict = f"{stats.valid:,} valid, {stats.rejected:,} rejected"
         notes = []
         if stats.too_large:
-            notes.append(f"{stats.too_large:,} too large, not sent")
+            notes.append(
+                f"{stats.too_large:,} too large: dead-lettered to {topics.deadletter}, "
+                "not sent as events"
+            )
         if stats.rejected > stats.too_large:
             others = stats.rejected - stats.too_large
             them = f"the other {others:,}" if stats.too_large else "them"
@@ -693,6 +835,19 @@ def delivery_problems(stats: Stats, delivery: Delivery, sent: int, name: str) ->
             f"sending stopped at line {stats.stopped_at:,} of {name}, the rest was not sent"
         )
     return ["; ".join(pieces)]
+
+
+def deadletter_problems(stats: Stats, dead: Delivery, topic: str) -> list[str]:
+    """Too-large lines whose dead letter the broker did not acknowledge (they are then
+    neither sent nor dead-lettered), as one message; empty if all were."""
+    if dead.acked == stats.dead_lettered and not dead.failed:
+        return []
+    lost = stats.dead_lettered - dead.acked
+    why = f" ({dead.first_error})" if dead.first_error else ""
+    return [
+        f"{lost:,} of the {stats.dead_lettered:,} too-large line(s) were not dead-lettered "
+        f"to {topic}{why}"
+    ]
 
 
 def _fail(message: str) -> NoReturn:

@@ -42,8 +42,10 @@ nothing is dropped:
 * a row with more or fewer cells than the header, or a row that is not valid UTF-8, is
   sent as its raw CSV text (not JSON);
 * a row longer than ``EVENT_MAX_BYTES`` characters (a huge line, or a quoted field that
-  never closes) is skipped to its end without being held whole and marked ``too_large``:
-  ``caretally ingest`` reports it and does not send it.
+  never closes) is skipped to its end without being held whole and marked ``too_large``,
+  with its :class:`~streams.logfile.Oversize` (an excerpt, the SHA-256 and size of the
+  whole row's bytes) and, when the excerpt's complete cells hold them, its key:
+  ``caretally ingest`` reports it, dead-letters it and does not send it.
 
 Problems never quote a cell: cells may hold patient ids (PHI), so a problem names the
 column and the kind of trouble. The header's problems name columns by position unless
@@ -54,6 +56,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import io
 import math
 import re
 import types
@@ -66,7 +69,7 @@ import orjson
 
 from schemas.events import EVENT_TYPES
 from streams.limits import EVENT_MAX_BYTES
-from streams.logfile import SKIP_CHUNK, too_large_reason
+from streams.logfile import SKIP_CHUNK, Measure, Oversize, too_large_reason
 from streams.records import event_key
 
 Kind = Literal["number", "boolean", "list", "text"]
@@ -179,6 +182,7 @@ class CsvRecord:
     key: bytes | None
     error: str | None = None
     too_large: bool = False
+    oversize: Oversize | None = None
 
 
 def parse_header(cells: list[str]) -> list[Column]:
@@ -314,6 +318,7 @@ class _LineTap:
         self.lines: list[str] = []
         self.size = 0
         self.consumed = 0
+        self.skipped: Oversize | None = None  # the last row skipped as too large
 
     def __iter__(self) -> _LineTap:
         return self
@@ -331,18 +336,26 @@ class _LineTap:
         return line
 
     def _skip_row(self) -> None:
-        """Drop the current row and read past its end without holding it."""
+        """Drop the current row and read past its end without holding it, measuring its
+        bytes (as read: ``surrogateescape`` gives back those that are not UTF-8)."""
         quotes = sum(line.count('"') for line in self.lines)
+        measure = Measure()
+        for line in self.lines:
+            measure.feed(_encode(line))
         chunk = self.lines[-1]
         self.lines.clear()
         self.size = 0
-        while chunk:
-            if chunk.endswith(_LINE_ENDS) and quotes % 2 == 0:
-                return
-            ended = chunk.endswith(_LINE_ENDS)
-            chunk = self._text.readline(SKIP_CHUNK)
-            quotes += chunk.count('"')
-            self.consumed += ended and bool(chunk)
+        try:
+            while chunk:
+                if chunk.endswith(_LINE_ENDS) and quotes % 2 == 0:
+                    return
+                ended = chunk.endswith(_LINE_ENDS)
+                chunk = self._text.readline(SKIP_CHUNK)
+                measure.feed(_encode(chunk))
+                quotes += chunk.count('"')
+                self.consumed += ended and bool(chunk)
+        finally:
+            self.skipped = measure.result()
 
     def take(self) -> str:
         raw = "".join(self.lines)
@@ -403,7 +416,9 @@ def _rows(tap: _LineTap, reader: Iterator[list[str]], columns: list[Column]) -> 
             continue
         except _RowTooLarge:
             reason = too_large_reason(what="row")
-            yield CsvRecord(start, b"", None, reason, too_large=True)
+            skipped, tap.skipped = tap.skipped, None
+            key = _excerpt_key(columns, skipped.excerpt) if skipped else None
+            yield CsvRecord(start, b"", key, reason, too_large=True, oversize=skipped)
             continue
         raw = tap.take()
         if not any(c.strip() for c in cells):
@@ -416,6 +431,34 @@ def _rows(tap: _LineTap, reader: Iterator[list[str]], columns: list[Column]) -> 
         else:
             value, key, problem = convert_row(columns, cells)
             yield CsvRecord(start, value, key, problem)
+
+
+def _encode(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _excerpt_key(columns: list[Column], excerpt: bytes) -> bytes | None:
+    """The key of a row skipped as too large, from the cells complete in its excerpt (all
+    but the last): ``org_id:patient_id`` as :func:`convert_row` makes it, or None when
+    they are not all there (or not UTF-8)."""
+    try:
+        text = excerpt.decode("utf-8", "surrogateescape")
+        cells = next(csv.reader(io.StringIO(text, newline=""), strict=False))[:-1]
+    except (csv.Error, StopIteration):
+        return None
+    if len(cells) > len(columns):  # more cells than the header: sent raw, unkeyed
+        return None
+    found: dict[str, str] = {}
+    for column, cell in zip(columns, cells, strict=False):
+        if not column.in_data and column.field in ("org_id", "patient_id"):
+            found[column.field] = cell.strip()
+    has_patient = any(c.field == "patient_id" and not c.in_data for c in columns)
+    org = found.get("org_id")
+    if not org or (has_patient and "patient_id" not in found):
+        return None
+    if _has_surrogates(org + found.get("patient_id", "")):
+        return None
+    return event_key(org, found.get("patient_id") or None)
 
 
 def _raw_bytes(raw: str) -> bytes:

@@ -4,6 +4,7 @@ invalid lines are reported with their line numbers, CSV rows become wire-contrac
 from __future__ import annotations
 
 import gzip
+import hashlib
 import re
 import threading
 import time
@@ -23,7 +24,8 @@ from streams import cmd_ingest
 from streams.broker import EmbeddedBroker, free_port
 from streams.cli import EXIT_BAD_LINES, cli
 from streams.csv_events import ANY_FIELD_KINDS, CsvHeaderError, read_csv_events
-from streams.records import event_key
+from streams.limits import DEADLETTER_EXCERPT_BYTES
+from streams.records import event_key, header
 from streams.synthetic import generate_practice_log
 from streams.topics import Topics
 
@@ -50,6 +52,39 @@ class Ingress:
 def read_ingress(broker: EmbeddedBroker, topics: Topics, expected: int) -> Ingress:
     """The records on ingress: read until ``expected`` arrived (never trusting end offsets
     on Tansu), then one more poll to catch any surplus."""
+    return read_topic(broker, topics.ingress, expected)
+
+
+def read_deadletter(broker: EmbeddedBroker, topics: Topics, expected: int) -> list[Any]:
+    """The records on the dead-letter topic, as :func:`read_ingress`, in source order."""
+    records = read_topic(broker, topics.deadletter, expected).records
+    return sorted(records, key=lambda r: int(header(r.headers, "source_offset") or 0))
+
+
+def hex_digest(*chunks: bytes) -> bytes:
+    h = hashlib.sha256()
+    for chunk in chunks:
+        h.update(chunk)
+    return b"sha256:" + h.hexdigest().encode()
+
+
+def assert_too_large_letter(
+    letter: Any, origin: str, line: int, key: bytes | None, whole: bytes
+) -> None:
+    """``letter`` is the dead letter of too-large line ``line`` of ``origin`` whose bytes
+    (surrounding whitespace stripped) are ``whole``: the gate's and HTTP's format."""
+    assert header(letter.headers, "reason") == b"too_large"
+    assert header(letter.headers, "source_topic") == f"ingest:{origin}".encode()
+    assert header(letter.headers, "source_partition") == b"-1"
+    assert header(letter.headers, "source_offset") == str(line).encode()
+    assert header(letter.headers, "size") == str(len(whole)).encode()
+    assert header(letter.headers, "digest") == hex_digest(whole)
+    assert letter.value == whole[:DEADLETTER_EXCERPT_BYTES]
+    assert letter.key == key
+
+
+def read_topic(broker: EmbeddedBroker, topic: str, expected: int) -> Ingress:
+    """The records on ``topic``: read until ``expected`` arrived, then one more poll."""
     consumer = KafkaConsumer(
         bootstrap_servers=broker.bootstrap,
         group_id=None,
@@ -58,9 +93,9 @@ def read_ingress(broker: EmbeddedBroker, topics: Topics, expected: int) -> Ingre
         bootstrap_timeout_ms=5_000,
     )
     try:
-        numbers = consumer.partitions_for_topic(topics.ingress)
-        assert numbers, f"no topic {topics.ingress}"
-        parts = [TopicPartition(topics.ingress, p) for p in sorted(numbers)]
+        numbers = consumer.partitions_for_topic(topic)
+        assert numbers, f"no topic {topic}"
+        parts = [TopicPartition(topic, p) for p in sorted(numbers)]
         consumer.assign(parts)
         consumer.seek_to_beginning(*parts)
         seen: list[Any] = []
@@ -510,7 +545,7 @@ def test_exit_code_matches_replay() -> None:
     assert cmd_ingest.EXIT_BAD_LINES == EXIT_BAD_LINES
 
 
-def test_an_oversized_line_is_rejected_and_not_sent(
+def test_an_oversized_line_is_dead_lettered_and_not_sent(
     broker: EmbeddedBroker, topics: Topics, tmp_path: Path
 ) -> None:
     good = practice_lines(patients=1)[:2]
@@ -522,5 +557,8 @@ def test_an_oversized_line_is_rejected_and_not_sent(
 
     assert result.exit_code == 3  # rejected here (streams.limits.EVENT_MAX_BYTES), not sent
     assert f"{path}:2: rejected: too_large: line longer than 1,000,000 bytes" in result.stderr
-    assert "sent 2 line(s)" in result.stdout and "1 too large, not sent" in result.stdout
+    assert "sent 2 line(s)" in result.stdout
+    assert f"1 too large: dead-lettered to {topics.deadletter}, not sent as" in result.stdout
     assert_in_ingress(read_ingress(broker, topics, 2), [(key_for(x), x) for x in good])
+    [letter] = read_deadletter(broker, topics, 1)
+    assert_too_large_letter(letter, "events.ndjson", 2, None, huge)  # no org_id: no key

@@ -1,5 +1,7 @@
 """Security hardening (#9) of ``caretally ingest``: bounded memory on hostile input (item
-11), one event size limit (item 1, ingest's side), no cell values in CSV problems (item 13).
+11), one event size limit (item 1, ingest's side), no cell values in CSV problems (item 13),
+and too-large lines dead-lettered as the gate and HTTP do it (item 13's follow-up): an
+excerpt, the SHA-256 and size of the whole line, where it came from, its key if readable.
 
 The memory tests run the real CLI as a child process under an address-space cap (so the
 unfixed code fails with ``MemoryError`` instead of eating the machine) and read the
@@ -24,11 +26,17 @@ from click.testing import CliRunner, Result
 
 from streams.broker import EmbeddedBroker
 from streams.cli import cli
-from streams.limits import EVENT_MAX_BYTES
-from streams.records import event_key
+from streams.limits import DEADLETTER_EXCERPT_BYTES, EVENT_MAX_BYTES
+from streams.records import event_key, header
 from streams.synthetic import generate_practice_log
 from streams.topics import Topics
-from tests.test_ingest import assert_in_ingress, read_ingress
+from tests.test_ingest import (
+    assert_in_ingress,
+    assert_too_large_letter,
+    hex_digest,
+    read_deadletter,
+    read_ingress,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 PARTS = 3
@@ -99,6 +107,24 @@ def write_gzip_bomb(path: Path, head: bytes, filler: int, tail: bytes) -> None:
         out.write(gzip.compress(tail, mtime=0))
 
 
+def assert_bomb_letter(
+    broker: EmbeddedBroker, topics: Topics, name: str, line: int, head: bytes, tail: bytes
+) -> None:
+    """The one dead letter of a bomb line ``head`` + 2 GiB or 1 GiB of spaces + ``tail``:
+    its digest and size are of all of it, though it was never held."""
+    [letter] = read_deadletter(broker, topics, 1)
+    size = int(header(letter.headers, "size") or 0)
+    spaces = size - len(head) - len(tail)
+    assert spaces in (1 << 30, 2 << 30), size
+    blocks = [b" " * (64 * MiB)] * (spaces // (64 * MiB))
+    assert header(letter.headers, "digest") == hex_digest(head, *blocks, tail)
+    excerpt = (head + b" " * DEADLETTER_EXCERPT_BYTES)[:DEADLETTER_EXCERPT_BYTES]
+    assert letter.value == excerpt and letter.key is None  # no org_id in the excerpt
+    assert header(letter.headers, "reason") == b"too_large"
+    assert header(letter.headers, "source_topic") == f"ingest:{name}".encode()
+    assert header(letter.headers, "source_offset") == str(line).encode()
+
+
 # --- item 11: bounded reads --------------------------------------------------------------
 
 
@@ -119,9 +145,10 @@ def test_a_gzip_bomb_line_is_refused_with_bounded_memory(
     assert "Traceback" not in run.out and "MemoryError" not in run.out, run.out[-2000:]
     assert run.code == 3, run.out
     assert f"{path}:2: rejected: too_large: line longer than 1,000,000 bytes" in run.out
-    assert "sent 2 line(s)" in run.out and "1 too large, not sent" in run.out
+    assert "sent 2 line(s)" in run.out and "1 too large: dead-lettered to" in run.out
     assert run.peak_rss < RSS_BOUND, f"peak RSS {run.peak_rss / MiB:.0f} MiB"
     assert_in_ingress(read_ingress(broker, topics, 2), [(key_for(x), x) for x in (first, last)])
+    assert_bomb_letter(broker, topics, path.name, 2, b'{"event_id":"x","note":"', b'"}')
 
 
 def test_a_csv_gzip_bomb_row_is_refused_with_bounded_memory(
@@ -140,12 +167,13 @@ def test_a_csv_gzip_bomb_row_is_refused_with_bounded_memory(
     assert "Traceback" not in run.out and "MemoryError" not in run.out, run.out[-2000:]
     assert run.code == 3, run.out
     assert f"{path}:2: rejected: too_large: row longer than 1,000,000 bytes" in run.out
-    assert "sent 1 line(s)" in run.out
+    assert "sent 1 line(s)" in run.out and "1 too large: dead-lettered to" in run.out
     assert run.peak_rss < RSS_BOUND, f"peak RSS {run.peak_rss / MiB:.0f} MiB"
     assert [r.value for r in read_ingress(broker, topics, 1).records] == [
         b'{"event_id":"c1","type":"month.closed","schema_version":1,"org_id":"practice-17",'
         b'"recorded_at":"2025-04-01T00:00:00Z","source":"ehr","data":{"month":"2025-03"}}'
     ]
+    assert_bomb_letter(broker, topics, path.name, 2, b'c0,"', b'",x,,2025,s')
 
 
 def test_gzip_input_past_max_decompressed_stops_with_a_clear_error(
@@ -172,43 +200,100 @@ def padded(line: bytes, size: int) -> bytes:
     return line[:-1] + b" " * (size - len(line)) + b"}"
 
 
-def test_a_line_over_the_event_limit_is_rejected_locally_and_not_sent(
+def test_a_line_over_the_event_limit_is_dead_lettered_not_sent(
     broker: EmbeddedBroker, topics: Topics, tmp_path: Path
 ) -> None:
-    first, at_limit, last = good_lines(3)
+    configured, first, at_limit, last = good_lines(4)
     at_limit = padded(at_limit, EVENT_MAX_BYTES)
-    over = padded(good_lines(4)[3], EVENT_MAX_BYTES + 1)
+    over = padded(good_lines(5)[4], EVENT_MAX_BYTES + 1)
+    practice_wide = padded(configured, 2 * EVENT_MAX_BYTES)  # no patient_id: keyed org_id:
+    decoy = b'{"data": {"org_id": "practice-99", "patient_id": "P-1", "pad": "'
+    decoy += b"x" * EVENT_MAX_BYTES + b'"}}'  # ids inside data: no key
+    content = [first, b"  " + over + b" \t\r", at_limit, practice_wide, decoy, last]
     path = tmp_path / "events.ndjson"
-    path.write_bytes(b"\n".join([first, over, at_limit, last]) + b"\n")
+    path.write_bytes(b"\n".join(content) + b"\n")
 
     result = ingest(broker, topics, str(path))
 
     assert result.exit_code == 3, result.output
     assert result.stderr.splitlines() == [
-        f"{path}:2: rejected: too_large: line longer than {EVENT_MAX_BYTES:,} bytes"
+        f"{path}:{n}: rejected: too_large: line longer than {EVENT_MAX_BYTES:,} bytes"
+        for n in (2, 4, 5)
     ]
-    assert "3 valid, 1 rejected (1 too large, not sent)" in result.stdout
-    assert "dead-letter" not in result.stdout
+    assert (
+        f"3 valid, 3 rejected (3 too large: dead-lettered to {topics.deadletter}, "
+        "not sent as events)"
+    ) in result.stdout
     sent = [first, at_limit, last]
     assert_in_ingress(read_ingress(broker, topics, 3), [(key_for(x), x) for x in sent])
+    letters = read_deadletter(broker, topics, 3)
+    assert len(letters) == 3, letters
+    name = "events.ndjson"
+    assert_too_large_letter(letters[0], name, 2, key_for(over), over)  # whitespace not counted
+    assert_too_large_letter(letters[1], name, 4, key_for(practice_wide), practice_wide)
+    assert_too_large_letter(letters[2], name, 5, None, decoy)
+    assert key_for(practice_wide).endswith(b":")
 
 
-def test_a_csv_row_over_the_event_limit_is_rejected_locally(
+def test_a_too_large_line_from_stdin_is_dead_lettered_from_ingest_dash(
+    broker: EmbeddedBroker, topics: Topics
+) -> None:
+    over = padded(good_lines(3)[2], EVENT_MAX_BYTES + 5)
+
+    result = CliRunner().invoke(
+        cli,
+        ["ingest", "-", "--bootstrap", broker.bootstrap, "--topic-prefix", topics.prefix],
+        input=over,  # and no final newline
+        catch_exceptions=False,
+    )
+
+    assert result.exit_code == 3, result.output
+    assert "<stdin>:1: rejected: too_large" in result.stderr
+    [letter] = read_deadletter(broker, topics, 1)
+    assert_too_large_letter(letter, "-", 1, key_for(over), over)
+
+
+def test_a_csv_row_over_the_event_limit_is_dead_lettered_not_sent(
     broker: EmbeddedBroker, topics: Topics, tmp_path: Path
 ) -> None:
-    header = "event_id,type,org_id,patient_id,recorded_at,source,data.month\n"
-    row = "c{},month.closed,practice-17,,2025-04-01T00:00:00Z,ehr,2025-03\n"
-    huge = 'c2,month.closed,practice-17,"' + "x" * (2 * MiB) + '",2025-04-01T00:00:00Z,ehr,\n'
+    header_row = "event_id,type,org_id,patient_id,recorded_at,source,data.month,data.activity\n"
+    row = "c{},month.closed,practice-17,,2025-04-01T00:00:00Z,ehr,2025-03,\n"
+    huge = 'c2,month.closed,practice-17,"' + "x" * (2 * MiB) + '",2025-04-01T00:00:00Z,ehr,,'
+    long_month = 'c4,month.closed,practice-17,,2025-04-01T00:00:00Z,ehr,"' + "y" * MiB + '",'
+    # under the limit as CSV, over it as JSON (each control character becomes \u0001);
+    # two cells, as csv.reader refuses a cell over 128 KiB
+    controls = "\x01" * 100_000
+    escaped = f"c5,month.closed,practice-17,,2025-04-01T00:00:00Z,ehr,{controls},{controls}"
     path = tmp_path / "feed.csv"
-    path.write_text(header + row.format(1) + huge + row.format(3))
+    path.write_text(
+        header_row + row.format(1) + huge + "\r\n" + long_month + "\n" + escaped + "\n"
+        + row.format(3)
+    )  # fmt: skip
 
     result = ingest(broker, topics, str(path))
 
     assert result.exit_code == 3, result.output
     assert f"{path}:3: rejected: too_large: row longer than 1,000,000 bytes" in result.stderr
-    assert "2 valid, 1 rejected (1 too large, not sent)" in result.stdout
+    assert f"{path}:4: rejected: too_large: row longer than 1,000,000 bytes" in result.stderr
+    assert f"{path}:5: rejected: too_large: event longer than 1,000,000 bytes" in result.stderr
+    assert "2 valid, 3 rejected (3 too large: dead-lettered to" in result.stdout
     ids = [orjson.loads(r.value)["event_id"] for r in read_ingress(broker, topics, 2).records]
     assert sorted(ids) == ["c1", "c3"]
+    letters = read_deadletter(broker, topics, 3)
+    assert len(letters) == 3, letters
+    practice = event_key("practice-17", None)
+    assert_too_large_letter(letters[0], "feed.csv", 3, None, huge.encode())  # patient cut
+    assert_too_large_letter(letters[1], "feed.csv", 4, practice, long_month.encode())
+    event = {
+        "event_id": "c5",
+        "type": "month.closed",
+        "schema_version": 1,
+        "org_id": "practice-17",
+        "recorded_at": "2025-04-01T00:00:00Z",
+        "source": "ehr",
+        "data": {"month": controls, "activity": controls},
+    }
+    assert_too_large_letter(letters[2], "feed.csv", 5, practice, orjson.dumps(event))
 
 
 # --- item 13: no cell values in problems ---------------------------------------------------
