@@ -25,9 +25,10 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_pipeline import read_all
 
 from projections.staff import StaffProjector
 from streams import state_codec
@@ -275,26 +276,6 @@ def test_a_state_folder_of_another_user_is_refused(tmp_path: Path) -> None:
 # -- a broker restart: the worker follows the new log ------------------------------------
 
 
-async def _read_log(bootstrap: str, topic: str) -> list[Any]:
-    """Every record of ``topic`` (all partitions), each partition in order."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(PARTS)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        out: list[Any] = []
-        idle = 0
-        while idle < 3:
-            got = await consumer.getmany(timeout_ms=300)
-            idle = 0 if got else idle + 1
-            for records in got.values():
-                out.extend(records)
-        return out
-    finally:
-        await consumer.stop()
-
-
 async def _republish(bootstrap: str, topic: str, records: list[Any]) -> None:
     """What ``caretally restore`` does: the same bytes, keys, headers, partitions, order."""
     producer = AIOKafkaProducer(
@@ -326,7 +307,7 @@ def test_a_worker_running_across_a_broker_restart_refolds_the_restored_log(
         async with Follower(bootstrap, topics, PARTS) as f:
             await produce(bootstrap, topics.ingress, lines)
             assert await f.until(lambda got: got.views() == expected, 120, quiet=1.0)
-        return await _read_log(bootstrap, topics.events)
+        return await read_all(bootstrap, topics.events)
 
     async def second_life(bootstrap: str, log: list[Any]) -> Follower:
         await _republish(bootstrap, topics.events, log)

@@ -22,10 +22,11 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from builders import Log
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
+from test_pipeline import read_all
 
 from streams.broker import EmbeddedBroker
 from streams.demo_live import expected_views
@@ -78,28 +79,8 @@ def start_worker(
     ).start()
 
 
-async def read_log(bootstrap: str, topic: str, parts: int = PARTS) -> list[Any]:
-    """Every record of ``topic`` now, each partition in order."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(parts)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        out: list[Any] = []
-        idle = 0
-        while idle < 3:
-            got = await consumer.getmany(timeout_ms=300)
-            idle = 0 if got else idle + 1
-            for records in got.values():
-                out.extend(records)
-        return out
-    finally:
-        await consumer.stop()
-
-
 def log_values(bootstrap: str, topic: str) -> list[bytes]:
-    return [r.value for r in asyncio.run(read_log(bootstrap, topic))]
+    return [r.value for r in asyncio.run(read_all(bootstrap, topic))]
 
 
 async def republish(bootstrap: str, topic: str, records: list[Any]) -> None:
@@ -150,7 +131,7 @@ def test_an_event_the_restored_log_lacks_is_accepted_again_after_a_broker_restar
         async with Follower(bootstrap, topics, PARTS) as f:
             await produce(bootstrap, topics.ingress, first + lost)
             assert await f.until(lambda got: got.views() == expected, 120, quiet=1.0)
-        return await read_log(bootstrap, topics.events)
+        return await read_all(bootstrap, topics.events)
 
     async def second_life(bootstrap: str) -> Follower:
         async with Follower(bootstrap, topics, PARTS) as f:
