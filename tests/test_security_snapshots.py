@@ -276,7 +276,7 @@ def test_a_state_folder_of_another_user_is_refused(tmp_path: Path) -> None:
 # -- a broker restart: the worker follows the new log ------------------------------------
 
 
-async def _republish(bootstrap: str, topic: str, records: list[Any]) -> None:
+async def republish(bootstrap: str, topic: str, records: list[Any]) -> None:
     """What ``caretally restore`` does: the same bytes, keys, headers, partitions, order."""
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, acks="all", max_request_size=PRODUCER_MAX_REQUEST_BYTES
@@ -310,7 +310,7 @@ def test_a_worker_running_across_a_broker_restart_refolds_the_restored_log(
         return await read_all(bootstrap, topics.events)
 
     async def second_life(bootstrap: str, log: list[Any]) -> Follower:
-        await _republish(bootstrap, topics.events, log)
+        await republish(bootstrap, topics.events, log)
         async with Follower(bootstrap, topics, PARTS) as f:
             await f.until(lambda got: got.views() == expected, 150, quiet=1.0)
             return f

@@ -15,18 +15,17 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
 from builders import Log
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from test_pipeline import read_all
+from test_security_snapshots import republish
 
 from streams.broker import EmbeddedBroker
 from streams.demo_live import expected_views
@@ -81,22 +80,6 @@ def start_worker(
 
 def log_values(bootstrap: str, topic: str) -> list[bytes]:
     return [r.value for r in asyncio.run(read_all(bootstrap, topic))]
-
-
-async def republish(bootstrap: str, topic: str, records: list[Any]) -> None:
-    """What ``caretally restore`` does: the same bytes, keys, headers, partitions, order."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await producer.start()
-    try:
-        futures = [
-            await producer.send(
-                topic, r.value, key=r.key, partition=r.partition, headers=list(r.headers)
-            )
-            for r in records
-        ]
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
 
 
 class Rec:
@@ -276,20 +259,7 @@ def worker_cli(bootstrap: str, topics: Topics, tmp_path: Path) -> subprocess.Com
     """``caretally worker --partitions 3``; a worker that does not refuse runs on until
     the (generous) timeout, which fails the test."""
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "streams.cli",
-            "worker",
-            "--bootstrap",
-            bootstrap,
-            "--topic-prefix",
-            topics.prefix,
-            "--partitions",
-            str(PARTS),
-            "--state-dir",
-            str(tmp_path / "state"),
-        ],
+        WorkerProcess(bootstrap, topics, PARTS, tmp_path / "state").args,
         capture_output=True,
         text=True,
         timeout=60,
