@@ -60,8 +60,10 @@ from streams.fold_partition import (
 from streams.ingress_gate import (
     TOO_LARGE,
     IngressGate,
+    Routed,
     Source,
     Target,
+    Verdict,
     Write,
     deadletter_write,
     from_bytes,
@@ -147,6 +149,9 @@ def too_large_error(exc: BaseException) -> bool:
         exc = exc.__cause__  # type: ignore[assignment]
     return False
 
+
+DUPLICATE_CHECK_SECONDS = 0.5
+"""How stale the gate's check of the log's id may be when a batch would drop a duplicate."""
 
 FOLD_YIELD_SECONDS = 0.05
 """Longest stretch of fold work between two turns of the event loop (consumer heartbeats,
@@ -456,16 +461,39 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str]) -> Any:
         for ev in batch:
             ev.message.acked = True
 
-    async def gate_batch(batch: Any) -> bool:
-        writes: list[GateWrite] = []
+    async def index_changed_before_dropping() -> bool:
+        """A duplicate is dropped for good, so before a batch drops one the index is held
+        to the log's id (at most every ``DUPLICATE_CHECK_SECONDS``): a recreated log seen
+        between two regular checks would otherwise lose a re-sent event. True when the
+        index was rebuilt."""
+        if time.monotonic() - gate_check.at < DUPLICATE_CHECK_SECONDS:
+            return False
+        shape = await events_shape()
+        changed = shape.topic_id != gate_log[0]
+        if changed:
+            log.warning("%s is a new log (a recreated topic): rebuilding the gate index", t.events)
+            await rebuild_index(shape)
+        gate_check.done(gate_check.assignments)
+        return changed
+
+    def route_batch(batch: Any) -> list[tuple[Any, Source, Routed]]:
+        out = []
         for ev in batch:
             msg = ev.message
             source = Source(msg.topic, msg.partition, msg.offset)
-            routed = gate.route(msg.value, msg.key, source, cfg.partitions)
-            counts[f"ingress.{routed.decision.verdict.value}"] += 1
-            value = msg.value or b""
-            idem = routed.decision.idem
-            writes.extend(GateWrite(w, source, msg.key, value, idem) for w in routed.writes)
+            out.append((msg, source, gate.route(msg.value, msg.key, source, cfg.partitions)))
+        return out
+
+    async def gate_batch(batch: Any) -> bool:
+        routed = route_batch(batch)
+        drops = any(r.decision.verdict is Verdict.DUPLICATE for _, _, r in routed)
+        if drops and await index_changed_before_dropping():
+            routed = route_batch(batch)  # against the index of the new log
+        writes: list[GateWrite] = []
+        for msg, source, r in routed:
+            counts[f"ingress.{r.decision.verdict.value}"] += 1
+            value, idem = msg.value or b"", r.decision.idem
+            writes.extend(GateWrite(w, source, msg.key, value, idem) for w in r.writes)
         return await write_batch(writes)
 
     async def gate_agent(stream: Any) -> None:
