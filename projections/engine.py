@@ -96,8 +96,8 @@ class Projector:
         self._days: dict[tuple[str, str], tuple[str, dict[str, set[date]]]] = {}
         self._by_month: dict[tuple[str, str], tuple[str, dict[str, list[Activity]]]] = {}
         # (org, patient, month) -> the claim lines billed when the month was (last) closed,
-        # their ids keyed by that close's event_id; plain tuples, since the worker pickles
-        # this state in its snapshots
+        # their ids keyed by that close's event_id; plain tuples, as the worker's JSON
+        # snapshots keep them
         self.closed_claims: dict[tuple[str, str, str], tuple[ClaimRef, ...]] = {}
 
     def step(self, event: Event, raw: bytes | None = None) -> StepResult:
@@ -318,10 +318,11 @@ class Projector:
         return [self.views[k] for k in sorted(self.views)]
 
 
-def _settings(ledger: Ledger, org: str) -> tuple[str, str]:
-    """What a ``practice.configured`` sets, as the evaluation reads it."""
-    practice = ledger.practice(org)
-    return practice.timezone, practice.facility_type
+def _settings(ledger: Ledger, org: str) -> tuple[str, str] | None:
+    """What a ``practice.configured`` sets, as the evaluation reads it (None: never set;
+    looked up without creating the practice, as the event may yet be refused)."""
+    practice = ledger.practices.get(org)
+    return None if practice is None else (practice.timezone, practice.facility_type)
 
 
 def _same_pairs(a: MonthBilling, b: MonthBilling) -> bool:
