@@ -3,14 +3,14 @@
 Writes JSON with at least:
 
 * ``duckdb_replay_events_per_s``: ``caretally replay --input ARCHIVE`` on a 10,000,000-event
-  archive (``streams.archive_replay.replay_views``, every view serialized);
+  archive (``streams.archive.replay.replay_views``, every view serialized);
 * ``fold_replay_events_per_s``: the event-by-event fold (parse + ``Ledger`` + billing) on a
   1,000,000-event sample of it (the first million in the archive's order), and the DuckDB
   replay on that same sample, with both outputs checked equal;
 * ``archiver_events_per_s``: ``caretally archive --once`` copying events from a real
   broker's log into a fresh archive (sustained, from the broker).
 
-The 10M-event archive is generated once (``streams.synthetic.generate_events``, every event
+The 10M-event archive is generated once (``streams.demo.synthetic.generate_events``, every event
 validated by ``parse_event`` and archived by ``archive_store.write_events`` over 8
 partitions, in two processes) and reused from ``--work-dir`` afterwards.
 
@@ -40,8 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from projections.engine import billing
 from projections.ledger import Ledger
 from schemas.events import parse_event
-from streams.archive_replay import replay_views
-from streams.archive_store import (
+from streams.archive.replay import replay_views
+from streams.archive.store import (
     Flush,
     archive_files,
     event_row,
@@ -49,8 +49,8 @@ from streams.archive_store import (
     write_events,
     write_flush,
 )
-from streams.records import event_key
-from streams.synthetic import generate_events
+from streams.demo.synthetic import generate_events
+from streams.kafka.records import event_key
 
 PARTITIONS = 8
 TARGET_EVENTS_PER_S = 1_000_000
@@ -169,9 +169,9 @@ def archiver_rate(events: list[bytes], work: Path) -> dict[str, Any]:
     """Produce ``events`` to a fresh embedded broker's log, then time ``archive --once``."""
     from kafka import KafkaProducer
 
-    from streams.archiver import archive_once
-    from streams.broker import EmbeddedBroker
-    from streams.topics import Topics, ensure_topics
+    from streams.archive.archiver import archive_once
+    from streams.kafka.broker import EmbeddedBroker
+    from streams.kafka.topics import Topics, ensure_topics
 
     root = work / "archiver-bench"
     shutil.rmtree(root, ignore_errors=True)

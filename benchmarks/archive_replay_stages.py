@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from streams.archive_replay import ArchiveReplay, stages
+from streams.archive.replay import ArchiveReplay, stages
 
 
 def main() -> None:

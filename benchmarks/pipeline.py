@@ -6,7 +6,7 @@
 One run, one fresh broker (a free loopback port; stopped at the end), one worker child
 process (``python -m streams.cli worker``, unique topic prefix and app id, fresh state
 dir, ``--sweep-interval 86400`` so the daily sweep never fires). ``care.ingress.v1`` has
-one partition whatever ``--partitions`` says (``streams.topics``: its order is the log's);
+one partition whatever ``--partitions`` says (``streams.kafka.topics``: its order is the log's);
 ``--partitions`` applies to the log and the output topics. Three measurements:
 
 1. **Sustained throughput.** ``--events`` synthetic events (``generate_events``: three
@@ -80,11 +80,11 @@ import orjson  # noqa: E402
 import psutil  # noqa: E402
 from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
 
-from streams.broker import EmbeddedBroker  # noqa: E402
-from streams.log_reader import read_to_end  # noqa: E402
-from streams.pipeline_client import Follower, WorkerProcess, produce  # noqa: E402
-from streams.records import billing_key  # noqa: E402
-from streams.topics import Topics, ensure_topics, partition_counts  # noqa: E402
+from streams.demo.client import Follower, WorkerProcess, produce  # noqa: E402
+from streams.kafka.broker import EmbeddedBroker  # noqa: E402
+from streams.kafka.log_reader import read_to_end  # noqa: E402
+from streams.kafka.records import billing_key  # noqa: E402
+from streams.kafka.topics import Topics, ensure_topics, partition_counts  # noqa: E402
 
 TARGET_EVENTS_PER_S = 20_000
 TARGET_P99_MS = 100.0
@@ -132,7 +132,7 @@ def percentile(values: list[float], q: float) -> float | None:
 def expected_views(lines: list[bytes], workdir: Path) -> tuple[dict[bytes, bytes], dict[str, int]]:
     """``{billing key: view JSON}`` as ``caretally replay`` computes it for ``lines``."""
     from projections.engine import billing
-    from streams.logfile import fold_file
+    from streams.files.logfile import fold_file
 
     path = workdir / "sustained.ndjson"
     with open(path, "wb") as fh:
@@ -573,7 +573,7 @@ async def run(
     args: argparse.Namespace, workdir: Path, broker: EmbeddedBroker, result: dict[str, Any]
 ) -> None:
     """The three phases; figures go into ``result`` as they come (kept on failure)."""
-    from streams.synthetic import generate_events
+    from streams.demo.synthetic import generate_events
 
     bootstrap = broker.bootstrap
     tag = uuid.uuid4().hex[:8]
@@ -863,7 +863,7 @@ def main(argv: list[str] | None = None) -> int:
         "worker_settings": {
             "sweep_interval_s": 86400,
             "snapshot_interval_s": 30.0,
-            "note": "streams/worker.py defaults otherwise",
+            "note": "streams/worker/app.py defaults otherwise",
         },
         "seed": args.seed,
     }

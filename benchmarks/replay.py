@@ -2,7 +2,7 @@
 
     python benchmarks/replay.py [--events 1000000] [--seed 7] [--log PATH] [--out FILE.json]
 
-The log comes from :func:`streams.synthetic.generate_events` and is cached under
+The log comes from :func:`streams.demo.synthetic.generate_events` and is cached under
 ``benchmarks/results/`` (git-ignored); a cached log is reused when its first lines match what
 the generator produces for the same ``--events`` and ``--seed``. The replay runs in a child
 process (``python -m streams.cli replay --input LOG --format json``) whose output goes to a
@@ -37,10 +37,10 @@ POLL_S = 0.02
 
 
 def _synthetic() -> Any:
-    """Import ``streams.synthetic`` from this checkout (the script may run from anywhere)."""
+    """Import ``streams.demo.synthetic`` from this checkout (the script may run from anywhere)."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    import streams.synthetic as synthetic
+    import streams.demo.synthetic as synthetic
 
     return synthetic
 

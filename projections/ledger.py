@@ -47,7 +47,7 @@ QUARTER_HOUR = 900
 # at the activity bound the fold of the worst patient-month (every activity a separate
 # interval) takes about 0.4 s in all and under 20 ms for its slowest event (2 cores, 2026-12).
 # Counted over applied events in log order, so the fold, ``caretally replay`` and the
-# archive replay (``streams.archive_replay``, in SQL) reject the same events.
+# archive replay (``streams.archive.replay``, in SQL) reject the same events.
 MAX_ACTIVITY_VERSIONS = 200
 """``activity.logged`` events (first loggings and amendments) per patient-month."""
 MAX_READINGS = 10_000

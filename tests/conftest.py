@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from streams.broker import EmbeddedBroker
-from streams.topics import Topics
+from streams.kafka.broker import EmbeddedBroker
+from streams.kafka.topics import Topics
 
 
 @pytest.fixture(scope="session")

@@ -10,10 +10,10 @@ from click.testing import CliRunner
 
 from projections.engine import fold
 from schemas.events import parse_event
-from streams.archive_sql import ArchiveSql, SqlRejected
-from streams.archive_store import write_events
-from streams.cli import cli
-from streams.synthetic import generate_practice_log, write_ndjson
+from streams.archive.sql import ArchiveSql, SqlRejected
+from streams.archive.store import write_events
+from streams.cli.main import cli
+from streams.demo.synthetic import generate_practice_log, write_ndjson
 
 
 @pytest.fixture(scope="module")

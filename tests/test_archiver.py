@@ -19,24 +19,24 @@ import pyarrow.parquet as pq
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from streams.archive_store import (
-    COMMITTED,
-    archive_files,
-    committed,
-    next_offsets,
-    read_raw,
-)
-from streams.archiver import (
+from streams.archive.archiver import (
     SOURCE_FILE,
     ArchiveError,
     Archiver,
     archive_once,
     fetch_highwaters,
 )
-from streams.broker import EmbeddedBroker
-from streams.restore import LogWriter
-from streams.synthetic import generate_events
-from streams.topics import Topics, ensure_topics
+from streams.archive.restore import LogWriter
+from streams.archive.store import (
+    COMMITTED,
+    archive_files,
+    committed,
+    next_offsets,
+    read_raw,
+)
+from streams.demo.synthetic import generate_events
+from streams.kafka.broker import EmbeddedBroker
+from streams.kafka.topics import Topics, ensure_topics
 
 PARTS = 3
 pytestmark = pytest.mark.slow
@@ -135,7 +135,7 @@ class ArchiverProcess:
         self.args = [
             sys.executable,
             "-m",
-            "streams.cli",
+            "streams.cli.main",
             "archive",
             "--once" if once else "--follow",
             "--bootstrap",
@@ -343,7 +343,7 @@ def test_refuses_an_archive_of_another_log(
             [
                 sys.executable,
                 "-m",
-                "streams.cli",
+                "streams.cli.main",
                 "archive",
                 "--once",
                 "--bootstrap",

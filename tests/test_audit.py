@@ -1,5 +1,5 @@
 """`caretally audit`: the auditor's view of one patient-month (projections/audit.py, the
-command in streams/cmd_audit.py, formats in streams/audit_render.py).
+command in streams/cli/audit.py, formats in streams/render/audit.py).
 
 Real files, a real Parquet archive read through DuckDB, no mocks.
 """
@@ -18,9 +18,9 @@ from click.testing import CliRunner, Result
 
 from projections.audit import ActivityRow, AuditNotFound, AuditReport, audit_month
 from schemas.events import parse_event
-from streams import archive_store
-from streams.audit_render import CSV_COLUMNS, report_dict
-from streams.cli import cli
+from streams.archive import store as archive_store
+from streams.cli.main import cli
+from streams.render.audit import CSV_COLUMNS, report_dict
 
 ORG, PATIENT, MONTH = "practice-1", "P-1", "2025-03"
 VOID_RECORDED = "2025-03-20T12:00:00Z"
@@ -507,7 +507,7 @@ def test_every_patient_month_of_a_synthetic_practice_reconciles_with_replay() ->
     audit's minutes, codes, flags and payment are replay's, and every second is
     counted or explained."""
     from projections.engine import replay
-    from streams.synthetic import generate_practice_log
+    from streams.demo.synthetic import generate_practice_log
 
     lines = [
         orjson.dumps(e)

@@ -13,7 +13,7 @@ import pytest
 from builders import Log
 from click.testing import CliRunner
 
-from streams.cli import EXIT_BAD_LINES, cli
+from streams.cli.main import EXIT_BAD_LINES, cli
 
 
 def _log_file(tmp_path: Path, extra_lines: list[bytes] | None = None) -> Path:

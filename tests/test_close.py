@@ -24,12 +24,12 @@ from test_pipeline import worker_for
 from projections.claims import ClaimLine, claim_line_id, claim_refs, month_claims, reach
 from projections.engine import Projector, fold
 from schemas.views import Alert
-from streams.broker import EmbeddedBroker, free_port
-from streams.cli import cli
-from streams.demo_live import expected_views
-from streams.month_close import claims_stem
-from streams.pipeline_client import Follower, produce
-from streams.topics import Topics
+from streams.cli.main import cli
+from streams.close.month_close import claims_stem
+from streams.demo.client import Follower, produce
+from streams.demo.live import expected_views
+from streams.kafka.broker import EmbeddedBroker, free_port
+from streams.kafka.topics import Topics
 
 P, Q = "P-000123", "P-000456"
 MARCH = "2025-03"

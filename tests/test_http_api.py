@@ -1,7 +1,7 @@
 """`caretally serve` end to end: a real broker, real HTTP on loopback, real key files.
 
 The server runs in a background thread with its own event loop. Billing views and alerts
-are produced straight to their topics in the streams.records formats (the worker is not
+are produced straight to their topics in the streams.kafka.records formats (the worker is not
 needed), and POSTed events are read back from the ingress topic.
 """
 
@@ -23,11 +23,11 @@ import orjson
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from streams.api_keys import ApiKeyStore, create_key, list_keys, revoke_key
-from streams.broker import EmbeddedBroker
-from streams.http_api import Server, StateCache, build_app, start
-from streams.records import billing_key, event_key
-from streams.topics import Topics, ensure_topics
+from streams.http.api import Server, StateCache, build_app, start
+from streams.http.api_keys import ApiKeyStore, create_key, list_keys, revoke_key
+from streams.kafka.broker import EmbeddedBroker
+from streams.kafka.records import billing_key, event_key
+from streams.kafka.topics import Topics, ensure_topics
 
 MONTH = "2025-03"
 MAX_BODY = 1024 * 1024
@@ -615,7 +615,7 @@ def test_a_slow_subscriber_is_dropped_without_blocking_others() -> None:
 def test_keys_commands_store_only_a_digest(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from streams.cli import cli
+    from streams.cli.main import cli
 
     path = tmp_path / "sub" / "keys.json"
     runner = CliRunner()
@@ -639,8 +639,8 @@ def test_keys_commands_store_only_a_digest(tmp_path: Path) -> None:
 def test_serve_without_a_broker_fails_clearly(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from streams.broker import free_port
-    from streams.cli import cli
+    from streams.cli.main import cli
+    from streams.kafka.broker import free_port
 
     address = f"127.0.0.1:{free_port()}"
     args = ["serve", "--bootstrap", address, "--keys", str(tmp_path / "k.json")]
@@ -660,7 +660,7 @@ def test_posted_events_come_back_as_billing_and_live_alerts_through_the_worker(
     SSE: what the HTTP API serves is what an offline replay gives for the same events."""
     from builders import Log
 
-    from streams.pipeline_client import WorkerProcess
+    from streams.demo.client import WorkerProcess
 
     topics = Topics(prefix=f"t{uuid.uuid4().hex[:10]}.")
     ensure_topics(broker.bootstrap, topics, partitions=2)

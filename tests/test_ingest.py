@@ -20,14 +20,14 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.partitioner.default import murmur2
 
 from schemas.events import parse_event
-from streams import cmd_ingest
-from streams.broker import EmbeddedBroker, free_port
-from streams.cli import EXIT_BAD_LINES, cli
-from streams.csv_events import ANY_FIELD_KINDS, CsvHeaderError, read_csv_events
-from streams.limits import DEADLETTER_EXCERPT_BYTES
-from streams.records import event_key, header
-from streams.synthetic import generate_practice_log
-from streams.topics import Topics
+from streams.cli import ingest as cmd_ingest
+from streams.cli.main import EXIT_BAD_LINES, cli
+from streams.demo.synthetic import generate_practice_log
+from streams.ingest.csv_events import ANY_FIELD_KINDS, CsvHeaderError, read_csv_events
+from streams.kafka.broker import EmbeddedBroker, free_port
+from streams.kafka.limits import DEADLETTER_EXCERPT_BYTES
+from streams.kafka.records import event_key, header
+from streams.kafka.topics import Topics
 
 PARTS = 3
 ORG = "practice-17"
@@ -555,7 +555,7 @@ def test_an_oversized_line_is_dead_lettered_and_not_sent(
 
     result = ingest(broker, topics, str(path))
 
-    assert result.exit_code == 3  # rejected here (streams.limits.EVENT_MAX_BYTES), not sent
+    assert result.exit_code == 3  # rejected here (streams.kafka.limits.EVENT_MAX_BYTES), not sent
     assert f"{path}:2: rejected: too_large: line longer than 1,000,000 bytes" in result.stderr
     assert "sent 2 line(s)" in result.stdout
     assert f"1 too large: dead-lettered to {topics.deadletter}, not sent as" in result.stdout

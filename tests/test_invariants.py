@@ -15,7 +15,7 @@ from projections.billing import MonthBilling
 from projections.engine import replay
 from projections.rulebook import book_for_month
 from schemas.events import parse_event
-from streams.synthetic import generate_events
+from streams.demo.synthetic import generate_events
 
 FLAG = re.compile(
     r"^(missing_consent|consent_after_activity|missing_care_plan"

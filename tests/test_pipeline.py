@@ -17,11 +17,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from projections.engine import Projector
 from schemas.events import EventRejected, parse_event
 from schemas.views import Alert
-from streams.broker import EmbeddedBroker
-from streams.demo_live import expected_views
-from streams.pipeline_client import Follower, WorkerProcess, produce
-from streams.synthetic import generate_events, generate_practice_log
-from streams.topics import Topics, ensure_topics
+from streams.demo.client import Follower, WorkerProcess, produce
+from streams.demo.live import expected_views
+from streams.demo.synthetic import generate_events, generate_practice_log
+from streams.kafka.broker import EmbeddedBroker
+from streams.kafka.topics import Topics, ensure_topics
 
 PARTS = 3
 pytestmark = pytest.mark.slow

@@ -27,12 +27,12 @@ from test_archiver import (
     write_log,
 )
 
-from streams.archiver import ArchiveError, archive_once, fetch_highwaters, lock_archive
-from streams.broker import EmbeddedBroker
-from streams.demo_live import expected_views
-from streams.pipeline_client import Follower, WorkerProcess, produce
-from streams.restore import ArchivedRow, LogOrder, NotEmpty, restore
-from streams.topics import Topics, ensure_topics
+from streams.archive.archiver import ArchiveError, archive_once, fetch_highwaters, lock_archive
+from streams.archive.restore import ArchivedRow, LogOrder, NotEmpty, restore
+from streams.demo.client import Follower, WorkerProcess, produce
+from streams.demo.live import expected_views
+from streams.kafka.broker import EmbeddedBroker
+from streams.kafka.topics import Topics, ensure_topics
 
 
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

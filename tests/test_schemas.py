@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from schemas import EVENT_TYPES, EventRejected, parse_event
-from streams.cli import cli
+from streams.cli.main import cli
 
 ENVELOPE: dict[str, Any] = {
     "event_id": "ehr-main:000001",

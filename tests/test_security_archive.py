@@ -24,12 +24,12 @@ from kafka import KafkaProducer
 
 from projections.engine import replay
 from schemas.events import parse_event
-from streams.archive_store import archive_files, org_dir, org_months, read_raw, write_events
-from streams.archiver import archive_once
-from streams.broker import EmbeddedBroker
-from streams.cli import cli
-from streams.restore import LogWriter
-from streams.topics import Topics, ensure_topics
+from streams.archive.archiver import archive_once
+from streams.archive.restore import LogWriter
+from streams.archive.store import archive_files, org_dir, org_months, read_raw, write_events
+from streams.cli.main import cli
+from streams.kafka.broker import EmbeddedBroker
+from streams.kafka.topics import Topics, ensure_topics
 
 PARTS = 3
 PERCENT = "%" * 100  # 300 bytes percent-encoded

@@ -29,13 +29,13 @@ from test_pipeline import worker_for
 from projections.claims import month_claims
 from projections.engine import Projector, fold
 from schemas.events import parse_event
-from streams.broker import EmbeddedBroker
-from streams.cli import cli
-from streams.demo_live import expected_views
-from streams.log_reader import read_to_end
-from streams.month_close import claims_stem
-from streams.pipeline_client import Follower, produce
-from streams.topics import Topics, ensure_topics
+from streams.cli.main import cli
+from streams.close.month_close import claims_stem
+from streams.demo.client import Follower, produce
+from streams.demo.live import expected_views
+from streams.kafka.broker import EmbeddedBroker
+from streams.kafka.log_reader import read_to_end
+from streams.kafka.topics import Topics, ensure_topics
 
 MARCH = "2025-03"
 PARTS = 3

@@ -34,16 +34,16 @@ import projections.ledger as ledger_module
 from projections.engine import Projector, replay
 from projections.ledger import Ledger, Status
 from schemas.events import parse_event
-from streams.api_keys import ApiKeyStore, create_key
-from streams.archive_replay import replay_archive
-from streams.archive_store import write_events
-from streams.broker import EmbeddedBroker
-from streams.cli import cli
-from streams.fold_partition import DEADLETTER, FoldPartition
-from streams.http_api import build_app
-from streams.pipeline_client import Follower, produce
-from streams.records import header
-from streams.topics import Topics, ensure_topics
+from streams.archive.replay import replay_archive
+from streams.archive.store import write_events
+from streams.cli.main import cli
+from streams.demo.client import Follower, produce
+from streams.http.api import build_app
+from streams.http.api_keys import ApiKeyStore, create_key
+from streams.kafka.broker import EmbeddedBroker
+from streams.kafka.records import header
+from streams.kafka.topics import Topics, ensure_topics
+from streams.worker.partition import DEADLETTER, FoldPartition
 
 # the documented bounds (projections/ledger.py); the defaults let this file run on a tree
 # without them, where every test below fails on its assertions
@@ -240,7 +240,7 @@ def test_a_batch_beyond_a_minute_of_the_default_limit_is_refused(
 
 
 def test_each_org_has_its_own_token_bucket(broker: EmbeddedBroker, tmp_path: Path) -> None:
-    from streams.rate_limit import OrgRateLimits
+    from streams.http.rate_limit import OrgRateLimits
 
     with _api(broker, tmp_path, rate_limits=OrgRateLimits(5, 2)) as api:
         for n in range(5):
@@ -280,7 +280,7 @@ def test_serve_has_the_rate_limit_options() -> None:
 def test_a_long_fold_loop_lets_other_tasks_run() -> None:
     """What the fold agent awaits after each record: over a second of work in one
     coroutine, a heartbeat-like task still gets its turns (none without the pause)."""
-    from streams.worker import LoopPause
+    from streams.worker.app import LoopPause
 
     async def main() -> int:
         ticks = 0

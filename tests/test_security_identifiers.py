@@ -32,15 +32,15 @@ from test_ingest import ingest
 
 from projections.ledger import idempotency_digest
 from schemas.events import EventRejected, parse_event
-from streams.broker import EmbeddedBroker
-from streams.cli import cli
-from streams.fold_partition import BILLING, DEADLETTER, FoldPartition
-from streams.http_api import StateCache
-from streams.ingress_gate import IngressGate, Verdict
-from streams.month_close import scan
-from streams.records import billing_key, event_key
-from streams.synthetic import generate_events
-from streams.topics import Topics, ensure_topics
+from streams.cli.main import cli
+from streams.close.month_close import scan
+from streams.demo.synthetic import generate_events
+from streams.http.api import StateCache
+from streams.kafka.broker import EmbeddedBroker
+from streams.kafka.records import billing_key, event_key
+from streams.kafka.topics import Topics, ensure_topics
+from streams.worker.gate import IngressGate, Verdict
+from streams.worker.partition import BILLING, DEADLETTER, FoldPartition
 
 __all__ = ["api"]  # the module-scoped HTTP server fixture of test_http_api
 
@@ -165,7 +165,7 @@ def test_keys_are_injective(a: tuple[str, str, str], b: tuple[str, str, str]) ->
 @settings(max_examples=300, deadline=None)
 @given(ids=st.tuples(ANY_ID, ANY_ID, ANY_ID))
 def test_keys_decode_to_their_ids(ids: tuple[str, str, str]) -> None:
-    from streams.records import key_parts  # new with the fix
+    from streams.kafka.records import key_parts  # new with the fix
 
     assert key_parts(billing_key(*ids)) == ids
     assert key_parts(event_key(ids[0], ids[1] or None)) == ids[:2]
@@ -180,7 +180,7 @@ def test_keys_of_valid_ids_are_unchanged() -> None:
 
 
 def test_a_key_we_did_not_write_decodes_to_nothing() -> None:
-    from streams.records import key_parts  # new with the fix
+    from streams.kafka.records import key_parts  # new with the fix
 
     for key in (b"a/b:c", b"a/3a:c", b"\xff:c", None):
         assert key_parts(key) is None

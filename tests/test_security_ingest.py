@@ -24,12 +24,12 @@ import orjson
 import pytest
 from click.testing import CliRunner, Result
 
-from streams.broker import EmbeddedBroker
-from streams.cli import cli
-from streams.limits import DEADLETTER_EXCERPT_BYTES, EVENT_MAX_BYTES
-from streams.records import event_key, header
-from streams.synthetic import generate_practice_log
-from streams.topics import Topics
+from streams.cli.main import cli
+from streams.demo.synthetic import generate_practice_log
+from streams.kafka.broker import EmbeddedBroker
+from streams.kafka.limits import DEADLETTER_EXCERPT_BYTES, EVENT_MAX_BYTES
+from streams.kafka.records import event_key, header
+from streams.kafka.topics import Topics
 from tests.test_ingest import (
     assert_in_ingress,
     assert_too_large_letter,

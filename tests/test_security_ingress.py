@@ -18,14 +18,14 @@ from builders import Log
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streams.broker import EmbeddedBroker
-from streams.ingress_gate import IngressGate, Verdict
-from streams.pipeline_client import WorkerProcess
-from streams.records import header, key_of
-from streams.topics import Topics, ensure_topics
+from streams.demo.client import WorkerProcess
+from streams.kafka.broker import EmbeddedBroker
+from streams.kafka.records import header, key_of
+from streams.kafka.topics import Topics, ensure_topics
+from streams.worker.gate import IngressGate, Verdict
 
 try:  # so the broker tests also run (and fail) on the code before the fix
-    from streams.limits import (
+    from streams.kafka.limits import (
         DEADLETTER_EXCERPT_BYTES,
         EVENT_MAX_BYTES,
         PRODUCER_MAX_REQUEST_BYTES,
@@ -76,7 +76,7 @@ records = st.one_of(
 def test_every_record_gets_exactly_one_outcome_and_writes_that_fit(
     batch: list[tuple[bytes, bytes | None]],
 ) -> None:
-    from streams.ingress_gate import Source, Target
+    from streams.worker.gate import Source, Target
 
     gate = IngressGate()
     logged: dict[int, int] = {}

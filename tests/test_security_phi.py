@@ -28,12 +28,12 @@ from builders import Log
 from kafka import KafkaProducer
 from test_pipeline import read_all
 
-from streams.api_keys import create_key
-from streams.broker import EmbeddedBroker, free_port
-from streams.limits import EVENT_MAX_BYTES, PRODUCER_MAX_REQUEST_BYTES
-from streams.pipeline_client import WorkerProcess
-from streams.records import header
-from streams.topics import Topics, ensure_topics
+from streams.demo.client import WorkerProcess
+from streams.http.api_keys import create_key
+from streams.kafka.broker import EmbeddedBroker, free_port
+from streams.kafka.limits import EVENT_MAX_BYTES, PRODUCER_MAX_REQUEST_BYTES
+from streams.kafka.records import header
+from streams.kafka.topics import Topics, ensure_topics
 
 pytestmark = pytest.mark.slow
 

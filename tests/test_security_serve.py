@@ -30,11 +30,11 @@ import pytest
 from click.testing import CliRunner
 from kafka import KafkaProducer
 
-from streams.api_keys import create_key
-from streams.broker import EmbeddedBroker
-from streams.cli import cli
-from streams.records import event_key
-from streams.topics import Topics
+from streams.cli.main import cli
+from streams.http.api_keys import create_key
+from streams.kafka.broker import EmbeddedBroker
+from streams.kafka.records import event_key
+from streams.kafka.topics import Topics
 
 PATIENT = "P-PHI-7731"  # must never show up in the log or an error body
 READY = "caretally serve: http://127.0.0.1:"

@@ -31,16 +31,16 @@ from hypothesis import strategies as st
 from test_pipeline import read_all
 
 from projections.staff import StaffProjector
-from streams import state_codec
-from streams.broker import EmbeddedBroker, free_port
-from streams.demo_live import expected_views
-from streams.fold_partition import STAFF, FoldPartition
-from streams.limits import PRODUCER_MAX_REQUEST_BYTES
-from streams.pipeline_client import Follower, WorkerProcess, produce
-from streams.snapshots import Slot, SnapshotStore
-from streams.synthetic import generate_events, generate_practice_log
-from streams.topics import Topics, ensure_topics
-from streams.worker import staff_item
+from streams.demo.client import Follower, WorkerProcess, produce
+from streams.demo.live import expected_views
+from streams.demo.synthetic import generate_events, generate_practice_log
+from streams.kafka.broker import EmbeddedBroker, free_port
+from streams.kafka.limits import PRODUCER_MAX_REQUEST_BYTES
+from streams.kafka.topics import Topics, ensure_topics
+from streams.worker import state_codec
+from streams.worker.app import staff_item
+from streams.worker.partition import STAFF, FoldPartition
+from streams.worker.snapshots import Slot, SnapshotStore
 
 PARTS = 3
 
@@ -221,7 +221,7 @@ def run_worker_cli(state_dir: Path, *extra: str) -> subprocess.CompletedProcess[
         [
             sys.executable,
             "-m",
-            "streams.cli",
+            "streams.cli.main",
             "worker",
             "--bootstrap",
             f"127.0.0.1:{free_port()}",

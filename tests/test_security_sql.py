@@ -16,9 +16,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from schemas.events import parse_event
-from streams.archive_store import COMMITTED, archive_files, org_dir, write_events
-from streams.cli import cli
-from streams.synthetic import generate_practice_log
+from streams.archive.store import COMMITTED, archive_files, org_dir, write_events
+from streams.cli.main import cli
+from streams.demo.synthetic import generate_practice_log
 
 PAYMENTS = "SELECT round(sum(estimated_payment), 2) FROM patient_months"
 

@@ -1,4 +1,4 @@
-"""Security hardening (#9), follow-ups of items 1 and 10 in ``streams/worker.py``.
+"""Security hardening (#9), follow-ups of items 1 and 10 in ``streams/worker/app.py``.
 
 * The gate's dedupe index follows its log: after a broker restart and a restore that
   lacks an event, that event sent again reaches the new log (it was dropped as a
@@ -27,14 +27,14 @@ from kafka.admin import NewTopic
 from test_pipeline import read_all
 from test_security_snapshots import republish
 
-from streams.broker import EmbeddedBroker
-from streams.demo_live import expected_views
-from streams.pipeline_client import Follower, WorkerProcess, produce
-from streams.records import event_key
-from streams.topics import Topics, ensure_topics
+from streams.demo.client import Follower, WorkerProcess, produce
+from streams.demo.live import expected_views
+from streams.kafka.broker import EmbeddedBroker
+from streams.kafka.records import event_key
+from streams.kafka.topics import Topics, ensure_topics
 
 PARTS = 3
-CHECK_INTERVAL = 10.0  # streams.worker.LOG_CHECK_INTERVAL (not importable on the base)
+CHECK_INTERVAL = 10.0  # streams.worker.app.LOG_CHECK_INTERVAL (not importable on the base)
 FATAL_EXIT = 3
 
 LOG = Log(org="o-restart")

@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 
 from projections.engine import replay
 from schemas.events import parse_event
-from streams.fold_partition import ALERTS, BILLING, DEADLETTER, STAFF, FoldPartition, sweep_clock
-from streams.ingress_gate import IngressGate, Verdict
-from streams.snapshots import Slot, SnapshotStore
-from streams.worker import staff_item
+from streams.worker.app import staff_item
+from streams.worker.gate import IngressGate, Verdict
+from streams.worker.partition import ALERTS, BILLING, DEADLETTER, STAFF, FoldPartition, sweep_clock
+from streams.worker.snapshots import Slot, SnapshotStore
 
 GOOD = orjson.dumps(Log().conditions("P-1"))
 

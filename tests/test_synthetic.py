@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from schemas import parse_event
-from streams.synthetic import generate_events, generate_practice_log, write_ndjson
+from streams.demo.synthetic import generate_events, generate_practice_log, write_ndjson
 
 Event = dict[str, Any]
 

@@ -1,0 +1,1 @@
+"""The Parquet archive of the log: its format, the archiver, replay, SQL and restore."""

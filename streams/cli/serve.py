@@ -1,0 +1,359 @@
+"""``caretally serve`` (the HTTP API) and ``caretally keys`` (its org API keys)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import click
+
+from streams.cli.options import bootstrap_option, prefix_option
+from streams.http.rate_limit import DEFAULT_EVENTS_PER_MINUTE, DEFAULT_PRACTICE_EVENTS_PER_MINUTE
+from streams.kafka.topics import DEFAULT_PARTITIONS
+
+MIB = 1024 * 1024
+
+_keys_option = click.option(
+    "--keys",
+    "keys_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    metavar="FILE",
+    help="API key file [default: $CARETALLY_API_KEYS, else .caretally/api-keys.json].",
+)
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+@click.command(short_help="Run the HTTP API: ingest events, billing queries, live alerts.")
+@bootstrap_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="TCP port."
+)
+@_keys_option
+@prefix_option
+@click.option(
+    "--max-body-bytes",
+    default=5 * MIB,
+    show_default=True,
+    type=click.IntRange(min=1024),
+    help="Largest POST /v1/events body; bigger ones get 413.",
+)
+@click.option(
+    "--header-timeout",
+    envvar="CARETALLY_SERVE_HEADER_TIMEOUT",
+    show_envvar=True,
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    metavar="SECONDS",
+    help="A request head must be complete this long after its first byte, else 408 and close.",
+)
+@click.option(
+    "--body-timeout",
+    envvar="CARETALLY_SERVE_BODY_TIMEOUT",
+    show_envvar=True,
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    metavar="SECONDS",
+    help="A request body must be complete this long after its head, else 408 and close.",
+)
+@click.option(
+    "--idle-timeout",
+    envvar="CARETALLY_SERVE_IDLE_TIMEOUT",
+    show_envvar=True,
+    default=75.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    metavar="SECONDS",
+    help="Close a connection with no request in progress after this long (keep-alive); "
+    "keep it above a proxy's upstream keep-alive.",
+)
+@click.option(
+    "--max-connections",
+    envvar="CARETALLY_SERVE_MAX_CONNECTIONS",
+    show_envvar=True,
+    default=1000,
+    show_default=True,
+    type=click.IntRange(min=16),
+    help="Open connections at most; at the cap a new one evicts the oldest idle or "
+    "still-sending-its-head connection, else gets 503. Lowered to fit the open-file limit.",
+)
+@click.option(
+    "--rate-limit",
+    envvar="CARETALLY_SERVE_RATE_LIMIT",
+    show_envvar=True,
+    default=DEFAULT_EVENTS_PER_MINUTE,
+    show_default=True,
+    type=click.IntRange(min=1),
+    metavar="EVENTS_PER_MINUTE",
+    help="Events one org may POST a minute (a token bucket holding a minute's worth); "
+    "beyond it 429 with Retry-After.",
+)
+@click.option(
+    "--practice-rate-limit",
+    envvar="CARETALLY_SERVE_PRACTICE_RATE_LIMIT",
+    show_envvar=True,
+    default=DEFAULT_PRACTICE_EVENTS_PER_MINUTE,
+    show_default=True,
+    type=click.IntRange(min=1),
+    metavar="EVENTS_PER_MINUTE",
+    help="Practice-wide events (practice.configured, month.closed) one org may POST a "
+    "minute; each touches every patient of the org.",
+)
+@click.option(
+    "--partitions",
+    default=DEFAULT_PARTITIONS,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Partitions of each topic, when serve creates them.",
+)
+@click.option(
+    "--loglevel",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
+def serve(
+    bootstrap: str | None,
+    host: str,
+    port: int,
+    keys_file: Path | None,
+    topic_prefix: str | None,
+    max_body_bytes: int,
+    header_timeout: float,
+    body_timeout: float,
+    idle_timeout: float,
+    max_connections: int,
+    rate_limit: int,
+    practice_rate_limit: int,
+    partitions: int,
+    loglevel: str,
+) -> None:
+    """Run the HTTP API until Ctrl-C or SIGTERM.
+
+    \b
+    POST /v1/events                                  one JSON event, or an NDJSON batch
+    GET  /v1/orgs/ORG/patients/PATIENT/months/YYYY-MM  billing view of a patient-month
+    GET  /v1/orgs/ORG/worklist?month=YYYY-MM         billable / blocked / in progress
+    GET  /v1/orgs/ORG/alerts[?replay=N]              live alerts (Server-Sent Events)
+    GET  /healthz                                    no key needed
+
+    Every other request needs an org API key (`caretally keys create --org ORG`),
+    sent as `Authorization: Bearer KEY` or `X-API-Key: KEY`; a key only reaches its
+    own org. A batch is all or nothing: one invalid line (reported with its line
+    number) and no event of it is written. Accepted events go to the ingress topic;
+    `caretally worker` turns them into billing and alerts, which this server reads.
+
+    Slow or idle connections are cut (--header-timeout, --body-timeout, --idle-timeout)
+    and their number is capped (--max-connections); alert streams are exempt. Listen on
+    loopback and put a reverse proxy (TLS, rate limits) in front before --host 0.0.0.0.
+
+    \b
+    Examples:
+      caretally keys create --org practice-17       # prints the key once
+      caretally serve --port 8080
+      curl -H "Authorization: Bearer $KEY" -H 'Content-Type: application/x-ndjson' \\
+           --data-binary @events.ndjson http://127.0.0.1:8080/v1/events
+      curl -N -H "Authorization: Bearer $KEY" \\
+           'http://127.0.0.1:8080/v1/orgs/practice-17/alerts?replay=20'
+    """
+    import asyncio
+    import logging
+    import signal
+
+    from aiokafka.errors import KafkaError
+
+    from streams.http.api import Server, build_app
+    from streams.http.api import serve as run_server
+    from streams.http.api_keys import ApiKeyError, ApiKeyStore, resolve_path
+    from streams.http.guard import ConnectionLimits, fit_connection_cap
+    from streams.http.rate_limit import OrgRateLimits
+    from streams.kafka import bootstrap as bs
+    from streams.kafka.broker import reachable
+    from streams.kafka.topics import Topics, ensure_topics
+
+    logging.basicConfig(
+        level=getattr(logging, loglevel.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("aiokafka", "kafka"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+    address, _named = bs.resolve(bootstrap)
+    path = resolve_path(keys_file)
+    try:
+        keys = ApiKeyStore(path)
+    except ApiKeyError as exc:
+        _fail(str(exc))
+    if len(keys) == 0:
+        click.echo(
+            f"warning: no active API keys in {path}; every request but /healthz gets 401 "
+            "(create one with `caretally keys create --org ORG`)",
+            err=True,
+        )
+    if not reachable(address):
+        _fail(
+            f"no Kafka broker answers at {address} "
+            "(start one with `caretally broker`, or pass --bootstrap)"
+        )
+    topics = Topics.from_env(topic_prefix)
+    try:
+        ensure_topics(address, topics, partitions)
+    except Exception as exc:  # kafka-python raises a zoo of errors for a sick broker
+        _fail(f"cannot create the topics on {address}: {exc}")
+
+    app = build_app(
+        address,
+        topics,
+        keys,
+        max_body_bytes=max_body_bytes,
+        rate_limits=OrgRateLimits(rate_limit, practice_rate_limit),
+    )
+    cap = fit_connection_cap(max_connections)
+    if cap < max_connections:
+        click.echo(
+            f"warning: the open-file limit leaves room for {cap} connections, "
+            f"not {max_connections}; raise `ulimit -n`",
+            err=True,
+        )
+    limits = ConnectionLimits(header_timeout, body_timeout, idle_timeout, cap)
+
+    def ready(server: Server) -> None:
+        click.echo(
+            f"caretally serve: http://{server.host}:{server.port} (Kafka {address}, "
+            f"keys {path}); Ctrl-C to stop",
+            err=True,
+        )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_server(app, host, port, stop, on_ready=ready, limits=limits)
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:  # Ctrl-C before the signal handlers were in place
+        sys.exit(130)
+    except KafkaError as exc:
+        _fail(f"Kafka at {address}: {exc}")
+    except OSError as exc:
+        _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+    except RuntimeError as exc:  # e.g. a topic vanished between creation and start
+        _fail(str(exc))
+    click.echo("caretally serve: stopped", err=True)
+
+
+@click.group(short_help="Create, list and revoke the org API keys of `caretally serve`.")
+def keys() -> None:
+    """Org API keys for `caretally serve`.
+
+    Keys are stored hashed (SHA-256) in a JSON file, mode 0600; the key itself is
+    printed once, when it is created. A running server picks up changes within a
+    second, so `keys revoke` needs no restart.
+
+    \b
+    Examples:
+      caretally keys create --org practice-17
+      caretally keys list
+      caretally keys revoke 3f9a0c21
+      caretally keys create --org practice-17 --keys /etc/caretally/api-keys.json
+    """
+
+
+@keys.command("create", short_help="Create a key for an org and print it (once).")
+@click.option("--org", "org_id", required=True, metavar="ORG", help="The org_id the key acts as.")
+@_keys_option
+def keys_create(org_id: str, keys_file: Path | None) -> None:
+    """Create a key for ORG; the key goes to stdout (alone, for scripts), notes to stderr.
+
+    \b
+    Example:
+      KEY=$(caretally keys create --org practice-17)
+    """
+    from streams.http.api_keys import ApiKeyError, create_key, resolve_path
+
+    path = resolve_path(keys_file)
+    try:
+        record, key = create_key(path, org_id)
+    except ApiKeyError as exc:
+        _fail(str(exc))
+    click.echo(key)
+    click.echo(
+        f"created key {record.key_id} for org {org_id!r} in {path}; "
+        "store it now: it cannot be shown again",
+        err=True,
+    )
+
+
+@keys.command("list", short_help="List keys (id, org, prefix, created, status).")
+@_keys_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per key.")
+def keys_list(keys_file: Path | None, as_json: bool) -> None:
+    """List the keys: never the keys themselves, only their id and first characters.
+
+    \b
+    Examples:
+      caretally keys list
+      caretally keys list --json
+    """
+    import orjson
+
+    from streams.http.api_keys import ApiKeyError, list_keys, resolve_path
+
+    path = resolve_path(keys_file)
+    try:
+        records = list_keys(path)
+    except ApiKeyError as exc:
+        _fail(str(exc))
+    if as_json:
+        for r in records:
+            shown = {k: getattr(r, k) for k in ("key_id", "org_id", "prefix", "created_at")}
+            click.echo(orjson.dumps({**shown, "revoked_at": r.revoked_at}).decode())
+        return
+    if not records:
+        click.echo(f"no keys in {path}", err=True)
+        return
+    rows = [("KEY_ID", "ORG", "PREFIX", "CREATED", "STATUS")] + [
+        (
+            r.key_id,
+            r.org_id,
+            r.prefix + "…",
+            r.created_at,
+            "active" if r.active else f"revoked {r.revoked_at}",
+        )
+        for r in records
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        click.echo(
+            "  ".join(c.ljust(w) for c, w in zip(row[:4], widths, strict=True)) + "  " + row[4]
+        )
+
+
+@keys.command("revoke", short_help="Revoke a key by its id (see `keys list`).")
+@click.argument("key_id")
+@_keys_option
+def keys_revoke(key_id: str, keys_file: Path | None) -> None:
+    """Revoke the key KEY_ID; a running server rejects it within about a second.
+
+    \b
+    Example:
+      caretally keys revoke 3f9a0c21
+    """
+    from streams.http.api_keys import ApiKeyError, resolve_path, revoke_key
+
+    path = resolve_path(keys_file)
+    try:
+        record = revoke_key(path, key_id)
+    except ApiKeyError as exc:
+        _fail(str(exc))
+    click.echo(f"revoked key {record.key_id} of org {record.org_id!r} ({record.revoked_at})")

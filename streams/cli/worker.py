@@ -1,0 +1,148 @@
+"""``caretally worker``: run the stream processors (see ``streams.worker.app``)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from streams.cli.options import bootstrap_option, prefix_option
+from streams.kafka.topics import DEFAULT_PARTITIONS
+
+
+@click.command(short_help="Run the stream processors: validate, fold, alert.")
+@bootstrap_option
+@prefix_option
+@click.option(
+    "--partitions",
+    default=DEFAULT_PARTITIONS,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Partitions of each topic, when the worker creates them; the log "
+    "(care.events.v1) and care.staff.v1 must have this many (care.ingress.v1 has 1).",
+)
+@click.option(
+    "--app-id",
+    default="caretally",
+    show_default=True,
+    help="Consumer group and Faust app id; workers with one id share the work.",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path),
+    default=Path(".caretally/state"),
+    show_default=True,
+    help="Where partition snapshots are kept, under a folder per app id and topic prefix "
+    "(so two pipelines never share snapshots). Folders are created 0700; one that "
+    "others can write, or that another user owns, is refused.",
+)
+@click.option(
+    "--snapshot-interval",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(0.1),
+    help="Seconds between snapshots of the fold state.",
+)
+@click.option(
+    "--sweep-interval",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(0.1),
+    help="Seconds between checks for a new practice-local day to sweep.",
+)
+@click.option(
+    "--sweep-clock",
+    type=click.Choice(["wall", "log"]),
+    default="wall",
+    show_default=True,
+    help="The sweep's today: the wall clock, or the newest event time in the log "
+    "(for replays and demos of past months).",
+)
+@click.option(
+    "--role",
+    type=click.Choice(["all", "gate", "fold"]),
+    default="all",
+    show_default=True,
+    help="All agents in this process, or only the gate (ingress -> log) or only the fold "
+    "(log -> billing, alerts, staff), to spread them over two processes. Run one gate "
+    "at most.",
+)
+@click.option(
+    "--loglevel",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="warning",
+    show_default=True,
+)
+def worker(
+    bootstrap: str | None,
+    topic_prefix: str | None,
+    partitions: int,
+    app_id: str,
+    state_dir: Path,
+    snapshot_interval: float,
+    sweep_interval: float,
+    sweep_clock: str,
+    role: str,
+    loglevel: str,
+) -> None:
+    """Run the stream processors until Ctrl-C or SIGTERM.
+
+    \b
+    care.ingress.v1  -> validate, dedupe -> care.events.v1 | care.deadletter.v1
+    care.events.v1   -> fold per patient -> care.billing.v1, care.alerts.v1
+    care.staff.v1    -> staff_overlap alerts; a daily threshold_approaching sweep
+
+    The topics are created if missing. State is rebuilt from snapshots in
+    --state-dir and the log itself, so a worker can be killed at any moment.
+
+    \b
+    Exit status: 0 after Ctrl-C or SIGTERM; 1 when it cannot start (e.g. a
+    topic's partition count does not fit --partitions); 3 when it stopped
+    itself (the gate could not write a batch, or the log was recreated with
+    another partition count): the reason is its last critical log line.
+
+    \b
+    Examples:
+      caretally broker &                   # an embedded broker on 127.0.0.1:9092
+      caretally worker
+      KAFKA_BOOTSTRAP=kafka:9092 caretally worker --partitions 16
+      caretally worker --role gate & caretally worker --role fold   # two cores
+    """
+    from streams.kafka import bootstrap as bs
+    from streams.kafka.broker import reachable
+    from streams.kafka.topics import Topics
+    from streams.worker.app import WorkerConfig, WorkerStartError, run
+    from streams.worker.snapshots import UnsafeStateDir, private_dir
+
+    topics = Topics.from_env(topic_prefix)
+    folder = state_dir / f"{app_id}{'@' + topics.prefix.rstrip('.') if topics.prefix else ''}"
+    try:  # snapshots hold PHI and are read back: only this user may write (or read) them
+        private_dir(folder)
+    except (UnsafeStateDir, OSError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    address, _named = bs.resolve(bootstrap)
+    if not reachable(address):
+        click.echo(
+            f"error: no Kafka broker answers at {address} "
+            "(start one with `caretally broker`, or pass --bootstrap)",
+            err=True,
+        )
+        sys.exit(1)
+    cfg = WorkerConfig(
+        bootstrap=address,
+        topics=topics,
+        partitions=partitions,
+        app_id=app_id,
+        state_dir=folder,
+        snapshot_interval=snapshot_interval,
+        sweep_interval=sweep_interval,
+        sweep_clock=sweep_clock,
+        role=role,
+    )
+    try:
+        run(cfg, loglevel=loglevel)
+    except WorkerStartError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)

@@ -1,0 +1,1 @@
+"""Month close: the decisions and the I/O of closing a month and exporting its claims."""

@@ -1,0 +1,1 @@
+"""Local files: NDJSON event logs and atomic replacement."""

@@ -1,0 +1,1 @@
+"""The HTTP API of ``caretally serve``: routes, API keys, rate limits and connection hygiene."""

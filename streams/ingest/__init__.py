@@ -1,0 +1,1 @@
+"""Reading event files (NDJSON, CSV) into wire-contract events for ``caretally ingest``."""

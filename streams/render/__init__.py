@@ -1,0 +1,1 @@
+"""Output formats: patient-month views and audit reports."""

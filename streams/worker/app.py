@@ -1,0 +1,724 @@
+"""``caretally worker``: the Faust app that runs the core over Kafka.
+
+Agents (one process, ``concurrency=1`` each: KAFKA-NOTES.md §0.4):
+
+* **gate** — ``care.ingress.v1`` → the log (``care.events.v1``) or the dead-letter topic
+  (``streams.worker.gate``). Exact duplicates are counted and dropped.
+* **fold** — the log → per-partition :class:`~streams.worker.partition.FoldPartition`
+  state; changed patient-month views to ``care.billing.v1``, alerts to
+  ``care.alerts.v1``, activity intervals to ``care.staff.v1`` keyed by staff.
+* **staff** — ``care.staff.v1`` → ``staff_overlap`` alerts (``projections.staff``).
+* timers: the daily ``threshold_approaching`` sweep and the snapshots.
+
+``role`` runs all of it in one process (``all``), or the gate alone (``gate``) or the
+rest (``fold``), each as its own consumer group (``<app_id>-gate``, ``<app_id>-fold``),
+so the two halves can use two cores. Run at most one gate: it is the log's only writer
+and dedupes against the index it rebuilt from the log at start (and rebuilds from a new
+log before its next batch when the topic was recreated).
+
+``caretally worker`` exits 0 after SIGTERM/SIGINT, and ``FATAL_EXIT`` (3) after it
+stopped itself with a critical log line: the gate could not write a batch (which is not
+committed), or a recreated log has another partition count than ``--partitions``.
+
+State is not kept in Faust changelog tables: on Tansu their recovery loses updates
+(KAFKA-NOTES.md §0.2), and ``stream.take`` cannot write them (§0.7). Each partition's
+state lives in memory and is snapshotted with the log offset it reflects; a record
+whose offset is past the state's next offset first folds the gap straight from the
+log, one at or below it is skipped (already folded). So a restart, a rebalance or a
+lost snapshot refolds from the log and never loses or double-counts a minute.
+Outputs of a batch are delivered (acks=all) before its offsets can be committed, and
+a snapshot is taken only between batches, so at-least-once holds end to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from projections.staff import StaffInterval, StaffProjector, StaffVoid
+from streams.kafka.limits import PRODUCER_MAX_REQUEST_BYTES
+from streams.kafka.log_reader import read_range, read_to_end
+from streams.kafka.records import deadletter_headers, header
+from streams.kafka.topics import (
+    DEFAULT_PARTITIONS,
+    Topics,
+    TopicShape,
+    partition_mismatch,
+    topic_shapes,
+)
+from streams.worker.gate import (
+    TOO_LARGE,
+    IngressGate,
+    Routed,
+    Source,
+    Target,
+    Verdict,
+    Write,
+    deadletter_write,
+    from_bytes,
+)
+from streams.worker.partition import (
+    ALERTS,
+    BILLING,
+    DEADLETTER,
+    STAFF,
+    FoldPartition,
+    Output,
+    alert_output,
+    sweep_clock,
+)
+from streams.worker.snapshots import Slot, SnapshotStore
+from streams.worker.state_codec import CodecError
+
+log = logging.getLogger("caretally.worker")
+
+LOG_CHECK_INTERVAL = 10.0
+"""Seconds between checks, at snapshot time, that the topics are those the state was
+folded from (a check also runs on every partition assignment)."""
+
+GATE_SEND_ATTEMPTS = 6
+"""Tries of a gate write that failed (backoff 0.2 s doubling to 5 s, about 6 s in all):
+after that the gate stops the worker without committing the batch."""
+
+FATAL_EXIT = 3
+"""Exit status of ``caretally worker`` after it stopped itself on an error it cannot get
+past (the gate could not write a batch; a log came back with another partition count),
+so a supervisor can tell; a SIGTERM or SIGINT from outside exits 0."""
+
+CANNOT_WRITE = (
+    "ingress gate: cannot write to the log or the dead-letter topic; "
+    "stopping without committing the batch (a restart resumes from it)"
+)
+
+
+class FatalStop(Exception):
+    """The worker cannot go on; the message (one line, no PHI) says why."""
+
+
+class WorkerStartError(Exception):
+    """The worker cannot start as configured; the message (one line) says why."""
+
+
+@dataclass
+class LogCheck:
+    """When state built from a topic is next checked against the topic's id: before the
+    first batch after a partition assignment, and ``LOG_CHECK_INTERVAL`` after the last
+    check (a recreated topic does not always bring an assignment)."""
+
+    assignments: int = 0
+    at: float = field(default_factory=time.monotonic)
+
+    def due(self, assignments: int) -> bool:
+        return assignments != self.assignments or time.monotonic() - self.at >= LOG_CHECK_INTERVAL
+
+    def done(self, assignments: int) -> None:
+        self.assignments = assignments
+        self.at = time.monotonic()
+
+
+@dataclass(frozen=True, slots=True)
+class GateWrite:
+    """A write of the gate with the ingress record it came from (for a dead letter)."""
+
+    write: Write
+    source: Source
+    key: bytes | None
+    value: bytes
+    idem: int
+
+
+def too_large_error(exc: BaseException) -> bool:
+    """Whether a send failed because of the record's size (Faust wraps the client's
+    error in ``ProducerSendError``)."""
+    from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError
+
+    while exc is not None:
+        if isinstance(exc, MessageSizeTooLargeError | RecordListTooLargeError):
+            return True
+        exc = exc.__cause__  # type: ignore[assignment]
+    return False
+
+
+DUPLICATE_CHECK_SECONDS = 0.5
+"""How stale the gate's check of the log's id may be when a batch would drop a duplicate."""
+
+FOLD_YIELD_SECONDS = 0.05
+"""Longest stretch of fold work between two turns of the event loop (consumer heartbeats,
+the producer, timers and SIGTERM run in them). Measured cost: one clock read per record
+and about 20 loop turns a second: 0.4 µs a record against about 200 µs of fold (0.2 %)."""
+
+
+class LoopPause:
+    """Awaited after each unit of work: lets the event loop run once ``every`` seconds
+    of work have passed since it last did (``await`` alone need not suspend)."""
+
+    __slots__ = ("_since", "every")
+
+    def __init__(self, every: float = FOLD_YIELD_SECONDS) -> None:
+        self.every = every
+        self._since = time.monotonic()
+
+    async def __call__(self) -> None:
+        now = time.monotonic()
+        if now - self._since >= self.every:
+            await asyncio.sleep(0)
+            self._since = time.monotonic()
+
+
+@dataclass
+class WorkerConfig:
+    bootstrap: str
+    topics: Topics = field(default_factory=Topics)
+    partitions: int = DEFAULT_PARTITIONS
+    app_id: str = "caretally"
+    role: str = "all"  # or "gate" (ingress -> log) or "fold" (log -> billing, alerts, staff)
+    state_dir: Path | None = Path(".caretally/state")
+    snapshot_interval: float = 30.0
+    sweep_interval: float = 60.0
+    sweep_clock: str = "wall"  # or "log": the newest event time folded
+    batch_size: int = 2000
+    batch_within: float = 0.005
+
+
+class Partitions:
+    """Slots of one agent's state per partition, loaded from snapshots on first use."""
+
+    def __init__(self, store: SnapshotStore, factory: Callable[[], Any]) -> None:
+        self.store = store
+        self.factory = factory
+        self.slots: dict[int, Slot] = {}
+
+    def get(self, partition: int) -> Slot:
+        slot = self.slots.get(partition)
+        if slot is None:
+            slot = self.store.load(partition) or Slot(self.factory())
+            self.slots[partition] = slot
+        return slot
+
+    def save_dirty(self) -> int:
+        n = 0
+        for p, slot in self.slots.items():
+            if slot.dirty:
+                try:
+                    self.store.save(p, slot)
+                except CodecError as exc:  # a state type not in the codec: no snapshot
+                    log.error("snapshot of %s-%d not taken: %s", self.store.name, p, exc)
+                    continue
+                n += 1
+        return n
+
+    def follow(self, log_id: str) -> list[int] | None:
+        """Keep to the log ``log_id``: when it is another log than the state's (the topic
+        was recreated, e.g. by a broker restart), drop the state and its snapshots and
+        return the partitions that had state (to refold); None when it is the same log."""
+        if not log_id or log_id == self.store.log_id:
+            return None
+        held = sorted(self.slots)
+        self.slots.clear()
+        self.store.drop_all()
+        self.store.log_id = log_id
+        return held
+
+
+def staff_item(value: bytes) -> StaffInterval | StaffVoid:
+    d = orjson.loads(value)
+    if d["voided"]:
+        return StaffVoid(
+            d["org_id"], d["staff_id"], d["patient_id"], d["activity_id"], d["event_id"]
+        )
+    return StaffInterval(
+        d["org_id"],
+        d["staff_id"],
+        d["patient_id"],
+        d["activity_id"],
+        d["event_id"],
+        d["start"],
+        d["end"],
+        d["timezone"],
+    )
+
+
+def build_app(cfg: WorkerConfig, log_ids: dict[str, str]) -> Any:
+    """The Faust app; ``log_ids`` are the broker's topic ids (snapshot identity)."""
+    from streams.kafka.faust_transport import App
+
+    t = cfg.topics
+    app = App(
+        cfg.app_id if cfg.role == "all" else f"{cfg.app_id}-{cfg.role}",
+        broker=f"kafka://{cfg.bootstrap}",
+        store="memory://",
+        processing_guarantee="at_least_once",
+        broker_session_timeout=6,
+        broker_heartbeat_interval=1,
+        table_standby_replicas=0,
+        topic_partitions=cfg.partitions,
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        web_enabled=False,
+        autodiscover=False,
+        consumer_auto_offset_reset="earliest",
+        producer_linger=0.002,
+        producer_max_batch_size=256 * 1024,
+        producer_max_request_size=PRODUCER_MAX_REQUEST_BYTES,
+        stream_buffer_maxsize=32768,
+        broker_max_poll_records=4000,
+        broker_commit_interval=1.0,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+
+    def topic(name: str, partitions: int = cfg.partitions) -> Any:
+        return app.topic(
+            name,
+            key_type=bytes,
+            value_type=bytes,
+            partitions=partitions,
+            key_serializer="raw",
+            value_serializer="raw",
+        )
+
+    ingress, events, staff = topic(t.ingress, 1), topic(t.events), topic(t.staff)
+    names = {BILLING: t.billing, ALERTS: t.alerts, STAFF: t.staff, DEADLETTER: t.deadletter}
+
+    gate = IngressGate()
+    gate_ready = asyncio.Event()
+    folds = Partitions(SnapshotStore(cfg.state_dir, "fold", log_ids[t.events]), FoldPartition)
+    staffs = Partitions(SnapshotStore(cfg.state_dir, "staff", log_ids[t.staff]), StaffProjector)
+    # A snapshot never holds state whose outputs are not yet acknowledged: the fold agent
+    # (and the sweep, which writes fold state) and the staff agent each hold their lock
+    # from changing state until what they sent is delivered. The gate keeps no snapshot.
+    fold_lock, staff_lock = asyncio.Lock(), asyncio.Lock()
+    counts: Counter[str] = Counter()
+    app.caretally_counts = counts  # type: ignore[attr-defined]
+    fatal: list[str] = []  # why the worker stopped itself (run() exits FATAL_EXIT)
+    app.caretally_fatal = fatal  # type: ignore[attr-defined]
+    # partition assignments so far (any agent's), and the one the fold's logs were last
+    # checked after: each agent checks before its first batch after an assignment (not
+    # inside the rebalance)
+    assignments = [0, 0]
+
+    def on_assigned(_app: Any, /, *_args: Any, signal: Any, **_kw: Any) -> None:
+        assignments[0] += 1
+
+    def stop_fatally(message: str) -> None:
+        """Log ``message`` as critical and stop the worker (SIGTERM to itself, so Faust
+        shuts down in order); it then exits with ``FATAL_EXIT``."""
+        if not fatal:
+            fatal.append(message)
+            log.critical("%s", message)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    async def describe(names: list[str]) -> dict[str, TopicShape] | None:
+        """The topics' ids and partition counts; None when the broker could not tell."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(None, topic_shapes, cfg.bootstrap, names)
+        except Exception as exc:  # the broker is away: the caller asks again later
+            log.info("topics not described (%s)", type(exc).__name__)
+            return None
+
+    async def deliver(pending: list[Any]) -> None:
+        if pending:
+            await asyncio.gather(*pending)
+
+    async def produce(
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]] | None = None,
+        partition: int | None = None,
+    ) -> Any:
+        """Straight to the app's producer: Faust's Topic.send path (channels, sensors,
+        callbacks) cost as much as the fold per record here and added nothing we use."""
+        return await app.producer.send(topic, key, value, partition, None, headers or None)
+
+    async def send(out: Output, pending: list[Any], source: Any = None) -> None:
+        headers = list(out.headers)
+        if out.topic == DEADLETTER and source is not None:
+            reason = (header(headers, "reason") or b"").decode()
+            headers = deadletter_headers(reason, source.topic, source.partition, source.offset)
+        pending.append(await produce(names[out.topic], out.key, out.value, headers))
+        counts[f"out.{out.topic}"] += 1
+
+    gate_log = [""]  # the id of the log (events topic) the gate's index was built from
+    gate_check = LogCheck()
+
+    async def events_shape() -> TopicShape:
+        """The log's id and partition count, once the broker tells them: until then the
+        gate holds its batch (deciding it against the index of another log loses events)."""
+        warned = False
+        while True:
+            shape = ((await describe([t.events])) or {}).get(t.events)
+            if shape is not None and shape.topic_id and shape.partitions:
+                return shape
+            if not warned:
+                log.warning("ingress gate: %s not described yet; holding the batch", t.events)
+                warned = True
+            await asyncio.sleep(1.0)
+
+    async def rebuild_index(shape: TopicShape) -> None:
+        """The gate's index from the log ``shape`` (read to its current end)."""
+        problem = partition_mismatch(t, cfg.partitions, {t.events: shape.partitions})
+        if problem is not None:  # reading partitions that do not exist would never end
+            raise FatalStop(f"ingress gate: {problem}")
+        fresh = IngressGate()
+        n = 0
+        async for record in read_to_end(cfg.bootstrap, t.events, range(cfg.partitions)):
+            idem, body = header(record.headers, "idem"), header(record.headers, "body")
+            if idem and body:
+                fresh.learn(from_bytes(idem), from_bytes(body))
+                n += 1
+        gate.index = fresh.index
+        gate_log[0] = shape.topic_id
+        log.info("ingress gate rebuilt from %d log records", n)
+
+    async def rebuild_gate() -> None:
+        try:
+            await rebuild_index(await events_shape())
+        except FatalStop as exc:
+            stop_fatally(str(exc))
+            return
+        gate_ready.set()
+
+    async def gate_index_current() -> None:
+        """Before a batch is decided, when a check is due: if the log is another one than
+        the index's (a recreated topic: a restarted memory broker, then ``caretally
+        restore``), rebuild the index from it first; otherwise an event the new log lacks
+        would be dropped as a duplicate when it is sent again."""
+        if not gate_check.due(assignments[0]):
+            return
+        seen = assignments[0]
+        shape = await events_shape()
+        if shape.topic_id != gate_log[0]:
+            log.warning("%s is a new log (a recreated topic): rebuilding the gate index", t.events)
+            await rebuild_index(shape)
+        gate_check.done(seen)
+
+    async def submit(w: Write) -> asyncio.Future[Any]:
+        """Hand one write to the producer; an error raised at once comes back as a failed
+        future, so every write is judged the same way, one by one."""
+        topic = t.events if w.target is Target.LOG else t.deadletter
+        try:
+            return await produce(topic, w.key, w.value, w.headers, w.partition)
+        except Exception as exc:
+            failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            failed.set_exception(exc)
+            return failed
+
+    async def deliver_writes(writes: list[GateWrite]) -> list[GateWrite]:
+        """Send and await every write; returns those to try again. A write the producer
+        refuses as too large is replaced by its ``too_large`` dead letter (and its event
+        leaves the index: it is not in the log)."""
+        futures = [await submit(gw.write) for gw in writes]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        again: list[GateWrite] = []
+        replaced: set[int] = set()
+        for gw, result in zip(writes, results, strict=True):
+            if not isinstance(result, BaseException):
+                continue
+            if not too_large_error(result):
+                again.append(gw)
+            elif id(gw.source) not in replaced:  # one dead letter for a practice-wide event
+                replaced.add(id(gw.source))
+                if gw.write.target is Target.LOG:
+                    gate.forget(gw.idem)
+                    counts["ingress.new"] -= 1
+                    counts["ingress.rejected"] += 1
+                dead = deadletter_write(TOO_LARGE, gw.key, gw.value, gw.source)
+                again.append(GateWrite(dead, gw.source, gw.key, gw.value, 0))
+        return again
+
+    async def write_batch(writes: list[GateWrite]) -> bool:
+        """True once every write is delivered; False if some still fail after the retries."""
+        delay = 0.2
+        for attempt in range(1, GATE_SEND_ATTEMPTS + 1):
+            writes = await deliver_writes(writes)
+            if not writes:
+                return True
+            if attempt < GATE_SEND_ATTEMPTS:
+                log.warning("ingress gate: %d write(s) failed; retrying", len(writes))
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, 5.0)
+        return False
+
+    def withhold(batch: Any) -> None:
+        """Keep a batch's offsets from ever being committed. ``take_events`` acks every
+        event of a batch when the consumer leaves it, by an exception too (its ``finally``),
+        so a crashed batch was committed and lost; a message marked acked beforehand is
+        skipped by the consumer's ack bookkeeping, so the committed offset stays below it
+        and the next start redelivers it (what reached the log then counts as duplicate)."""
+        for ev in batch:
+            ev.message.acked = True
+
+    async def index_changed_before_dropping() -> bool:
+        """A duplicate is dropped for good, so before a batch drops one the index is held
+        to the log's id (at most every ``DUPLICATE_CHECK_SECONDS``): a recreated log seen
+        between two regular checks would otherwise lose a re-sent event. True when the
+        index was rebuilt."""
+        if time.monotonic() - gate_check.at < DUPLICATE_CHECK_SECONDS:
+            return False
+        shape = await events_shape()
+        changed = shape.topic_id != gate_log[0]
+        if changed:
+            log.warning("%s is a new log (a recreated topic): rebuilding the gate index", t.events)
+            await rebuild_index(shape)
+        gate_check.done(gate_check.assignments)
+        return changed
+
+    def route_batch(batch: Any) -> list[tuple[Any, Source, Routed]]:
+        out = []
+        for ev in batch:
+            msg = ev.message
+            source = Source(msg.topic, msg.partition, msg.offset)
+            out.append((msg, source, gate.route(msg.value, msg.key, source, cfg.partitions)))
+        return out
+
+    async def gate_batch(batch: Any) -> bool:
+        routed = route_batch(batch)
+        drops = any(r.decision.verdict is Verdict.DUPLICATE for _, _, r in routed)
+        if drops and await index_changed_before_dropping():
+            routed = route_batch(batch)  # against the index of the new log
+        writes: list[GateWrite] = []
+        for msg, source, r in routed:
+            counts[f"ingress.{r.decision.verdict.value}"] += 1
+            value, idem = msg.value or b"", r.decision.idem
+            writes.extend(GateWrite(w, source, msg.key, value, idem) for w in r.writes)
+        return await write_batch(writes)
+
+    async def gate_agent(stream: Any) -> None:
+        await gate_ready.wait()
+        async for batch in stream.take_events(cfg.batch_size, within=cfg.batch_within):
+            stop: str | None = None
+            try:  # all before take_events acks the batch
+                await gate_index_current()
+                if not await gate_batch(batch):
+                    stop = CANNOT_WRITE
+            except FatalStop as exc:
+                stop = str(exc)
+            except BaseException:
+                withhold(batch)
+                raise
+            if stop is not None:
+                withhold(batch)
+                stop_fatally(stop)
+                await asyncio.Event().wait()  # until the stop cancels this agent
+
+    pause = LoopPause()
+
+    async def fold_record(slot: Slot, record: Any, pending: list[Any]) -> None:
+        for out in slot.state.apply(record.value or b""):
+            await send(out, pending, record)
+        slot.next_offset = record.offset + 1
+        slot.dirty = True
+        await pause()  # a long batch or gap must not starve heartbeats and SIGTERM
+
+    async def catch_up(
+        slot: Slot,
+        topic_name: str,
+        partition: int,
+        offset: int,
+        fold: Callable[..., Any],
+        pending: list[Any],
+    ) -> None:
+        log.info(
+            "partition %s/%d: folding the gap %d..%d from the log",
+            topic_name,
+            partition,
+            slot.next_offset,
+            offset,
+        )
+        async for rec in read_range(cfg.bootstrap, topic_name, partition, slot.next_offset, offset):
+            await fold(slot, rec, pending)
+
+    async def fold_agent(stream: Any) -> None:
+        async for batch in stream.take_events(cfg.batch_size, within=cfg.batch_within):
+            pending: list[Any] = []
+            await logs_checked()  # a new log after an assignment: refolded before this batch
+            async with fold_lock:
+                for ev in batch:
+                    msg = ev.message
+                    slot = folds.get(msg.partition)
+                    if msg.offset < slot.next_offset:
+                        continue  # folded already (redelivery after a restart)
+                    if msg.offset > slot.next_offset:
+                        await catch_up(
+                            slot, t.events, msg.partition, msg.offset, fold_record, pending
+                        )
+                    await fold_record(slot, msg, pending)
+                    counts["fold.records"] += 1
+                await deliver(pending)
+
+    async def staff_record(slot: Slot, record: Any, pending: list[Any]) -> None:
+        try:
+            item = staff_item(record.value)
+        except (KeyError, TypeError, ValueError) as exc:
+            await send(
+                Output(
+                    DEADLETTER,
+                    record.key,
+                    record.value,
+                    (("reason", f"bad staff record: {exc}".encode()),),
+                ),
+                pending,
+                record,
+            )
+        else:
+            for alert in slot.state.apply(item):
+                await send(alert_output(alert), pending)
+        slot.next_offset = record.offset + 1
+        slot.dirty = True
+
+    async def staff_agent(stream: Any) -> None:
+        async for batch in stream.take_events(cfg.batch_size, within=cfg.batch_within):
+            pending: list[Any] = []
+            await logs_checked()
+            async with staff_lock:
+                for ev in batch:
+                    msg = ev.message
+                    slot = staffs.get(msg.partition)
+                    if msg.offset < slot.next_offset:
+                        continue
+                    if msg.offset > slot.next_offset:
+                        await catch_up(
+                            slot, t.staff, msg.partition, msg.offset, staff_record, pending
+                        )
+                    await staff_record(slot, msg, pending)
+                await deliver(pending)
+
+    async def daily_sweep() -> None:
+        async with fold_lock:
+            parts = [s.state for s in folds.slots.values()]
+            now = sweep_clock(parts, cfg.sweep_clock, datetime.now(UTC))
+            if now is None:
+                return
+            pending: list[Any] = []
+            for slot in folds.slots.values():
+                outs = slot.state.sweep(now)
+                slot.dirty = slot.dirty or bool(outs)
+                for out in outs:
+                    await send(out, pending)
+            await deliver(pending)
+
+    async def refold(parts: Partitions, topic_name: str, partitions: list[int], fold: Any) -> None:
+        """Fold ``partitions`` of a new log from its start to its current end, at once: the
+        group may already have moved past records it delivered before the change was seen."""
+        if not partitions:
+            return
+        pending: list[Any] = []
+        async for rec in read_to_end(cfg.bootstrap, topic_name, partitions):
+            slot = parts.get(rec.partition)
+            if rec.offset >= slot.next_offset:
+                await fold(slot, rec, pending)
+            if len(pending) >= cfg.batch_size:
+                await deliver(pending)
+                pending.clear()
+        await deliver(pending)
+
+    async def follow_logs() -> bool:
+        """Refold from scratch when a log is another one than the state's (the topic was
+        recreated: a restarted memory broker, then ``caretally restore``); otherwise every
+        record of the new log at an offset the state had passed would be skipped. False
+        when the broker could not tell."""
+        shapes = await describe([t.events, t.staff])
+        if shapes is None:  # the broker is away: checked again at the next chance
+            return False
+        ids = {name: shape.topic_id for name, shape in shapes.items()}
+        for parts, lock, name, fold in (
+            (folds, fold_lock, t.events, fold_record),
+            (staffs, staff_lock, t.staff, staff_record),
+        ):
+            shape = shapes.get(name)
+            if shape and shape.topic_id and shape.topic_id != parts.store.log_id:
+                problem = partition_mismatch(t, cfg.partitions, {name: shape.partitions})
+                if problem is not None and shape.partitions:  # its refold would never end
+                    raise FatalStop(f"fold: {name} is a new log: {problem}")
+            async with lock:
+                dropped = parts.follow(ids.get(name, ""))
+                if dropped is not None:
+                    log.warning("%s is a new log (a recreated topic): refolding it", name)
+                    await refold(parts, name, dropped, fold)
+        return all(ids.get(name) for name in (t.events, t.staff))  # a missing topic: again
+
+    async def logs_checked() -> None:
+        if assignments[1] != assignments[0]:
+            seen = assignments[0]
+            try:
+                checked = await follow_logs()
+            except FatalStop as exc:
+                stop_fatally(str(exc))
+                await asyncio.Event().wait()  # until the stop cancels the agent
+            if checked:
+                assignments[1] = seen
+
+    last_check = [time.monotonic()]
+
+    async def snapshot() -> None:
+        if time.monotonic() - last_check[0] >= LOG_CHECK_INTERVAL:  # besides assignments
+            last_check[0] = time.monotonic()
+            try:
+                await follow_logs()
+            except FatalStop as exc:
+                stop_fatally(str(exc))
+                return
+        async with fold_lock:
+            n = folds.save_dirty()
+        async with staff_lock:
+            n += staffs.save_dirty()
+        if n:
+            log.debug("snapshotted %d partition(s)", n)
+
+    if cfg.role in ("all", "gate"):
+        app.task(rebuild_gate)
+        app.agent(ingress, concurrency=1)(gate_agent)
+    if cfg.role in ("all", "fold"):
+        app.agent(events, concurrency=1)(fold_agent)
+        app.agent(staff, concurrency=1)(staff_agent)
+        app.timer(cfg.sweep_interval)(daily_sweep)
+        app.timer(cfg.snapshot_interval)(snapshot)
+    app.on_partitions_assigned.connect(on_assigned)  # the gate's index follows its log too
+    return app
+
+
+def checked_topics(cfg: WorkerConfig) -> dict[str, str]:
+    """The ids of the log and staff topics, once the partition counts of the ingress, log
+    and staff topics are found to fit ``cfg`` (else :class:`WorkerStartError`): a worker
+    that reads partitions that do not exist waits for them forever."""
+    t = cfg.topics
+    shapes = topic_shapes(cfg.bootstrap, [t.ingress, t.events, t.staff])
+    counts = {name: shape.partitions for name, shape in shapes.items()}
+    problem = partition_mismatch(t, cfg.partitions, counts)
+    if problem is not None:
+        raise WorkerStartError(problem)
+    return {name: shapes[name].topic_id for name in (t.events, t.staff)}
+
+
+def run(cfg: WorkerConfig, loglevel: str = "warning") -> None:
+    """Create the topics and check them (:class:`WorkerStartError`), then run the worker
+    until SIGINT/SIGTERM (exit 0) or until it stops itself (exit ``FATAL_EXIT``)."""
+    import faust
+
+    from streams.kafka.topics import ensure_topics
+
+    ensure_topics(cfg.bootstrap, cfg.topics, cfg.partitions)
+    app = build_app(cfg, checked_topics(cfg))
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    # Faust's startup spinner sets the root logger to DEBUG, so every aiokafka and faust
+    # debug call built a record that was then dropped (4 % of the worker's time)
+    worker.spinner = None
+    try:
+        worker.execute_from_commandline()
+    except SystemExit:
+        if app.caretally_fatal:  # its critical line is in the log
+            raise SystemExit(FATAL_EXIT) from None
+        raise

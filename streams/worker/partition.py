@@ -1,0 +1,145 @@
+"""One partition of the log folded by the core: records in, output records out (as data).
+
+No I/O here: the worker feeds records and sends what comes back. A partition holds
+the :class:`~projections.engine.Projector` of the patients keyed to it, plus what the
+daily sweep has done, and is saved whole as a snapshot beside the log offset it
+reflects (``streams.worker.snapshots``, as data through ``streams.worker.state_codec``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from zoneinfo import ZoneInfo
+
+import orjson
+
+from projections.alerts import approaching
+from projections.billing import MonthBilling
+from projections.calendar import month_of_date
+from projections.engine import Projector
+from projections.ledger import Activity, Status
+from schemas.events import (
+    ActivityLogged,
+    ActivityVoided,
+    Event,
+    EventRejected,
+    parse_event,
+)
+from schemas.views import Alert
+from streams.kafka.records import (
+    alert_value,
+    billing_key,
+    billing_value,
+    event_key,
+    progress_header,
+    staff_key,
+)
+
+BILLING, ALERTS, STAFF, DEADLETTER = "billing", "alerts", "staff", "deadletter"
+_REFUSED = (Status.CONFLICT, Status.OVER_LIMIT)  # dead-lettered with the ledger's reason
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """A record to send: ``topic`` is one of BILLING, ALERTS, STAFF, DEADLETTER."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+def alert_output(alert: Alert) -> Output:
+    return Output(ALERTS, event_key(alert.org_id, alert.patient_id), alert_value(alert))
+
+
+def _staff_out(event: Event, activity: Activity, tz: str, voided: bool) -> Output:
+    item = {
+        "org_id": event.org_id,
+        "staff_id": activity.staff_id,
+        "patient_id": event.patient_id,
+        "activity_id": activity.activity_id,
+        "event_id": event.event_id,
+        "start": activity.start,
+        "end": activity.end,
+        "timezone": tz,
+        "voided": voided,
+    }
+    return Output(STAFF, staff_key(event.org_id, activity.staff_id), orjson.dumps(item))
+
+
+@dataclass
+class FoldPartition:
+    projector: Projector = field(default_factory=Projector)
+    swept: dict[str, date] = field(default_factory=dict)  # org -> last local day swept
+    latest: datetime | None = None  # the newest ``recorded_at`` folded (the log's clock)
+
+    def apply(self, raw: bytes) -> list[Output]:
+        """Fold one log record (its raw bytes)."""
+        try:
+            event = parse_event(raw)
+        except EventRejected as exc:  # the gate validated it: someone wrote to the log
+            return [Output(DEADLETTER, None, raw, (("reason", exc.reason.encode()),))]
+        return self.apply_event(event, raw)
+
+    def apply_event(self, event: Event, raw: bytes | None = None) -> list[Output]:
+        result = self.projector.step(event, raw)
+        if result.outcome.status in _REFUSED:
+            return [Output(DEADLETTER, None, raw, (("reason", result.outcome.reason.encode()),))]
+        if result.outcome.status is not Status.APPLIED:
+            return []
+        if self.latest is None or event.recorded_at > self.latest:
+            self.latest = event.recorded_at
+        out = [self._billing_out(b) for b in result.changed]
+        out.extend(alert_output(a) for a in result.alerts)
+        out.extend(self._staff(event, result.outcome.previous))
+        return out
+
+    def _billing_out(self, b: MonthBilling) -> Output:
+        key = billing_key(b.org_id, b.patient_id, b.month)
+        if (b.org_id, b.patient_id, b.month) not in self.projector.views:
+            return Output(BILLING, key, None)  # the month has nothing left in it
+        return Output(BILLING, key, billing_value(b), (("progress", progress_header(b)),))
+
+    def _staff(self, event: Event, previous: Activity | None) -> list[Output]:
+        if not isinstance(event, ActivityLogged | ActivityVoided):
+            return []
+        tz = self.projector.ledger.practice(event.org_id).timezone
+        out = []
+        current = None
+        if isinstance(event, ActivityLogged):
+            patient = self.projector.ledger.patients[(event.org_id, event.patient_id)]
+            current = patient.activities[event.data.activity_id]
+        if previous is not None and (current is None or previous.staff_id != current.staff_id):
+            out.append(_staff_out(event, previous, tz, voided=True))
+        if current is not None:
+            out.append(_staff_out(event, current, tz, voided=False))
+        return out
+
+    def sweep(self, now: datetime) -> list[Output]:
+        """``threshold_approaching`` once per practice-local day (``now`` is passed in)."""
+        out: list[Output] = []
+        ledger = self.projector.ledger
+        orgs = {org for org, _pid in ledger.patients}
+        for org in sorted(orgs):
+            today = now.astimezone(ZoneInfo(ledger.practice(org).timezone)).date()
+            if self.swept.get(org) == today:
+                continue
+            self.swept[org] = today
+            month = month_of_date(today)
+            for (o, _pid, m), b in sorted(self.projector.views.items()):
+                if o == org and m == month:
+                    out.extend(alert_output(a) for a in approaching(b, today))
+        return out
+
+
+def sweep_clock(partitions: list[FoldPartition], mode: str, wall: datetime) -> datetime | None:
+    """The sweep's "now": the wall clock, or (``log``) the newest event time folded.
+
+    ``log`` suits replays and demos of past months; it moves only as events arrive.
+    """
+    if mode == "wall":
+        return wall
+    latest = [p.latest for p in partitions if p.latest is not None]
+    return max(latest) if latest else None
