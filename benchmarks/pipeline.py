@@ -237,7 +237,7 @@ class LagProbe:
     """How far the worker's consumer group is behind: fetch highwater - committed offset.
 
     Highwaters come from fetch responses (Tansu answers ListOffsets LATEST wrongly after
-    batched produce, KAFKA-NOTES.md §0.2); the worker commits every second or so, so a
+    batched produce, docs/kafka-notes.md §0.2); the worker commits every second or so, so a
     lag of 0 means everything was consumed at least ~1 s ago.
     """
 

@@ -1,4 +1,4 @@
-"""Interval accounting for one patient-month: RULES.md §6.2 steps 1-5.
+"""Interval accounting for one patient-month: docs/rules.md §6.2 steps 1-5.
 
 Activities are processed in log order (``Activity.seq``); each step removes seconds
 from an activity's pieces and records why, so the audit can name the reason for
@@ -109,7 +109,7 @@ def _counting_window(
 
     Minutes before a consent (or before a renewed one) do not count; minutes after a
     final revocation stay counted and the gate blocks them with ``missing_consent``
-    (G10, RULES.md §6.3). None: never consented (no cut; the gate flags it).
+    (G10, docs/rules.md §6.3). None: never consented (no cut; the gate flags it).
     """
     if key not in cache:
         cache[key] = consent_periods(patient, family, practitioner_id, tz)

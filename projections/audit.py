@@ -8,7 +8,7 @@ ones, with the void's reason) and the documentation as it was sent. Minutes come
 the core's accounting (``ActivityTime.counted`` and ``.excluded``), codes from
 ``PatientContext.month``; nothing here re-decides a rule, it only names the evidence.
 
-Exclusion reasons of a version's minutes are the accounting's RULES.md §6.3 names
+Exclusion reasons of a version's minutes are the accounting's docs/rules.md §6.3 names
 (``duplicate_event``, ``face_to_face_excluded``, ``non_clinical_staff_excluded``,
 ``consent_after_activity``, ``inpatient_time_excluded``, ``overlap``,
 ``double_count:<a>+<b>``) plus two for versions the ledger no longer holds:
@@ -136,7 +136,7 @@ class ActivityRow:
 
 @dataclass(frozen=True, slots=True)
 class ProgramTime:
-    """Counted time of one program under one billing practitioner (RULES.md §6.2 step 5).
+    """Counted time of one program under one billing practitioner (docs/rules.md §6.2 step 5).
 
     ``counted`` is the sum over the activities; different staff working at the same
     time count once (``concurrent`` seconds), so ``total = counted - concurrent`` is
@@ -211,7 +211,7 @@ class StayDoc:
 
 @dataclass(frozen=True, slots=True)
 class DevicePeriod:
-    """A 30-day device period (RULES.md G1) ending in the month, as billing sees it."""
+    """A 30-day device period (docs/rules.md G1) ending in the month, as billing sees it."""
 
     start: date
     end: date
@@ -261,7 +261,7 @@ class CodeLine:
 @dataclass(frozen=True, slots=True)
 class RuleRef:
     """A rule of the book that applied: a code, track, gate, exclusive pair or the
-    conversion factor, with its RULES.md §1 source ids."""
+    conversion factor, with its docs/rules.md §1 source ids."""
 
     kind: Literal["code", "track", "gate", "exclusive", "conversion_factor"]
     name: str

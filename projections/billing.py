@@ -1,8 +1,8 @@
-"""Billing for a patient-month: RULES.md §6.2 steps 6-13 over the rule book's data.
+"""Billing for a patient-month: docs/rules.md §6.2 steps 6-13 over the rule book's data.
 
 ``evaluate(patient, practice, months)`` turns accounted time and documentation
 into billable lines, blocked lines (time met, something missing) with reasons, and
-flags named exactly as RULES.md §6.3. Thresholds, caps, pairings, track order,
+flags named exactly as docs/rules.md §6.3. Thresholds, caps, pairings, track order,
 gates and fees come from :mod:`projections.rulebook`; this module is the procedure.
 """
 
@@ -47,7 +47,7 @@ DOCUMENTATION_REASONS = frozenset(
         "rpm_no_interactive_communication",
     }
 )
-# Order of codes inside an ``exclusive_conflict:<a>+<b>`` flag, following RULES.md's
+# Order of codes inside an ``exclusive_conflict:<a>+<b>`` flag, following docs/rules.md's
 # own examples (99491+99487, 99491+99490, <pcm>+<ccm>, <G055x>+<code>, 98980+99457).
 _FLAG_ORDER = {
     c: i
@@ -122,7 +122,7 @@ class MonthBilling:
         return out
 
     def view(self) -> dict[str, Any]:
-        """The public line (DESIGN.md ``caretally replay`` shape)."""
+        """The public line (docs/design.md ``caretally replay`` shape)."""
         blocked: dict[tuple[str, tuple[str, ...]], int] = {}
         for b in self.blocked:
             key = (b.line.code, tuple(sorted(set(b.reasons))))
@@ -184,7 +184,7 @@ def _periods(
     patient: PatientState, family: str, days: set[date]
 ) -> list[tuple[date, date, int, int]]:
     """(start, end inclusive, index in episode, transmission days) of every 30-day period
-    holding a reading (RULES.md §6.1, G1).
+    holding a reading (docs/rules.md §6.1, G1).
 
     Periods start at the program's enrollment date and are always 30 days long; a new
     enrollment opens a new episode (99453 again, D-12) when the running period ends, so
@@ -482,7 +482,7 @@ class _MonthEval:
         return []
 
     def _ccm(self, practitioner: str, p_s: int, s_s: int, t_s: int) -> list[tuple[str, int]]:
-        """RULES.md §6.2 step 7: complex, then physician personal, then pooled staff time."""
+        """docs/rules.md §6.2 step 7: complex, then physician personal, then pooled staff time."""
         tracks = self._tracks("ccm")
         cx, phys, staff = tracks["complex"], tracks["physician"], tracks["staff"]
         qualifies = complex_month(self.patient, self.month)

@@ -1,7 +1,7 @@
 """Month and day arithmetic in a practice's time zone, on integer epoch seconds.
 
 Elapsed time is measured on absolute instants (so DST transitions neither add nor
-lose minutes); buckets (months, days) are local to the practice (RULES.md G2).
+lose minutes); buckets (months, days) are local to the practice (docs/rules.md G2).
 """
 
 from __future__ import annotations

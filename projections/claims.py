@@ -15,7 +15,7 @@ derives the same ids, with no secret to distribute; a reissued close is a new
 ``month.closed`` and so gives new ids. A ``month.closed`` a client sends with a
 guessable ``event_id`` keys its lines with it: such ids are only as private as that id.
 
-Date of service (RULES.md G16 and what it leaves open), in this order:
+Date of service (docs/rules.md G16 and what it leaves open), in this order:
 
 * RHC/FQHC practices (``facility_type`` ``rhc``/``fqhc``): **the month's last day**,
   basis ``rhc_fqhc_month_end``. G16 bullet 2 [S: S19] allows "a date after the minimum
@@ -32,15 +32,15 @@ Date of service (RULES.md G16 and what it leaves open), in this order:
   neither may carry a date before its own time was met, so the only date right for both
   is the one on which the last add-on unit's time was met. Counted time never leaves
   the month, so the date is never after the month's last day.
-  RULES.md is silent on a care plan recorded after that date; conservatively the date
+  docs/rules.md is silent on a care plan recorded after that date; conservatively the date
   is then moved to the care plan's date (basis ``care_plan_on``) when the family's
   gate needs one (G12) and the earliest such plan falls inside the month. Consent
   needs no such step: minutes before consent are not counted (G10).
-* Device supply and set-up codes (99453/99454/99445, 98975-98977/98984-98986): RULES.md
+* Device supply and set-up codes (99453/99454/99445, 98975-98977/98984-98986): docs/rules.md
   names no date of service for them [U]; they are reported in the month in which their
   30-day period ends (§6.1, G1). Conservatively: **the last day of that period**
   (basis ``device_period_end``), when the whole period of service is over.
-* APCM (G0556-G0558) and anything whose time cannot be traced: RULES.md is silent [U];
+* APCM (G0556-G0558) and anything whose time cannot be traced: docs/rules.md is silent [U];
   conservatively **the month's last day** (basis ``month_end``).
 """
 

@@ -54,7 +54,7 @@ def has_care_plan(patient: PatientState, program: str, month: str) -> bool:
 
 
 def complex_month(patient: PatientState, month: str) -> bool:
-    """A CCM care plan of moderate/high complexity recorded in the month (RULES.md §6.1)."""
+    """A CCM care plan of moderate/high complexity recorded in the month (docs/rules.md §6.1)."""
     lo, hi = first_day(month), last_day(month)
     return any(
         p == "ccm" and lo <= on <= hi and cx in ("moderate", "high")
@@ -99,7 +99,7 @@ def enrollment_of_record(
 
 
 def episodes(patient: PatientState, program: str) -> list[date]:
-    """Start dates of device-monitoring episodes: one per enrollment (RULES.md §6.1)."""
+    """Start dates of device-monitoring episodes: one per enrollment (docs/rules.md §6.1)."""
     return sorted({e.on for e in patient.enrollments if e.program == program})
 
 

@@ -222,7 +222,7 @@ class Projector:
         before: dict[str, MonthBilling | None],
         versions: list[Activity],
     ) -> list[Alert]:
-        """``late_activity`` for each closed month the event lands in (RULES.md §6.3),
+        """``late_activity`` for each closed month the event lands in (docs/rules.md §6.3),
         naming the claim lines it would change.
 
         A line billed at close is affected when the event's activity (either version)

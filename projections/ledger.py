@@ -1,6 +1,6 @@
 """The fold: validated events in, per-patient state out (pure, deterministic, in memory).
 
-``Ledger.apply(event)`` is the single mutator. It does the cheap part of RULES.md
+``Ledger.apply(event)`` is the single mutator. It does the cheap part of docs/rules.md
 §6.2 on every event (idempotency by ``event_id``, amendments and voids by
 ``activity_id``) and keeps what billing needs, compactly; evaluating a patient-month
 is left to :mod:`projections.billing`, so a replay evaluates each month once.
@@ -71,7 +71,7 @@ class Activity:
 
     @property
     def personal(self) -> bool:
-        """Time the billing practitioner spent personally (RULES.md G4c)."""
+        """Time the billing practitioner spent personally (docs/rules.md G4c)."""
         return self.role in PERSONAL_ROLES and self.staff_id == self.practitioner_id
 
 

@@ -1,8 +1,8 @@
 """The billing rules as data: one TOML file per rule year under ``projections/rules/``.
 
 Each code, track, pairing, exclusion and eligibility gate carries the source ids of
-RULES.md §1. The engine reads numbers and orderings from here; the procedure of
-RULES.md §6.2 lives in :mod:`projections.billing`. The book files ship with the
+docs/rules.md §1. The engine reads numbers and orderings from here; the procedure of
+docs/rules.md §6.2 lives in :mod:`projections.billing`. The book files ship with the
 package and are read once at import (static data, not I/O on the event path).
 """
 
@@ -28,7 +28,7 @@ class CodeRule:
     role: Literal["base", "addon"]
     descriptor: str
     sources: tuple[str, ...]
-    confidence: str  # C, S, U, D (RULES.md tags)
+    confidence: str  # C, S, U, D (docs/rules.md tags)
     threshold_minutes: int = 0  # base: full minutes for the first unit
     band_max_minutes: int | None = None  # base valid only up to this many minutes (99470)
     base: str | None = None  # addon: the base code it attaches to
@@ -48,7 +48,7 @@ class CodeRule:
 
 @dataclass(frozen=True, slots=True)
 class Track:
-    """A base/add-on pair in a family, in the order RULES.md §6.2 tries them."""
+    """A base/add-on pair in a family, in the order docs/rules.md §6.2 tries them."""
 
     family: str
     name: str
@@ -73,7 +73,7 @@ class Exclusive:
 
 @dataclass(frozen=True, slots=True)
 class Gate:
-    """Documentation a family needs before its codes are billable (RULES.md §6.2 step 6)."""
+    """Documentation a family needs before its codes are billable (docs/rules.md §6.2 step 6)."""
 
     family: str
     consent: bool
@@ -85,7 +85,7 @@ class Gate:
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """Engine defaults where the sources are silent or disagree (RULES.md §7)."""
+    """Engine defaults where the sources are silent or disagree (docs/rules.md §7)."""
 
     exclude_face_to_face: bool = True  # G7, D-8
     concurrent_staff_time: Literal["once", "sum"] = "once"  # G8, D-7

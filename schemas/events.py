@@ -253,7 +253,7 @@ class ActivityVoided(_PatientEnvelope):
 
 
 class ConsentRecorded(_PatientEnvelope):
-    """The patient's consent to a program with a billing practitioner; obtained once (RULES.md
+    """The patient's consent to a program with a billing practitioner; obtained once (docs/rules.md
     G10).
     """
 

@@ -19,7 +19,9 @@ class CodeUnits(_View):
 class BlockedCode(_View):
     code: str
     units: int = Field(ge=1)
-    reasons: list[str] = Field(description="RULES.md §6.3 flags explaining why it is not billable")
+    reasons: list[str] = Field(
+        description="docs/rules.md §6.3 flags explaining why it is not billable"
+    )
 
 
 class PatientMonthView(_View):

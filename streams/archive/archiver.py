@@ -25,7 +25,7 @@ change) is sent to the dead-letter topic with the reason and counted, never drop
 silently and never fatal; its offset still belongs to the flush's range.
 
 ``--once`` archives up to the fetch highwater seen at start (never ListOffsets: Tansu
-answers it wrongly, KAFKA-NOTES.md §0.2) with all partitions assigned directly (no
+answers it wrongly, docs/kafka-notes.md §0.2) with all partitions assigned directly (no
 group join to wait for), then exits; the default follows the log in the consumer group
 until SIGINT/SIGTERM and flushes what it holds before it stops.
 """

@@ -9,7 +9,7 @@ event in Python. Here DuckDB does, in SQL over the archive's typed columns:
   amendment keeps the log position of the first logging);
 * month bucketing in each practice's time zone (local month bounds come from the
   core's own calendar, so both engines agree on every DST edge), and reading days;
-* the interval accounting of RULES.md §6.2 steps 1-5 (face-to-face, non-clinical,
+* the interval accounting of docs/rules.md §6.2 steps 1-5 (face-to-face, non-clinical,
   before consent, pooled seconds with interval unions, concurrent staff time) for
   every patient-month with no overlap, no duplicate, no inpatient stay and no revoked
   consent. The rare months with any of those go through the core's own

@@ -106,7 +106,7 @@ def close(
 ) -> None:
     """Close the month YYYY-MM of --org: append month.closed to the log (care.events.v1,
     every partition) and write the claim lines billed as of that close (org, patient,
-    billing practitioner, code, units, date of service per RULES.md G16, estimated
+    billing practitioner, code, units, date of service per docs/rules.md G16, estimated
     payment, a claim line id) to claims-<org>-<digest>-<YYYY-MM>.csv and .json, where
     <org> is the org id made file-name safe and <digest> 16 hex digits of a hash of the
     exact org id (orgs that look alike never share a file). Activities or voids that

@@ -81,7 +81,7 @@ def replay(input_path: Path, as_of: datetime | None, fmt: str, workers: int | No
 
     One line per patient-month, sorted by org, patient, month:
     minutes per program, billable codes and units, blocked codes with reasons,
-    flags (RULES.md §6.3) and the estimated national payment.
+    flags (docs/rules.md §6.3) and the estimated national payment.
 
     An NDJSON log is folded event by event. The Parquet archive is replayed by
     DuckDB (idempotency, activity versions, months, interval accounting in SQL) with

@@ -1,6 +1,6 @@
 """``caretally demo`` (offline edition): a month of synthetic EHR traffic for a sample
 practice, folded event by event with alerts printed as they are derived, then the
-closing billing summary. The broker-backed demo builds on this (see DESIGN.md)."""
+closing billing summary. The broker-backed demo builds on this (see docs/design.md)."""
 
 from __future__ import annotations
 

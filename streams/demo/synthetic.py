@@ -1,4 +1,4 @@
-"""Deterministic synthetic EHR traffic in the wire contract v1 (DESIGN.md).
+"""Deterministic synthetic EHR traffic in the wire contract v1 (docs/design.md).
 
 Everything here is a pure function of a seed: the same arguments give the same events,
 byte for byte. Events are plain dicts (no pydantic on the hot path) and every one of them

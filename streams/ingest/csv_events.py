@@ -76,7 +76,7 @@ Kind = Literal["number", "boolean", "list", "text"]
 
 ENVELOPE_REQUIRED = ("event_id", "type", "org_id", "recorded_at", "source")
 ENVELOPE_OPTIONAL = ("patient_id", "schema_version")
-# Key order of the JSON we write: the wire contract's (DESIGN.md).
+# Key order of the JSON we write: the wire contract's (docs/design.md).
 _ENVELOPE_ORDER = (
     "event_id",
     "type",

@@ -3,7 +3,7 @@
 Used to rebuild state from the log: the ingress gate's index at start, and a fold
 partition's tail between its snapshot and where the worker's group resumes. "The end"
 is the fetch highwater, never ListOffsets: Tansu answers LATEST wrongly after batched
-produce (KAFKA-NOTES.md §0.2).
+produce (docs/kafka-notes.md §0.2).
 """
 
 from __future__ import annotations

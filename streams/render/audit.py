@@ -64,7 +64,7 @@ from projections.audit import (
 
 FORMAT = "caretally.audit/1"
 
-# core exclusion reason (RULES.md §6.3 names, plus voided/amended) -> CSV column
+# core exclusion reason (docs/rules.md §6.3 names, plus voided/amended) -> CSV column
 EXCLUSION_COLUMNS: dict[str, str] = {
     "duplicate_event": "excluded_duplicate_event",
     "face_to_face_excluded": "excluded_face_to_face",
@@ -338,7 +338,7 @@ def sections(report: AuditReport) -> list[Section]:
     """The report as titled tables of text (what the table and HTML formats print)."""
     out = [_activity_section(report)]
     time = Section(
-        "Time by program and billing practitioner (RULES.md §6.2 step 5)",
+        "Time by program and billing practitioner (docs/rules.md §6.2 step 5)",
         ["program", "practitioner", "counted", "concurrent staff (once)", "total", "personal"],
         numeric=frozenset({2, 3, 4, 5}),
         note="minutes; total = counted - concurrent, the minutes the codes are earned on",
@@ -470,10 +470,10 @@ def sections(report: AuditReport) -> list[Section]:
             f"Rules applied (rule year {b.rule_year})",
             ["kind", "rule", "sources"],
             [[r.kind, r.name, ", ".join(r.sources)] for r in b.rules],
-            note=f"source ids (RULES.md §1): {', '.join(b.source_ids) or 'none'}",
+            note=f"source ids (docs/rules.md §1): {', '.join(b.source_ids) or 'none'}",
         )
     )
-    out.append(Section("Flags (RULES.md §6.3)", ["flag"], [[f] for f in b.flags]))
+    out.append(Section("Flags (docs/rules.md §6.3)", ["flag"], [[f] for f in b.flags]))
     if report.rejected:
         out.append(
             Section(

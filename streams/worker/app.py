@@ -1,6 +1,6 @@
 """``caretally worker``: the Faust app that runs the core over Kafka.
 
-Agents (one process, ``concurrency=1`` each: KAFKA-NOTES.md §0.4):
+Agents (one process, ``concurrency=1`` each: docs/kafka-notes.md §0.4):
 
 * **gate** — ``care.ingress.v1`` → the log (``care.events.v1``) or the dead-letter topic
   (``streams.worker.gate``). Exact duplicates are counted and dropped.
@@ -21,7 +21,7 @@ stopped itself with a critical log line: the gate could not write a batch (which
 committed), or a recreated log has another partition count than ``--partitions``.
 
 State is not kept in Faust changelog tables: on Tansu their recovery loses updates
-(KAFKA-NOTES.md §0.2), and ``stream.take`` cannot write them (§0.7). Each partition's
+(docs/kafka-notes.md §0.2), and ``stream.take`` cannot write them (§0.7). Each partition's
 state lives in memory and is snapshotted with the log offset it reflects; a record
 whose offset is past the state's next offset first folds the gap straight from the
 log, one at or below it is skipped (already folded). So a restart, a rebalance or a

@@ -23,14 +23,7 @@ from pathlib import Path
 import orjson
 import pytest
 from click.testing import CliRunner, Result
-
-from streams.cli.main import cli
-from streams.demo.synthetic import generate_practice_log
-from streams.kafka.broker import EmbeddedBroker
-from streams.kafka.limits import DEADLETTER_EXCERPT_BYTES, EVENT_MAX_BYTES
-from streams.kafka.records import event_key, header
-from streams.kafka.topics import Topics
-from tests.test_ingest import (
+from test_ingest import (
     assert_in_ingress,
     assert_too_large_letter,
     hex_digest,
@@ -38,7 +31,14 @@ from tests.test_ingest import (
     read_ingress,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+from streams.cli.main import cli
+from streams.demo.synthetic import generate_practice_log
+from streams.kafka.broker import EmbeddedBroker
+from streams.kafka.limits import DEADLETTER_EXCERPT_BYTES, EVENT_MAX_BYTES
+from streams.kafka.records import event_key, header
+from streams.kafka.topics import Topics
+
+REPO = Path(__file__).resolve().parents[2]
 PARTS = 3
 MiB = 1 << 20
 AS_CAP = 3 << 30  # the child's address space: the unfixed ingest needs more for a 2 GiB line

@@ -1,4 +1,6 @@
-"""Edge cases found in review, each pinned to the rule it protects (RULES.md, DESIGN.md)."""
+"""Edge cases found in review, each pinned to the rule it protects.
+
+Rule ids refer to docs/rules.md and docs/design.md."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
-"""Alerts as the difference of billing state before/after each event (DESIGN.md "Alerts").
+"""Alerts as the difference of billing state before/after each event (docs/design.md "Alerts").
 
 The Projector steps events one at a time (``step(event) -> StepResult(outcome, alerts,
 changed)``); alerts must be reproducible (same log → same alert ids), name their
 patient-month, code and cause, and never carry the patient identifier in their text.
-Rule ids refer to /work/shared/RULES.md.
+Rule ids refer to docs/rules.md.
 """
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ def test_alert_ids_are_stable_across_replays() -> None:
 
 
 def test_cap_reached_when_99439_cap_exceeded() -> None:
-    """RULES §3.1, §6.2 step 7(c): 99439 is capped at 2 units; ``cap_reached`` once when
+    """docs/rules.md §3.1, §6.2 step 7(c): 99439 is capped at 2 units; ``cap_reached`` once when
     the minutes would earn a third, not again on more minutes."""
     log = cap_log()
     got = alerts_by_event(log)
@@ -192,7 +192,7 @@ def test_documentation_gap_when_time_met_but_consent_missing() -> None:
 
 
 def test_exclusive_conflict_alert() -> None:
-    """RULES §6.2 step 9: same-practitioner CCM + PCM → ``exclusive_conflict`` alert; the
+    """docs/rules.md §6.2 step 9: same-practitioner CCM + PCM → ``exclusive_conflict`` alert; the
     program of record (CCM) keeps billing, so no threshold_crossed for 99426."""
     log = conflict_log()
     eid, alerts = run(log)[-1]
@@ -222,7 +222,7 @@ def test_overlap_and_double_count_alerts_name_both_activities() -> None:
 
 
 def test_late_activity_in_closed_month() -> None:
-    """RULES §6.3 ``late_activity``: an activity or void landing in a month closed with
+    """docs/rules.md §6.3 ``late_activity``: an activity or void landing in a month closed with
     ``month.closed``; nothing for an open month. The alert names the claim line billed at
     close that it would change (tests/test_close.py has more)."""
     log = late_log()

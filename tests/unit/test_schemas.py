@@ -1,4 +1,4 @@
-"""The wire contract v1 (DESIGN.md "Wire contract v1"): what parses, what is rejected and
+"""The wire contract v1 (docs/design.md "Wire contract v1"): what parses, what is rejected and
 with which reason, and the ``caretally schema`` command that hands it to EHR vendors."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ ACTIVITY = {
     "started_at": "2025-03-14T10:00:00-04:00",
     "minutes": 20,
 }
-# One valid `data` per type, as DESIGN.md's table lists them (practice events omit patient_id).
+# One valid `data` per type, as docs/design.md's table lists them (practice events omit patient_id).
 VALID_DATA: dict[str, dict[str, Any]] = {
     "practice.configured": {"timezone": "America/Chicago", "facility_type": "fqhc"},
     "activity.logged": ACTIVITY,

@@ -295,7 +295,7 @@ def test_an_amendment_moving_time_out_of_the_month_is_still_audited() -> None:
 
 
 def test_concurrent_staff_minutes_reconcile_with_the_billing_view() -> None:
-    """Two nurses at once count once (RULES.md §6.2 step 5): the activities' counted
+    """Two nurses at once count once (docs/rules.md §6.2 step 5): the activities' counted
     minutes exceed the billing minutes by exactly the concurrent part."""
     log = Log(org=ORG)
     log.practice()

@@ -1,4 +1,4 @@
-"""``staff_overlap``: one staff member on two patients at once (DESIGN.md "Alerts").
+"""``staff_overlap``: one staff member on two patients at once (docs/design.md "Alerts").
 
 :class:`projections.staff.StaffProjector` is a pure fold of staff intervals and voids;
 an overlap of two different patients raises one alert per patient, in the month of

@@ -1,7 +1,7 @@
-"""The shipped rule books (projections/rules/*.toml) against RULES.md.
+"""The shipped rule books (projections/rules/*.toml) against docs/rules.md.
 
 Section numbers (§1, §3, §5, ...) and rule ids (G3, D-4, ...) refer to
-/work/shared/RULES.md, the billing rules reference the books are transcribed from.
+docs/rules.md, the billing rules reference the books are transcribed from.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import pytest
 
 from projections.rulebook import RuleBook, _load, book_for_month, rule_books
 
-# RULES §1: every source id a book may cite.
+# docs/rules.md §1: every source id a book may cite.
 RULES_SOURCE_IDS = frozenset({f"S{i}" for i in range(1, 27)} | {f"SEED-{i}" for i in range(4)})
 
-# RULES §5, 2025 national amounts: (code, "2025 NF $", "2025 Fac $"), CF 32.3465 (S1).
+# docs/rules.md §5, 2025 national amounts: (code, "2025 NF $", "2025 Fac $"), CF 32.3465 (S1).
 FEES_2025 = [
     ("99490", 60.49, 47.87),
     ("99439", 45.93, 32.99),
@@ -42,9 +42,9 @@ FEES_2025 = [
     ("G0558", 107.07, 79.90),
 ]
 
-# Codes new in CY 2026 (RULES §3.3 S13, §3.4 S15).
+# Codes new in CY 2026 (docs/rules.md §3.3 S13, §3.4 S15).
 NEW_2026 = ("99445", "99470", "98979", "98984", "98985")
-# 2026 codes with no RVU figure at all: unpriced (RULES §5 [U]).
+# 2026 codes with no RVU figure at all: unpriced (docs/rules.md §5 [U]).
 UNPRICED_2026 = ("99470", "98979", "98984", "98985")
 
 
@@ -88,7 +88,7 @@ def test_book_for_month(month: str, year: int) -> None:
     assert book_for_month(month).year == year
 
 
-# --- fees (RULES §5) ----------------------------------------------------------------
+# --- fees (docs/rules.md §5) ----------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("code", "nf", "fac"), FEES_2025)
@@ -106,7 +106,7 @@ def test_2025_ships_exactly_the_priced_codes(book2025: RuleBook) -> None:
 
 
 def test_2026_conversion_factor(book2026: RuleBook) -> None:
-    # RULES §5: $33.4009 for non-qualifying APM participants (S14).
+    # docs/rules.md §5: $33.4009 for non-qualifying APM participants (S14).
     assert book2026.conversion_factor == 33.4009
     assert book2026.conversion_factor_source == "S14"
 
@@ -135,7 +135,7 @@ def test_2026_codes_without_a_figure_are_unpriced(book2026: RuleBook, code: str)
     assert "Unpriced" in rule.note
 
 
-# --- sources (RULES §1) -------------------------------------------------------------
+# --- sources (docs/rules.md §1) -------------------------------------------------------------
 
 
 @pytest.mark.parametrize("book", _all_books(), ids=lambda b: str(b.year))
@@ -159,7 +159,7 @@ def test_confidence_is_a_rules_tag(book: RuleBook) -> None:
         assert rule.confidence in {"C", "S", "U", "D"}, rule.code
 
 
-# --- code structure (RULES §3, G3, G15) ---------------------------------------------
+# --- code structure (docs/rules.md §3, G3, G15) ---------------------------------------------
 
 
 @pytest.mark.parametrize("book", _all_books(), ids=lambda b: str(b.year))
@@ -242,7 +242,7 @@ def test_device_day_bands(book2025: RuleBook, book2026: RuleBook) -> None:
     assert "S13" in book2026.code("99453").sources
 
 
-# --- tracks (RULES §6.2 order) ------------------------------------------------------
+# --- tracks (docs/rules.md §6.2 order) ------------------------------------------------------
 
 
 def test_track_order(book2025: RuleBook, book2026: RuleBook) -> None:
@@ -265,7 +265,7 @@ def test_track_order(book2025: RuleBook, book2026: RuleBook) -> None:
         assert book.tracks_for("ccm")[0].requires == "complex_month"
 
 
-# --- exclusive pairs (RULES §3.1-§3.3, §3.7, §4) ------------------------------------
+# --- exclusive pairs (docs/rules.md §3.1-§3.3, §3.7, §4) ------------------------------------
 
 
 def _pairs(book: RuleBook) -> dict[tuple[frozenset[str], str], str]:
@@ -302,7 +302,7 @@ def test_exclusive_pairs_2026(book2025: RuleBook, book2026: RuleBook) -> None:
     assert (frozenset(("99457", "99470")), "same_practitioner") not in _pairs(book2025)
 
 
-# --- gates and policy (RULES §6.2 step 6, §7) ---------------------------------------
+# --- gates and policy (docs/rules.md §6.2 step 6, §7) ---------------------------------------
 
 
 @pytest.mark.parametrize("book", _all_books(), ids=lambda b: str(b.year))

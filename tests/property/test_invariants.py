@@ -1,6 +1,6 @@
 """Invariants every patient-month must satisfy, checked over realistic synthetic logs.
 
-They restate RULES.md's hard limits independently of how the engine reaches its
+They restate docs/rules.md's hard limits independently of how the engine reaches its
 answer: a regression anywhere in accounting or billing that breaks one shows up here.
 """
 
@@ -40,7 +40,7 @@ def billings(request: pytest.FixtureRequest) -> list[MonthBilling]:
 
 
 def test_every_flag_and_reason_is_in_the_rules_vocabulary(billings: list[MonthBilling]) -> None:
-    """RULES.md §6.3: flags use its names exactly."""
+    """docs/rules.md §6.3: flags use its names exactly."""
     for b in billings:
         for flag in b.flags:
             assert FLAG.match(flag), (b.month, flag)

@@ -1,9 +1,9 @@
-"""RULES.md §6.2, step by step: one test (or parametrized group) per evaluation step.
+"""docs/rules.md §6.2, step by step: one test (or parametrized group) per evaluation step.
 
-Section and rule ids (§6.2 step N, G1, G9, D-7, ...) refer to /work/shared/RULES.md.
+Section and rule ids (§6.2 step N, G1, G9, D-7, ...) refer to docs/rules.md.
 Every scenario is built with :class:`builders.Log` and checked on the public view
 (``caretally replay`` line): minutes per program, billable and blocked codes with units
-and reasons, and flags named exactly as RULES §6.3.
+and reasons, and flags named exactly as docs/rules.md §6.3.
 """
 
 from __future__ import annotations

@@ -295,6 +295,7 @@ async def republish(bootstrap: str, topic: str, records: list[Any]) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.integration  # starts and restarts its own broker
 def test_a_worker_running_across_a_broker_restart_refolds_the_restored_log(
     tmp_path: Path,
 ) -> None:

@@ -1,10 +1,10 @@
-"""Every row of the minute-to-code tables in RULES.md §3, at both edges, end to end.
+"""Every row of the minute-to-code tables in docs/rules.md §3, at both edges, end to end.
 
 Each case builds a fresh event log (``builders.Log``), replays it and checks the public
 view of one patient-month: billable codes and units, blocked lines, the exact flag set
-and, for 2025, the estimated payment against the national amounts of RULES §5.
+and, for 2025, the estimated payment against the national amounts of docs/rules.md §5.
 
-Section and rule ids (§3.1, G3, D-4, step 7c ...) refer to /work/shared/RULES.md.
+Section and rule ids (§3.1, G3, D-4, step 7c ...) refer to docs/rules.md.
 Seconds matter (G3 "each unit requires its full time"): 19.99 minutes is 1199 s and
 does not meet a 20-minute threshold; the ``ended_at`` cases pin the same edges with
 start/end instants instead of a minutes figure.
@@ -30,7 +30,7 @@ DAYS = (3, 11, 19)  # one activity per day, so a case's activities never overlap
 STAFF = ("RN-1", "MA-1", "CM-1")  # G5: staff minutes add up across people and days
 DR = "DR-1"
 
-# RULES §5, 2025 national non-facility amounts (CF 32.3465, S1).
+# docs/rules.md §5, 2025 national non-facility amounts (CF 32.3465, S1).
 FEES_2025 = {
     "99490": 60.49,
     "99439": 45.93,

@@ -1,4 +1,4 @@
-"""`caretally replay` and `caretally demo` as a user drives them (DESIGN.md command line)."""
+"""`caretally replay` and `caretally demo` as a user drives them (docs/design.md command line)."""
 
 from __future__ import annotations
 
@@ -148,6 +148,7 @@ def test_help_teaches(args: list[str]) -> None:
     assert "Usage:" in result.output and len(result.output.splitlines()) > 5
 
 
+@pytest.mark.integration  # the live demo starts its own embedded broker
 def test_demo_runs_and_summarises(tmp_path: Path) -> None:
     saved, archive = tmp_path / "demo.ndjson", tmp_path / "archive"
     result = CliRunner().invoke(

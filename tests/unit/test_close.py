@@ -1,4 +1,4 @@
-"""Month close and claim export (DESIGN.md "caretally close"; RULES.md G16, §6.3).
+"""Month close and claim export (docs/design.md "caretally close"; docs/rules.md G16, §6.3).
 
 Pure: claim lines and their dates of service from the core's billing; ``late_activity``
 alerts naming the claim line billed at close. End to end: ``caretally close`` against a
@@ -64,7 +64,7 @@ def ccm(facility: str = "office", plan_on: str = "2025-01-01") -> Log:
     return log
 
 
-# --- dates of service (RULES.md G16) ---------------------------------------------------------
+# --- dates of service (docs/rules.md G16) ---------------------------------------------------------
 
 
 def test_ccm_date_of_service_is_the_local_day_the_20_minutes_were_met() -> None:
@@ -127,7 +127,7 @@ def test_physician_track_dates_from_personal_time_only() -> None:
 
 
 def test_care_plan_recorded_after_the_time_was_met_dates_the_line() -> None:
-    """RULES.md is silent; conservatively a CCM line is not dated before the care plan its
+    """docs/rules.md is silent; conservatively a CCM line is not dated before the care plan its
     gate needs (G12) when that plan was first recorded inside the month."""
     log = ccm(plan_on="2025-03-20")
     log.activity(P, "a1", "2025-03-05T10:00:00-05:00", 25)
@@ -159,7 +159,7 @@ def rpm_log(enrolled_on: str) -> Log:
 
 
 def test_device_codes_are_dated_at_the_end_of_their_30_day_period() -> None:
-    """§6.1/G1: a period's device codes are reported in the month it ends; RULES.md names no
+    """§6.1/G1: a period's device codes are reported in the month it ends; docs/rules.md names no
     date of service [U], so the period's last day (March 30 for a period opened March 1,
     not the month's last day). 99453 comes with the first period, on the same date."""
     log = rpm_log("2025-03-01")
@@ -219,7 +219,7 @@ def test_reach_counts_time_in_order_once_or_summed() -> None:
     assert reach(iv, 21, once=False) == 101
 
 
-# --- late_activity names the claim line (RULES.md §6.3) -----------------------------------------
+# --- late_activity names the claim line (docs/rules.md §6.3) ------------------------------------
 
 
 def late_alerts(log: Log) -> list[Alert]:

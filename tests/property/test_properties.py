@@ -1,7 +1,7 @@
 """Property tests (hypothesis) of the accounting semantics.
 
-References: /work/shared/DESIGN.md ("Accounting semantics", "One semantics, several
-engines", idempotent folds) and /work/shared/RULES.md §6.2 (evaluation order).
+References: docs/design.md ("Accounting semantics", "One semantics, several
+engines", idempotent folds) and docs/rules.md §6.2 (evaluation order).
 
 The log strategy builds realistic small wire-contract logs: one practice (sometimes
 two), one to four patients each, a random practice time zone, documentation
@@ -472,8 +472,9 @@ def _describe(bills: list[Any]) -> None:
 @SETTINGS
 @given(log=gen_logs(), data=st.data())
 def test_duplicate_events_change_nothing(log: GenLog, data: st.DataObject) -> None:
-    """DESIGN.md "every fold is idempotent (event ids ...)", RULES.md §6.2 step 1: re-inserting
-    exact copies (same event_id and body) of events at later positions changes no view."""
+    """docs/design.md "every fold is idempotent (event ids ...)", docs/rules.md §6.2 step 1:
+    re-inserting exact copies (same event_id and body) of events at later positions changes no
+    view."""
     raws = log.merged()
     events = parse(raws)
     dup = list(events)
@@ -492,7 +493,7 @@ def test_duplicate_events_change_nothing(log: GenLog, data: st.DataObject) -> No
 @SETTINGS
 @given(log=gen_logs(), data=st.data())
 def test_void_equals_never_logging(log: GenLog, data: st.DataObject) -> None:
-    """DESIGN.md "voiding removes it" (ledger: "voiding equals never logging"): appending
+    """docs/design.md "voiding removes it" (ledger: "voiding equals never logging"): appending
     ``activity.voided`` for an activity logged once and never amended or voided gives the
     same views as a log without that activity."""
     raws = log.merged()
@@ -596,8 +597,8 @@ def single_activity(draw: st.DrawFn) -> tuple[str, list[Raw], int]:
 @settings(max_examples=300, deadline=None)
 @given(case=single_activity())
 def test_month_split_conserves_seconds(case: tuple[str, list[Raw], int]) -> None:
-    """DESIGN.md "an activity across local midnight at a month's end is split. Seconds
-    accumulate", RULES.md §6.2 step 2: a lone counted CCM activity's seconds, summed over
+    """docs/design.md "an activity across local midnight at a month's end is split. Seconds
+    accumulate", docs/rules.md §6.2 step 2: a lone counted CCM activity's seconds, summed over
     the local months it touches, equal its length (also across DST nights)."""
     tz, raws, seconds = case
     bills = replay(parse(raws))
@@ -628,7 +629,7 @@ def test_month_split_conserves_seconds(case: tuple[str, list[Raw], int]) -> None
 @SETTINGS
 @given(log=gen_logs(), picks=st.lists(st.integers(0, 7), max_size=400))
 def test_interleaving_patients_changes_nothing(log: GenLog, picks: list[int]) -> None:
-    """DESIGN.md "The log's order decides ties" — and only ties: patients never interact in
+    """docs/design.md "The log's order decides ties" — and only ties: patients never interact in
     billing, so any interleaving of the patients' sub-logs (each kept in its own order, the
     practices' configuration first) gives the same views."""
     a = parse(log.merged())
@@ -645,7 +646,7 @@ def test_interleaving_patients_changes_nothing(log: GenLog, picks: list[int]) ->
 @SETTINGS
 @given(log=gen_logs())
 def test_as_of_end_of_time_is_no_as_of(log: GenLog) -> None:
-    """DESIGN.md "Auditors replay the same log to any point in time": as of the end of time
+    """docs/design.md "Auditors replay the same log to any point in time": as of the end of time
     is the whole log."""
     events = parse(log.merged())
     assert views(events, as_of=END_OF_TIME) == views(events)
@@ -654,7 +655,7 @@ def test_as_of_end_of_time_is_no_as_of(log: GenLog) -> None:
 @SETTINGS
 @given(log=gen_logs(), data=st.data())
 def test_as_of_is_a_prefix(log: GenLog, data: st.DataObject) -> None:
-    """DESIGN.md "replay the log ... as it stood at any instant": as of T equals the log of
+    """docs/design.md "replay the log ... as it stood at any instant": as of T equals the log of
     the events recorded at or before T (a prefix, recorded_at being non-decreasing), showing
     the months that had begun at T."""
     events = parse(log.merged())
@@ -686,7 +687,7 @@ def test_as_of_is_a_prefix(log: GenLog, data: st.DataObject) -> None:
 @example(log=APCM_VOID)
 @example(log=REVOCATION_ONLY)
 def test_projector_equals_replay(log: GenLog) -> None:
-    """DESIGN.md "One semantics, several engines": stepping every event through the
+    """docs/design.md "One semantics, several engines": stepping every event through the
     incremental Projector ends with the views a batch replay gives."""
     events = parse(log.merged())
     projector = Projector()
@@ -704,7 +705,7 @@ def test_projector_equals_replay(log: GenLog) -> None:
 @given(log=gen_logs())
 @example(log=REVOCATION_ONLY)
 def test_folding_twice_is_idempotent(log: GenLog) -> None:
-    """DESIGN.md "every fold is idempotent (event ids, activity versions), so a restart or a
+    """docs/design.md "every fold is idempotent (event ids, activity versions), so a restart or a
     redelivery never changes a total": a second pass of the whole log over the same Ledger
     is all duplicates and leaves every view unchanged."""
     events = parse(log.merged())
@@ -727,7 +728,7 @@ cuts = st.one_of(proper, st.integers(-50, 50).map(lambda x: (x, x)))
 @settings(max_examples=300, deadline=None)
 @given(xs=st.lists(intervals, max_size=12))
 def test_union_is_sorted_disjoint_and_no_longer(xs: list[tuple[int, int]]) -> None:
-    """Interval algebra (RULES.md §6.2 steps 4-5 count one person's overlap once): ``union``
+    """Interval algebra (docs/rules.md §6.2 steps 4-5 count one person's overlap once): ``union``
     is sorted, disjoint, non-adjacent and covers exactly the points of its inputs."""
     u = union(xs)
     assert all(s < e for s, e in u)
@@ -740,7 +741,7 @@ def test_union_is_sorted_disjoint_and_no_longer(xs: list[tuple[int, int]]) -> No
 @settings(max_examples=300, deadline=None)
 @given(xs=st.lists(proper, max_size=8), cut=cuts)
 def test_subtract_conserves_length(xs: list[tuple[int, int]], cut: tuple[int, int]) -> None:
-    """Interval algebra (RULES.md §6.2 steps 3-4 record every removed second): on disjoint
+    """Interval algebra (docs/rules.md §6.2 steps 3-4 record every removed second): on disjoint
     pieces, ``subtract`` keeps plus removes exactly the original length, and keeps nothing
     inside the cut."""
     pieces = union(xs)
