@@ -132,7 +132,7 @@ def consumer_settings(bootstrap: str, group_id: str | None, client_id: str) -> d
         # expects (retention) and must stop the archiver, not silently skip or repeat
         "auto_offset_reset": "none",
         "allow_auto_create_topics": False,
-        "session_timeout_ms": 6000,  # Tansu parks each join for half of it (KAFKA-NOTES §0.5)
+        "session_timeout_ms": 6000,  # Tansu parks each join for half of it (docs/kafka-notes.md §0.5)
         "heartbeat_interval_ms": 1000,
         "max_poll_records": 5000,
         "max_partition_fetch_bytes": 4 * 1024 * 1024,

@@ -170,8 +170,8 @@ def serve(
 
     from aiokafka.errors import KafkaError
 
-    from streams.http.api import Server, build_app
-    from streams.http.api import serve as run_server
+    from streams.http.app import Server, build_app
+    from streams.http.app import serve as run_server
     from streams.http.api_keys import ApiKeyError, ApiKeyStore, resolve_path
     from streams.http.guard import ConnectionLimits, fit_connection_cap
     from streams.http.rate_limit import OrgRateLimits

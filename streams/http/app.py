@@ -1,0 +1,197 @@
+"""The HTTP API of ``caretally serve``: ingest events, read billing views, stream alerts.
+
+This module builds the app (middleware, routes, the producer and cache it lives with) and
+runs its server; the handlers are in :mod:`streams.http.routes`, the read model in
+:mod:`streams.http.state_cache`.
+
+Writes go to ``care.ingress.v1`` exactly as the feed sent them (the ingress gate decides
+what enters the log); reads come from an in-memory :class:`StateCache` that follows
+``care.billing.v1`` and ``care.alerts.v1`` from their beginning, without a consumer group
+(every server holds the whole state, so any number of them can run side by side and none
+waits for a group rebalance, which Tansu makes slow).
+
+Every route but ``/healthz`` needs an org API key (:mod:`streams.http.api_keys`); a key reads
+and writes its own org's data only. Patient ids never appear in logs at info level: the
+access log names the route template, not the path.
+
+Endpoints (errors are always ``{"error": "..."}``):
+
+* ``POST /v1/events`` one JSON event, or an NDJSON batch. All-or-nothing validation.
+  Per-org token buckets counted in events (:mod:`streams.http.rate_limit`): 429 and
+  ``Retry-After`` beyond them.
+* ``GET /v1/orgs/{org}/patients/{patient}/months/{month}`` the billing view.
+* ``GET /v1/orgs/{org}/worklist?month=YYYY-MM`` patient-months by billing status.
+* ``GET /v1/orgs/{org}/alerts`` Server-Sent Events, ``?replay=N`` and ``Last-Event-ID``.
+* ``GET /healthz`` liveness and whether the cache has caught up, no auth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiokafka import AIOKafkaProducer
+
+from streams.http.api_keys import ApiKeyStore
+from streams.http.guard import ConnectionLimits, GuardedRunner, redact_aiohttp_logs
+from streams.http.rate_limit import OrgRateLimits
+from streams.http.routes import (
+    BOOTSTRAP,
+    CACHE,
+    DEFAULT_MAX_BODY_BYTES,
+    HEARTBEAT,
+    HEARTBEAT_S,
+    KAFKA,
+    KEYS,
+    MAX_BODY,
+    RATE,
+    TOPICS,
+    Kafka,
+    get_alerts,
+    get_month,
+    get_worklist,
+    healthz,
+    json_errors,
+    post_events,
+    require_key,
+    route_name,
+)
+from streams.http.state_cache import StateCache
+from streams.kafka.limits import PRODUCER_MAX_REQUEST_BYTES
+from streams.kafka.topics import Topics
+
+log = logging.getLogger("caretally.serve")
+
+
+class RouteAccessLogger(AbstractAccessLogger):
+    """An access log that names the route template, never the path (it holds patient ids)."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info(
+            "%s %s %d %.1fms", request.method, route_name(request), response.status, time * 1000
+        )
+
+
+async def _kafka(app: web.Application) -> AsyncIterator[None]:
+    """Producer and cache live as long as the app (aiohttp cleanup context)."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=app[BOOTSTRAP],
+        client_id="caretally-serve",
+        acks="all",
+        # Tansu rejects aiokafka's InitProducerId (docs/kafka-notes.md §0.3)
+        enable_idempotence=False,
+        linger_ms=2,
+        request_timeout_ms=15000,
+        max_request_size=PRODUCER_MAX_REQUEST_BYTES,
+    )
+    await producer.start()
+    try:
+        await app[CACHE].start()
+    except BaseException:
+        await producer.stop()
+        raise
+    app[KAFKA].producer = producer
+    try:
+        yield
+    finally:
+        app[KAFKA].producer = None
+        await app[CACHE].stop()
+        await producer.stop()
+
+
+async def _close_streams(app: web.Application) -> None:
+    """On shutdown, end the SSE streams so the server does not wait for them."""
+    app[CACHE].close_subscribers()
+
+
+def build_app(
+    bootstrap: str,
+    topics: Topics,
+    keys: ApiKeyStore,
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    heartbeat_s: float = HEARTBEAT_S,
+    cache: StateCache | None = None,
+    rate_limits: OrgRateLimits | None = None,
+) -> web.Application:
+    """The aiohttp application; Kafka clients start with it (``AppRunner.setup``)."""
+    app = web.Application(middlewares=[json_errors, require_key], client_max_size=max_body_bytes)
+    app[CACHE] = cache if cache is not None else StateCache(bootstrap, topics)
+    app[KEYS] = keys
+    app[TOPICS] = topics
+    app[BOOTSTRAP] = bootstrap
+    app[MAX_BODY] = max_body_bytes
+    app[HEARTBEAT] = heartbeat_s
+    app[KAFKA] = Kafka()
+    app[RATE] = rate_limits if rate_limits is not None else OrgRateLimits()
+    app.cleanup_ctx.append(_kafka)
+    app.on_shutdown.append(_close_streams)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_post("/v1/events", post_events)
+    app.router.add_get("/v1/orgs/{org}/patients/{patient}/months/{month}", get_month)
+    app.router.add_get("/v1/orgs/{org}/worklist", get_worklist)
+    app.router.add_get("/v1/orgs/{org}/alerts", get_alerts)
+    return app
+
+
+@dataclass
+class Server:
+    """A running server (``port`` is the bound one, useful with port 0)."""
+
+    runner: web.AppRunner
+    host: str
+    port: int
+
+    async def close(self) -> None:
+        await self.runner.cleanup()
+
+
+async def start(
+    app: web.Application,
+    host: str,
+    port: int,
+    shutdown_timeout: float = 5.0,
+    limits: ConnectionLimits | None = None,
+) -> Server:
+    """Start Kafka clients and listen; raises if the broker or the port is unavailable.
+
+    Connections are bounded by ``limits`` (:mod:`streams.http.guard`: head, body and idle
+    timeouts, a connection cap) and aiohttp's own error logs name no request line."""
+    redact_aiohttp_logs()
+    runner = GuardedRunner(
+        app,
+        limits or ConnectionLimits(),
+        access_log_class=RouteAccessLogger,
+        shutdown_timeout=shutdown_timeout,
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound = runner.addresses[0][1] if runner.addresses else port
+    return Server(runner, host, int(bound))
+
+
+async def serve(
+    app: web.Application,
+    host: str,
+    port: int,
+    stop: asyncio.Event,
+    on_ready: Callable[[Server], None] | None = None,
+    limits: ConnectionLimits | None = None,
+) -> None:
+    """Run until ``stop`` is set, then shut down (SSE streams end, Kafka clients close)."""
+    server = await start(app, host, port, limits=limits)
+    try:
+        if on_ready is not None:
+            on_ready(server)
+        await stop.wait()
+    finally:
+        await server.close()

@@ -1,0 +1,381 @@
+"""The read model of ``caretally serve``: billing views and alerts followed from Kafka.
+
+:class:`StateCache` reads ``care.billing.v1`` and ``care.alerts.v1`` from their beginning,
+without a consumer group (every server holds the whole state, so any number of them can run
+side by side and none waits for a group rebalance, which Tansu makes slow), and hands new
+alerts to Server-Sent-Event subscribers. It can be fed without a broker
+(:meth:`StateCache.apply_billing` / :meth:`StateCache.apply_alert`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from pydantic import ValidationError
+
+from schemas.views import Alert
+from streams.kafka.records import header, key_parts
+from streams.kafka.topics import Topics
+
+log = logging.getLogger("caretally.serve")
+
+ALERTS_PER_ORG = 10_000
+SUBSCRIBER_QUEUE = 1000
+
+
+@dataclass(slots=True)
+class BillingEntry:
+    """One patient-month as last published: the stored bytes, parsed view and progress."""
+
+    org_id: str
+    patient_id: str
+    month: str
+    raw: bytes
+    view: dict[str, Any]
+    progress: list[dict[str, Any]]
+
+    @property
+    def ids(self) -> BillingIds:
+        return (self.org_id, self.patient_id, self.month)
+
+
+BillingIds = tuple[str, str, str]
+"""(org_id, patient_id, month): what a ``care.billing.v1`` key stands for."""
+
+
+def _billing_ids(key: bytes | None) -> BillingIds | None:
+    parts = key_parts(key)
+    if parts is None or len(parts) != 3:
+        return None
+    return parts[0], parts[1], parts[2]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAlert:
+    alert_id: str
+    kind: str
+    data: bytes  # compact JSON on one line (SSE data must not hold a newline)
+
+    def sse(self) -> bytes:
+        alert_id = self.alert_id.replace("\r", "").replace("\n", "")
+        return b"id: %s\nevent: %s\ndata: %s\n\n" % (
+            alert_id.encode(),
+            self.kind.encode(),
+            self.data,
+        )
+
+
+@dataclass(eq=False, slots=True)
+class Subscriber:
+    """One SSE client: a bounded queue; ``None`` in it means "stop" (``dropped`` says why)."""
+
+    org_id: str
+    queue: asyncio.Queue[StoredAlert | None]
+    dropped: bool = False
+
+
+@dataclass(slots=True)
+class _Lag:
+    caught_up: bool = False
+    healthy: bool = False
+    error: str | None = None
+
+
+class StateCache:
+    """Latest billing view per patient-month and recent alerts per org, from Kafka.
+
+    The consumer has no group: it is assigned every partition of the billing and alerts
+    topics and reads them from the beginning, so the cache is a pure function of the topics
+    (a restart rebuilds it). Until it has read up to the high-water mark once, reads answer
+    503 rather than a silently incomplete state.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topics: Topics,
+        *,
+        alerts_per_org: int = ALERTS_PER_ORG,
+        subscriber_queue: int = SUBSCRIBER_QUEUE,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.topics = topics
+        self.alerts_per_org = alerts_per_org
+        self.subscriber_queue = subscriber_queue
+        # keyed by the ids (org, patient, month) a record's key decodes to, never its bytes
+        self.billing: dict[BillingIds, BillingEntry] = {}
+        self._by_org_month: dict[str, dict[str, set[BillingIds]]] = {}
+        self.alerts: dict[str, deque[StoredAlert]] = {}
+        self._subscribers: dict[str, set[Subscriber]] = {}
+        self._lag = _Lag()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            client_id="caretally-serve",
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=200,
+            request_timeout_ms=15000,
+        )
+        await consumer.start()
+        try:
+            await consumer.topics()  # loads cluster metadata
+            parts: list[TopicPartition] = []
+            for topic in (self.topics.billing, self.topics.alerts):
+                ids = consumer.partitions_for_topic(topic)
+                if not ids:
+                    raise RuntimeError(f"topic {topic!r} does not exist (run ensure_topics first)")
+                parts.extend(TopicPartition(topic, p) for p in sorted(ids))
+            consumer.assign(parts)
+            await consumer.seek_to_beginning(*parts)
+        except BaseException:
+            await consumer.stop()
+            raise
+        self._consumer = consumer
+        self._lag.healthy = True
+        self._task = asyncio.create_task(self._follow(consumer, parts), name="caretally-cache")
+
+    async def stop(self) -> None:
+        self.close_subscribers()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+        self._lag.healthy = False
+
+    @property
+    def caught_up(self) -> bool:
+        return self._lag.caught_up
+
+    @property
+    def status(self) -> str:
+        """``live``, ``catching_up`` or ``down`` (consumer stopped or failing)."""
+        if not self._lag.healthy or self._task is None or self._task.done():
+            return "down"
+        return "live" if self._lag.caught_up else "catching_up"
+
+    async def _follow(self, consumer: AIOKafkaConsumer, parts: list[TopicPartition]) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                batches = await consumer.getmany(timeout_ms=500, max_records=5000)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # aiokafka retries connection errors itself; what reaches here is unusual
+                self._lag.healthy, self._lag.error = False, type(exc).__name__
+                log.warning("reading the billing/alerts topics failed (%s); retrying", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            self._lag.healthy, self._lag.error, backoff = True, None, 0.5
+            for tp, records in batches.items():
+                for rec in records:
+                    if tp.topic == self.topics.billing:
+                        self.apply_billing(rec.key, rec.value, header(rec.headers, "progress"))
+                    else:
+                        self.apply_alert(rec.value)
+            if not self._lag.caught_up and await self._at_end(consumer, parts):
+                self._lag.caught_up = True
+                log.info(
+                    "state cache caught up: %d billing views, %d alerts",
+                    len(self.billing),
+                    sum(len(d) for d in self.alerts.values()),
+                )
+
+    @staticmethod
+    async def _at_end(consumer: AIOKafkaConsumer, parts: list[TopicPartition]) -> bool:
+        """Read up to the fetch high-water mark on every partition (not ``end_offsets``,
+        which Tansu gets wrong for multi-record batches)."""
+        for tp in parts:
+            hw = consumer.highwater(tp)
+            if hw is None or await consumer.position(tp) < hw:
+                return False
+        return True
+
+    # -- applying records (synchronous: no await between a change and its fan-out) ---------
+
+    def apply_billing(self, key: bytes | None, value: bytes | None, progress: bytes | None) -> None:
+        ids = _billing_ids(key)
+        if ids is None:
+            log.warning("skipped a billing record whose key is not org:patient:month")
+            return
+        old = self.billing.pop(ids, None)
+        if old is not None:
+            self._unindex(old)
+        if value is None:  # tombstone: the month no longer has anything in it
+            return
+        try:
+            view = orjson.loads(value)
+            org_id, patient_id, month = view["org_id"], view["patient_id"], view["month"]
+            if not all(isinstance(x, str) for x in (org_id, patient_id, month)):
+                raise TypeError("ids are not strings")
+            if (org_id, patient_id, month) != ids:
+                raise ValueError("key does not match the view")
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            log.warning("skipped a billing record that is not a view: %s", exc)
+            return
+        entry = BillingEntry(org_id, patient_id, month, bytes(value), view, _progress(progress))
+        self.billing[entry.ids] = entry
+        self._by_org_month.setdefault(org_id, {}).setdefault(month, set()).add(entry.ids)
+
+    def _unindex(self, entry: BillingEntry) -> None:
+        months = self._by_org_month.get(entry.org_id, {})
+        keys = months.get(entry.month)
+        if keys is not None:
+            keys.discard(entry.ids)
+            if not keys:
+                del months[entry.month]
+        if not months:
+            self._by_org_month.pop(entry.org_id, None)
+
+    def apply_alert(self, value: bytes | None) -> None:
+        if value is None:
+            return
+        try:
+            alert = Alert.model_validate_json(value)
+        except ValidationError as exc:
+            log.warning(
+                "skipped an alert record that is not an Alert (%d errors)", exc.error_count()
+            )
+            return
+        stored = StoredAlert(alert.alert_id, alert.kind, alert.model_dump_json().encode())
+        recent = self.alerts.get(alert.org_id)
+        if recent is None:
+            recent = self.alerts[alert.org_id] = deque(maxlen=self.alerts_per_org)
+        recent.append(stored)
+        for sub in list(self._subscribers.get(alert.org_id, ())):
+            try:
+                sub.queue.put_nowait(stored)
+            except asyncio.QueueFull:
+                self._drop(sub, dropped=True)
+
+    # -- queries ------------------------------------------------------------------------------
+
+    def month_view(self, org_id: str, patient_id: str, month: str) -> BillingEntry | None:
+        return self.billing.get((org_id, patient_id, month))
+
+    def worklist(self, org_id: str, month: str) -> dict[str, list[dict[str, Any]]]:
+        """The org's patient-months of ``month`` by status, nearest threshold first."""
+        groups: dict[str, list[tuple[tuple[bool, int, str], dict[str, Any]]]] = {
+            "billable": [],
+            "blocked": [],
+            "in_progress": [],
+        }
+        for ids in self._by_org_month.get(org_id, {}).get(month, ()):
+            entry = self.billing[ids]
+            view = entry.view
+            billable, blocked = view.get("billable") or [], view.get("blocked") or []
+            status = "billable" if billable else "blocked" if blocked else "in_progress"
+            nxt = _nearest(entry.progress)
+            item = {
+                "patient_id": entry.patient_id,
+                "month": entry.month,
+                "billable": billable,
+                "blocked": blocked,
+                "minutes": view.get("minutes") or {},
+                "next": None
+                if nxt is None
+                else {"code": nxt[1], "minutes_short": round(nxt[0] / 60, 2)},
+            }
+            short = nxt[0] if nxt is not None else 0
+            groups[status].append(((nxt is None, short, entry.patient_id), item))
+        return {
+            name: [item for _, item in sorted(items, key=lambda p: p[0])]
+            for name, items in groups.items()
+        }
+
+    # -- alert subscriptions ----------------------------------------------------------------
+
+    def subscriber_count(self, org_id: str) -> int:
+        return len(self._subscribers.get(org_id, ()))
+
+    def subscribe(
+        self, org_id: str, replay: int, last_event_id: str | None = None
+    ) -> tuple[Subscriber, list[StoredAlert]]:
+        """A new subscriber and the stored alerts to send first.
+
+        Synchronous on purpose: nothing can arrive between the snapshot and the
+        subscription, so the client sees no gap and no duplicate. After ``last_event_id``
+        (if it is still stored) wins over ``replay``.
+        """
+        recent = list(self.alerts.get(org_id, ()))
+        backlog: list[StoredAlert] = recent[-replay:] if replay > 0 else []
+        if last_event_id:
+            for i in range(len(recent) - 1, -1, -1):
+                if recent[i].alert_id == last_event_id:
+                    backlog = recent[i + 1 :]
+                    break
+        sub = Subscriber(org_id, asyncio.Queue(maxsize=self.subscriber_queue))
+        self._subscribers.setdefault(org_id, set()).add(sub)
+        return sub, backlog
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        subs = self._subscribers.get(sub.org_id)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._subscribers[sub.org_id]
+
+    def _drop(self, sub: Subscriber, *, dropped: bool) -> None:
+        """Stop a subscriber without waiting for it: empty its queue, leave a ``None``."""
+        self.unsubscribe(sub)
+        sub.dropped = dropped
+        while not sub.queue.empty():
+            sub.queue.get_nowait()
+        sub.queue.put_nowait(None)
+
+    def close_subscribers(self) -> None:
+        for subs in list(self._subscribers.values()):
+            for sub in list(subs):
+                self._drop(sub, dropped=False)
+
+
+def _progress(raw: bytes | None) -> list[dict[str, Any]]:
+    if not raw:
+        return []
+    try:
+        items = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return []
+    if not isinstance(items, list):
+        return []
+    return [
+        p
+        for p in items
+        if isinstance(p, dict)
+        and isinstance(p.get("code"), str)
+        and isinstance(p.get("have_s"), int)
+        and isinstance(p.get("need_s"), int)
+    ]
+
+
+def _nearest(progress: Iterable[dict[str, Any]]) -> tuple[int, str] | None:
+    """(seconds short, code) of the track closest to its next threshold, if any is short."""
+    best: tuple[int, str] | None = None
+    for p in progress:
+        short = p["need_s"] - p["have_s"]
+        if short > 0 and (best is None or (short, p["code"]) < best):
+            best = (short, p["code"])
+    return best
+
+
+# --- the web application -------------------------------------------------------------------
