@@ -18,7 +18,7 @@ from projections.documentation import (
 )
 from projections.intervals import Interval, intersect_all, subtract, total, union
 from projections.ledger import Activity, PatientState
-from projections.rulebook import Policy
+from projections.rules import Policy
 
 
 @dataclass(slots=True)

@@ -12,7 +12,7 @@ from datetime import date
 
 from projections.billing import DOCUMENTATION_REASONS, MonthBilling
 from projections.calendar import last_day, month_of_date
-from projections.rulebook import book_for_month
+from projections.rules import SHIPPED_CATALOG, RuleCatalog
 from schemas.views import Alert
 
 
@@ -130,15 +130,18 @@ def _gaps(billing: MonthBilling) -> set[tuple[str, tuple[str, ...]]]:
     }
 
 
-def approaching(billing: MonthBilling, today: date) -> list[Alert]:
+def approaching(
+    billing: MonthBilling, today: date, catalog: RuleCatalog = SHIPPED_CATALOG
+) -> list[Alert]:
     """``threshold_approaching`` for a month still open on ``today`` (practice-local).
 
     Within reach means at most ``approaching_within_minutes`` short of the next
-    threshold with at most ``approaching_days_left`` days left (rule-book policy).
+    threshold with at most ``approaching_days_left`` days left (the policy of the
+    month's book in ``catalog``, the catalog ``billing`` was evaluated with).
     """
     if month_of_date(today) != billing.month:
         return []
-    policy = book_for_month(billing.month).policy
+    policy = catalog.for_month(billing.month).policy
     days_left = (last_day(billing.month) - today).days
     if days_left > policy.approaching_days_left:
         return []

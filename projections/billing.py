@@ -3,7 +3,9 @@
 ``evaluate(patient, practice, months)`` turns accounted time and documentation
 into billable lines, blocked lines (time met, something missing) with reasons, and
 flags named exactly as docs/rules.md §6.3. Thresholds, caps, pairings, track order,
-gates and fees come from :mod:`projections.rulebook`; this module is the procedure.
+gates, APCM levels, flag order and fees come from the month's rule book in the
+:class:`~projections.rules.RuleCatalog` passed in (default: the shipped books); this
+module is the procedure.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
-from typing import Any
+from typing import Any, assert_never
 
 from projections.accounting import MonthTime, Pair, Pool, account
 from projections.calendar import (
@@ -34,7 +36,8 @@ from projections.documentation import (
 )
 from projections.intervals import Interval
 from projections.ledger import QUARTER_HOUR, Activity, PatientState, Practice
-from projections.rulebook import RuleBook, Track, book_for_month, rule_books
+from projections.rules import SHIPPED_CATALOG, RuleBook, RuleCatalog, Track
+from projections.rules.model import Basis, Requirement
 
 TIME_FAMILIES = ("ccm", "pcm", "rpm", "rtm", "bhi")
 DEVICE_FAMILIES = ("rpm", "rtm")
@@ -47,21 +50,6 @@ DOCUMENTATION_REASONS = frozenset(
         "rpm_no_interactive_communication",
     }
 )
-# Order of codes inside an ``exclusive_conflict:<a>+<b>`` flag, following docs/rules.md's
-# own examples (99491+99487, 99491+99490, <pcm>+<ccm>, <G055x>+<code>, 98980+99457).
-_FLAG_ORDER = {
-    c: i
-    for i, c in enumerate(
-        [
-            *("G0556", "G0557", "G0558"),  # APCM
-            *("99424", "99426"),  # PCM
-            *("98979", "98980", "98975", "98976", "98977", "98984", "98985"),  # RTM
-            *("99491", "99487", "99490"),  # CCM
-            *("99470", "99457", "99453", "99454", "99445"),  # RPM
-            "99484",
-        ]
-    )
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +119,7 @@ class MonthBilling:
             "org_id": self.org_id,
             "patient_id": self.patient_id,
             "month": self.month,
+            "rule_year": self.rule_year,
             "minutes": dict(sorted(self.minutes.items())),
             "billable": [{"code": c, "units": u} for c, u in sorted(self.units().items())],
             "blocked": [
@@ -144,17 +133,23 @@ class MonthBilling:
 # -- one patient, many months ----------------------------------------------------
 
 
-def patient_months(patient: PatientState, practice: Practice) -> list[str]:
+def patient_months(
+    patient: PatientState, practice: Practice, catalog: RuleCatalog = SHIPPED_CATALOG
+) -> list[str]:
     """Months a patient has something to bill or explain: activity, readings, device
     periods that end in them, and APCM enrollment months up to the last active month."""
-    return PatientContext(patient, practice).months()
+    return PatientContext(patient, practice, catalog=catalog).months()
 
 
 def evaluate(
-    patient: PatientState, practice: Practice, months: Iterable[str] | None = None
+    patient: PatientState,
+    practice: Practice,
+    months: Iterable[str] | None = None,
+    catalog: RuleCatalog = SHIPPED_CATALOG,
 ) -> dict[str, MonthBilling]:
-    """Billing for each of ``months`` (default: all of the patient's months)."""
-    ctx = PatientContext(patient, practice)
+    """Billing for each of ``months`` (default: all of the patient's months) under the
+    rule books of ``catalog``."""
+    ctx = PatientContext(patient, practice, catalog=catalog)
     wanted = ctx.months() if months is None else sorted(set(months))
     return {m: ctx.month(m) for m in wanted}
 
@@ -214,19 +209,6 @@ def _periods(
 # -- evaluation -----------------------------------------------------------------
 
 
-_PAIR_FAMILIES: dict[int, list[tuple[Any, str, str]]] = {}
-
-
-def _pair_families(book: RuleBook) -> list[tuple[Any, str, str]]:
-    """The book's exclusive pairs with the families of their two codes (computed once)."""
-    out = _PAIR_FAMILIES.get(id(book))
-    if out is None:
-        out = _PAIR_FAMILIES[id(book)] = [
-            (p, book.code(p.a).family, book.code(p.b).family) for p in book.exclusives
-        ]
-    return out
-
-
 class PatientContext:
     """What the months of one patient share in one evaluation, computed once: build one
     per patient and state, then ask for ``months()`` and ``month(m)``."""
@@ -237,11 +219,14 @@ class PatientContext:
         practice: Practice,
         days: dict[str, set[date]] | None = None,
         by_month: dict[str, list[Activity]] | None = None,
+        catalog: RuleCatalog = SHIPPED_CATALOG,
     ) -> None:
         """``days`` and ``by_month`` may come from :func:`reading_days` and
         :func:`activities_by_month` of the same patient and zone (an incremental caller
-        keeps them between events instead of recomputing them from the whole record)."""
+        keeps them between events instead of recomputing them from the whole record).
+        ``catalog``: the rule books each month is evaluated with."""
         self.patient = patient
+        self.catalog = catalog
         self.practice = practice
         self.tz = practice.timezone
         self.days = reading_days(patient, self.tz) if days is None else days
@@ -263,7 +248,8 @@ class PatientContext:
             dated += [e.on for e in p.enrollments] + [on for _, on, _ in p.visits]
             last = max([*months, *(month_of_date(d) for d in dated)])
             # ... but never before the first rule book (APCM began in CY 2025)
-            m = max(month_of_date(min(apcm)), month_of_date(rule_books()[0].effective_from))
+            first = self.catalog.first.effective_from
+            m = max(month_of_date(min(apcm)), month_of_date(first))
             while m <= last:
                 months.add(m)
                 m = next_month(m)
@@ -276,7 +262,7 @@ class PatientContext:
         return self.consent_cache[key]
 
     def month(self, month: str) -> MonthBilling:
-        book = book_for_month(month)
+        book = self.catalog.for_month(month)
         mt = account(
             self.patient,
             month,
@@ -290,7 +276,7 @@ class PatientContext:
     def month_from_time(self, mt: MonthTime) -> MonthBilling:
         """Billing of ``mt.month`` from time already accounted elsewhere (the archive
         replay accounts simple months in SQL); the rules are the same as :meth:`month`."""
-        return _MonthEval(self, book_for_month(mt.month), mt).run()
+        return _MonthEval(self, self.catalog.for_month(mt.month), mt).run()
 
 
 class _MonthEval:
@@ -320,6 +306,8 @@ class _MonthEval:
         self._one_practitioner("ccm")
         self._exclusive_pairs()
         self._transition_flag()
+        if self.ctx.catalog.extrapolated(self.month):
+            self.flags.add(f"rules_extrapolated:{self.book.year}")
         minutes: dict[str, float] = {}
         for (program, _), pool in self.mt.pools.items():
             t = pool.seconds(self.policy.concurrent_staff_time)[2]
@@ -456,12 +444,13 @@ class _MonthEval:
 
     def _time_family(self, family: str, practitioner: str, pool: Pool) -> None:
         p_s, s_s, t_s, _ = pool.seconds(self.policy.concurrent_staff_time)
+        secs: dict[Basis, int] = {"personal": p_s, "staff": s_s, "pooled": t_s}
         if family == "ccm":
-            earned = self._ccm(practitioner, p_s, s_s, t_s)
+            earned = self._ccm(practitioner, secs)
         elif family == "pcm":
-            earned = self._pcm(practitioner, p_s, s_s, t_s)
+            earned = self._pcm(practitioner, secs)
         else:
-            earned = self._first_track(family, practitioner, t_s)
+            earned = self._first_track(family, practitioner, secs)
         extra: list[str] = []
         if earned and family in DEVICE_FAMILIES:
             base = self.book.code(earned[0][0])
@@ -471,70 +460,86 @@ class _MonthEval:
         self.flags.update(gate)
         self._emit(family, practitioner, earned, extra, gate)
 
-    def _first_track(self, family: str, practitioner: str, t_s: int) -> list[tuple[str, int]]:
+    def _first_track(
+        self, family: str, practitioner: str, secs: dict[Basis, int]
+    ) -> list[tuple[str, int]]:
         tracks = self.book.tracks_for(family)
         for track in tracks:
-            earned = self._earn(track, t_s, practitioner)
+            earned = self._earn(track, secs[track.basis], practitioner)
             if earned:
                 return earned
         lowest = min(tracks, key=lambda t: self._threshold(t.base))
         self.flags.add(f"below_threshold:{lowest.base}")
         return []
 
-    def _ccm(self, practitioner: str, p_s: int, s_s: int, t_s: int) -> list[tuple[str, int]]:
-        """docs/rules.md §6.2 step 7: complex, then physician personal, then pooled staff time."""
+    def _meets(self, requirement: Requirement | None) -> bool:
+        """Whether the month meets what a track ``requires`` besides time."""
+        if requirement is None:
+            return True
+        if requirement == "complex_month":  # G12
+            return complex_month(self.patient, self.month)
+        assert_never(requirement)
+
+    def _ccm(self, practitioner: str, secs: dict[Basis, int]) -> list[tuple[str, int]]:
+        """docs/rules.md §6.2 step 7: complex, then physician, then staff track, each on
+        the seconds of its basis (shipped: pooled, personal, pooled)."""
         tracks = self._tracks("ccm")
         cx, phys, staff = tracks["complex"], tracks["physician"], tracks["staff"]
-        qualifies = complex_month(self.patient, self.month)
+        cx_s, phys_s, staff_s = secs[cx.basis], secs[phys.basis], secs[staff.basis]
+        p_s, s_s = secs["personal"], secs["staff"]
+        qualifies = self._meets(cx.requires)
         options: list[_Option] = []
-        if qualifies and t_s >= self._threshold(cx.base):
+        if qualifies and cx_s >= self._threshold(cx.base):
             opt = _Option({"physician_time_pooled"} if p_s > 0 else set())
-            if p_s >= self._threshold(phys.base):
-                opt.flags.add(f"exclusive_conflict:{phys.base}+{cx.base}")
-            self._earn(cx, t_s, practitioner, opt)
+            if phys_s >= self._threshold(phys.base):
+                opt.flags.add(self.book.conflict_flag(phys.base, cx.base))
+            self._earn(cx, cx_s, practitioner, opt)
             options.append(opt)
-        elif not qualifies and t_s >= self._threshold(cx.base):
+        elif not qualifies and cx_s >= self._threshold(cx.base):
             self.flags.add("complex_criteria_not_met")
-        if qualifies and t_s < self._threshold(cx.base):
+        if qualifies and cx_s < self._threshold(cx.base):
             self.flags.add(f"below_threshold:{cx.base}")
             self.progress.append(
-                Progress("ccm", practitioner, cx.base, t_s, self._threshold(cx.base))
+                Progress("ccm", practitioner, cx.base, cx_s, self._threshold(cx.base))
             )
-        if 0 < p_s < self._threshold(phys.base):
+        if 0 < phys_s < self._threshold(phys.base):
             self.progress.append(
-                Progress("ccm", practitioner, phys.base, p_s, self._threshold(phys.base))
+                Progress("ccm", practitioner, phys.base, phys_s, self._threshold(phys.base))
             )
-        if p_s >= self._threshold(phys.base):
+        if phys_s >= self._threshold(phys.base):
             opt = _Option(set())
             if s_s >= self._threshold(staff.base):
-                opt.flags.add(f"exclusive_conflict:{phys.base}+{staff.base}")
-            self._earn(phys, p_s, practitioner, opt)
+                opt.flags.add(self.book.conflict_flag(phys.base, staff.base))
+            self._earn(phys, phys_s, practitioner, opt)
             options.append(opt)
-        if p_s < self._threshold(phys.base) or self.policy.ccm_track_policy == "revenue":
+        if phys_s < self._threshold(phys.base) or self.policy.ccm_track_policy == "revenue":
             opt = _Option(set())
-            if 0 < p_s < self._threshold(phys.base):
+            if 0 < phys_s < self._threshold(phys.base):
                 opt.flags |= {"physician_time_pooled", f"below_threshold:{phys.base}"}
-            if t_s < self._threshold(staff.base):
+            if staff_s < self._threshold(staff.base):
                 opt.flags.add(f"below_threshold:{staff.base}")
-            self._earn(staff, t_s, practitioner, opt)
+            self._earn(staff, staff_s, practitioner, opt)
             options.append(opt)
         return self._choose(options)
 
-    def _pcm(self, practitioner: str, p_s: int, s_s: int, t_s: int) -> list[tuple[str, int]]:
+    def _pcm(self, practitioner: str, secs: dict[Basis, int]) -> list[tuple[str, int]]:
+        """docs/rules.md §6.2 step 9: the physician track, else the staff track (each on
+        the seconds of its basis)."""
         tracks = self._tracks("pcm")
         phys, staff = tracks["physician"], tracks["staff"]
-        if p_s >= self._threshold(phys.base):
+        phys_s, staff_s, s_s = secs[phys.basis], secs[staff.basis], secs["staff"]
+        if phys_s >= self._threshold(phys.base):
             if s_s >= self._threshold(staff.base):
-                self.flags.add(f"exclusive_conflict:{phys.base}+{staff.base}")
-            return self._earn(phys, p_s, practitioner)
-        if p_s > 0:
+                self.flags.add(self.book.conflict_flag(phys.base, staff.base))
+            return self._earn(phys, phys_s, practitioner)
+        if phys_s > 0:
             self.flags |= {"physician_time_pooled", f"below_threshold:{phys.base}"}
             self.progress.append(
-                Progress("pcm", practitioner, phys.base, p_s, self._threshold(phys.base))
+                Progress("pcm", practitioner, phys.base, phys_s, self._threshold(phys.base))
             )
-        if t_s < self._threshold(staff.base):
+        if staff_s < self._threshold(staff.base):
             self.flags.add(f"below_threshold:{staff.base}")
-        return self._earn(staff, t_s, practitioner)
+        return self._earn(staff, staff_s, practitioner)
 
     def _choose(self, options: list[_Option]) -> list[tuple[str, int]]:
         """First option in track order (descriptor policy) or the best paid (revenue)."""
@@ -582,14 +587,16 @@ class _MonthEval:
 
     def _apcm(self) -> None:
         """Step 12: an APCM enrollment naming X makes CCM/PCM by X not billable that month,
-        whether or not the APCM code itself is billable (G0556-G0558 by condition count)."""
+        whether or not the APCM code itself is billable (the book's level for the
+        condition count and QMB status, G13)."""
         enr = enrollment_of_record(self.patient, ("apcm",), self.month)
         if enr is None or first_day(self.month) < self.book.effective_from:
             return
         n = condition_count(self.patient, self.month, self.tz)
-        code = "G0556" if n <= 1 else ("G0558" if enr.qmb else "G0557")
-        if not self.book.has(code):
+        rule = self.book.monthly_code("apcm", n, enr.qmb)
+        if rule is None:
             return
+        code = rule.code
         self._emit("apcm", enr.practitioner_id, [(code, 1)])
         barred = {
             self.book.code(other).family
@@ -606,7 +613,7 @@ class _MonthEval:
             base = next((ln.code for ln in mine if self.book.code(ln.code).role == "base"), None)
             if base is None:
                 continue
-            flag = _conflict_flag(code, base)
+            flag = self.book.conflict_flag(code, base)
             self.flags.add(flag)
             for ln in mine:
                 self._block(ln, [flag])
@@ -645,7 +652,7 @@ class _MonthEval:
                 None,
             )
             if other and other != ln.code and self.book.code(ln.code).role == "base":
-                flag = _conflict_flag(ln.code, other)
+                flag = self.book.conflict_flag(ln.code, other)
                 reasons.append(flag)
                 self.flags.add(flag)
             self._block(ln, reasons)
@@ -663,7 +670,7 @@ class _MonthEval:
         """Steps 9 and 11: families never billed together (per practitioner or for the
         patient, as each pair's scope says) keep the program of record."""
         present = {ln.family for ln in self.lines}
-        for pair, fa, fb in _pair_families(self.book):
+        for pair, fa, fb in self.book.pair_families:
             if fa not in present or fb not in present:
                 continue  # nothing to resolve or flag without lines of both families
             if pair.resolution == "allow_flagged":
@@ -706,7 +713,7 @@ class _MonthEval:
         la, lb = lines(fa), lines(fb)
         if not la or not lb:
             return
-        flag = _conflict_flag(_base_of(self.book, la), _base_of(self.book, lb))
+        flag = self.book.conflict_flag(_base_of(self.book, la), _base_of(self.book, lb))
         self.flags.add(flag)
         rec = enrollment_of_record(self.patient, (fa, fb), self.month, who)
         if rec is not None and rec.program == fa:
@@ -735,8 +742,3 @@ class _MonthEval:
 def _base_of(book: RuleBook, lines: list[Line]) -> str:
     """The base code among a family's lines (its first line if none is a base)."""
     return next((ln.code for ln in lines if book.code(ln.code).role == "base"), lines[0].code)
-
-
-def _conflict_flag(a: str, b: str) -> str:
-    x, y = sorted((a, b), key=lambda c: (_FLAG_ORDER.get(c, 99), c))
-    return f"exclusive_conflict:{x}+{y}"

@@ -59,7 +59,7 @@ from projections.calendar import first_day, last_day, local_date, month_of_date
 from projections.documentation import enrollment_of_record
 from projections.intervals import Interval, union
 from projections.ledger import Ledger, Practice
-from projections.rulebook import RuleBook, Track, book_for_month
+from projections.rules import SHIPPED_CATALOG, RuleBook, RuleCatalog, Track
 
 # Columns of the claim file, in order (CSV header and JSON keys)
 FIELDS = (
@@ -175,9 +175,9 @@ def claim_refs(billing: MonthBilling, close_id: str) -> tuple[ClaimRef, ...]:
 
 def claim_lines(billing: MonthBilling, ctx: PatientContext, close_id: str) -> list[ClaimLine]:
     """Claim lines of one patient-month at the close ``close_id``; ``ctx`` is the
-    patient's context that produced ``billing`` (its device periods, documentation and
-    practice)."""
-    book = book_for_month(billing.month)
+    patient's context that produced ``billing`` (its device periods, documentation,
+    practice and rule books)."""
+    book = ctx.catalog.for_month(billing.month)
     dates = _DateOfService(billing, ctx, book)
     out = []
     for ln, n in _numbered(billing.billable):
@@ -203,11 +203,16 @@ def claim_lines(billing: MonthBilling, ctx: PatientContext, close_id: str) -> li
 
 
 def month_claims(
-    ledger: Ledger, org_id: str, month: str, close_id: str | None = None
+    ledger: Ledger,
+    org_id: str,
+    month: str,
+    close_id: str | None = None,
+    catalog: RuleCatalog = SHIPPED_CATALOG,
 ) -> tuple[list[ClaimLine], float]:
     """Claim lines of every patient-month of ``org_id`` in ``month`` (sorted by patient,
     code, practitioner) at the close ``close_id`` (default: the month's latest close in
-    ``ledger``), and the total of those months' ``estimated_payment``."""
+    ``ledger``) under the rule books of ``catalog``, and the total of those months'
+    ``estimated_payment``."""
     practice = ledger.practices.get(org_id) or Practice()  # no side effect on the ledger
     if close_id is None:
         close_id = practice.close_ids.get(month)
@@ -218,7 +223,7 @@ def month_claims(
     for (org, _pid), patient in sorted(ledger.patients.items()):
         if org != org_id:
             continue
-        ctx = PatientContext(patient, practice)
+        ctx = PatientContext(patient, practice, catalog=catalog)
         if month not in ctx.months():
             continue
         billing = ctx.month(month)

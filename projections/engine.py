@@ -31,7 +31,7 @@ from projections.calendar import (
 )
 from projections.claims import ClaimRef, claim_refs
 from projections.ledger import QUARTER_HOUR, Activity, Ledger, Outcome, Status
-from projections.rulebook import book_for_month
+from projections.rules import SHIPPED_CATALOG, RuleCatalog
 from schemas.events import (
     ActivityLogged,
     ActivityVoided,
@@ -54,8 +54,11 @@ def fold(
     return ledger
 
 
-def billing(ledger: Ledger, as_of: datetime | None = None) -> Iterator[MonthBilling]:
-    """Every patient-month's billing, sorted by org, patient, month.
+def billing(
+    ledger: Ledger, as_of: datetime | None = None, catalog: RuleCatalog = SHIPPED_CATALOG
+) -> Iterator[MonthBilling]:
+    """Every patient-month's billing under the rule books of ``catalog``, sorted by org,
+    patient, month.
 
     With ``as_of``, months that had not begun at that instant (in the practice's time
     zone) are left out: a device period or an enrollment may point into them, but
@@ -65,16 +68,21 @@ def billing(ledger: Ledger, as_of: datetime | None = None) -> Iterator[MonthBill
     for key in sorted(ledger.patients):
         patient = ledger.patients[key]
         practice = ledger.practice(key[0])
-        months = evaluate(patient, practice)
+        months = evaluate(patient, practice, catalog=catalog)
         for m in sorted(months):
             if cutoff is not None and month_bounds(m, practice.timezone)[0] > cutoff:
                 continue
             yield months[m]
 
 
-def replay(events: Iterable[Event], as_of: datetime | None = None) -> list[MonthBilling]:
-    """Fold ``events`` and evaluate every patient-month (as known at ``as_of``)."""
-    return list(billing(fold(events, as_of=as_of), as_of=as_of))
+def replay(
+    events: Iterable[Event],
+    as_of: datetime | None = None,
+    catalog: RuleCatalog = SHIPPED_CATALOG,
+) -> list[MonthBilling]:
+    """Fold ``events`` and evaluate every patient-month (as known at ``as_of``) under the
+    rule books of ``catalog``."""
+    return list(billing(fold(events, as_of=as_of), as_of=as_of, catalog=catalog))
 
 
 @dataclass(slots=True)
@@ -85,10 +93,14 @@ class StepResult:
 
 
 class Projector:
-    """Incremental fold: one event in, changed patient-month billings and alerts out."""
+    """Incremental fold: one event in, changed patient-month billings and alerts out
+    (evaluated under the rule books of ``catalog``)."""
 
-    def __init__(self, ledger: Ledger | None = None) -> None:
+    def __init__(
+        self, ledger: Ledger | None = None, catalog: RuleCatalog = SHIPPED_CATALOG
+    ) -> None:
         self.ledger = ledger if ledger is not None else Ledger()
+        self.catalog = catalog
         self.views: dict[tuple[str, str, str], MonthBilling] = {}
         self._months: dict[tuple[str, str], set[str]] = {}  # months in ``views`` per patient
         # per patient, kept between events instead of recomputed from the whole record
@@ -199,7 +211,9 @@ class Projector:
         by_month = self._by_month.get(key)
         if by_month is None or by_month[0] != tz:
             by_month = self._by_month[key] = (tz, activities_by_month(patient, tz))
-        return PatientContext(patient, practice, days=days[1], by_month=by_month[1])
+        return PatientContext(
+            patient, practice, days=days[1], by_month=by_month[1], catalog=self.catalog
+        )
 
     def _earliest_reading(self, event: DeviceReading) -> int | None:
         patient = self.ledger.patients.get((event.org_id, event.patient_id))
@@ -237,7 +251,7 @@ class Projector:
         touched = {(v.program, v.practitioner_id) for v in versions}
         out = []
         for m, was in before.items():
-            book = book_for_month(m)
+            book = self.catalog.for_month(m)
             at_close = self.closed_claims.get((org, pid, m), ())
             old, new = _units(was), _units(self.views.get((org, pid, m)))
             parts: list[tuple[str, str]] = []  # (code, words)

@@ -30,6 +30,10 @@ class PatientMonthView(_View):
     org_id: str
     patient_id: str
     month: str = Field(pattern=r"^\d{4}-\d{2}$")
+    rule_year: int = Field(
+        description="the rule book the month was priced with; a month after the last book "
+        "is priced with it and flagged rules_extrapolated:<year>"
+    )
     minutes: dict[str, float] = Field(description="counted minutes per program, after exclusions")
     billable: list[CodeUnits]
     blocked: list[BlockedCode]

@@ -53,7 +53,7 @@ from projections.ledger import (
     PatientState,
     Practice,
 )
-from projections.rulebook import book_for_month
+from projections.rules import SHIPPED_CATALOG, RuleCatalog
 from streams.archive.store import LOG_TS_SQL, parquet_sources
 
 _FDIV = "CREATE OR REPLACE TEMP MACRO fdiv(a, b) AS (a - (((a % b) + b) % b)) // b"
@@ -80,12 +80,15 @@ class ArchiveReplay:
         as_of: datetime | None = None,
         threads: int | None = None,
         shard: tuple[int, int] | None = None,
+        catalog: RuleCatalog = SHIPPED_CATALOG,
     ) -> None:
         """``shard`` ``(k, n)``: only patients whose key hashes to ``k`` modulo ``n`` (with
-        every practice-wide event), so ``n`` processes can share one replay."""
+        every practice-wide event), so ``n`` processes can share one replay. ``catalog``:
+        the rule books the months are evaluated with."""
         import duckdb
 
         self.as_of = as_of
+        self.catalog = catalog
         self.shard = shard
         self.stats = ReplayStats()
         self.files = parquet_sources(source)
@@ -208,7 +211,7 @@ class ArchiveReplay:
                 i = 0
                 while m <= last:
                     lo, hi = month_bounds(m, tz)
-                    book = book_for_month(m)
+                    book = self.catalog.for_month(m)
                     months.append(
                         (
                             tz,
@@ -465,7 +468,9 @@ class ArchiveReplay:
             hard = hard_acts.get(key, {})
             by_month: dict[str, list[Activity]] = {m: [] for m in activity_months.get(key, ())}
             by_month.update(hard)
-            ctx = PatientContext(patient, practice, days=days, by_month=by_month)
+            ctx = PatientContext(
+                patient, practice, days=days, by_month=by_month, catalog=self.catalog
+            )
             for m in ctx.months():
                 if cutoff is not None and month_bounds(m, tz)[0] > cutoff:
                     continue
@@ -600,11 +605,14 @@ def _empty_cols() -> str:
 
 
 def replay_archive(
-    source: Path, as_of: datetime | None = None, threads: int | None = None
+    source: Path,
+    as_of: datetime | None = None,
+    threads: int | None = None,
+    catalog: RuleCatalog = SHIPPED_CATALOG,
 ) -> tuple[list[MonthBilling], ReplayStats]:
     """Billing of every patient-month in the archive (as :func:`projections.engine.replay`),
     in this process."""
-    run = ArchiveReplay(source, as_of, threads)
+    run = ArchiveReplay(source, as_of, threads, catalog=catalog)
     try:
         out = list(run.billing())
     finally:
@@ -613,10 +621,10 @@ def replay_archive(
 
 
 def _shard_views(
-    source: Path, as_of: datetime | None, shard: tuple[int, int]
+    source: Path, as_of: datetime | None, shard: tuple[int, int], catalog: RuleCatalog
 ) -> tuple[bytes, ReplayStats]:
     """One worker process's share: its patient-months' views as sorted JSON lines."""
-    run = ArchiveReplay(source, as_of, threads=1, shard=shard)
+    run = ArchiveReplay(source, as_of, threads=1, shard=shard, catalog=catalog)
     try:
         lines = [orjson.dumps(b.view()) for b in run.billing()]
     finally:
@@ -625,18 +633,21 @@ def _shard_views(
 
 
 def replay_views(
-    source: Path, as_of: datetime | None = None, workers: int | None = None
+    source: Path,
+    as_of: datetime | None = None,
+    workers: int | None = None,
+    catalog: RuleCatalog = SHIPPED_CATALOG,
 ) -> tuple[Iterator[dict[str, Any]], ReplayStats]:
     """The ``caretally replay`` view of every patient-month, sorted by org, patient and
     month, computed by ``workers`` processes (default: one per CPU), each replaying a
     share of the patients; practice-wide events go to every share."""
     n = workers or os.cpu_count() or 1
     if n == 1:
-        billings, stats = replay_archive(source, as_of)
+        billings, stats = replay_archive(source, as_of, catalog=catalog)
         return (b.view() for b in billings), stats
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(n) as pool:
-        parts = pool.starmap(_shard_views, [(source, as_of, (k, n)) for k in range(n)])
+        parts = pool.starmap(_shard_views, [(source, as_of, (k, n), catalog) for k in range(n)])
     stats = ReplayStats(practice_events=parts[0][1].practice_events)
     for _, st in parts:
         for name in ("applied", "patient_months", "sql_accounted", "core_accounted", "over_limit"):

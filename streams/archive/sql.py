@@ -157,6 +157,7 @@ class ArchiveSql:
                 ("org_id", pa.string()),
                 ("patient_id", pa.string()),
                 ("month", pa.string()),
+                ("rule_year", pa.int64()),
                 ("minutes", pa.map_(pa.string(), pa.float64())),
                 (
                     "billable",

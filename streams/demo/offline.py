@@ -15,7 +15,7 @@ from rich.table import Table
 
 from projections.engine import Projector
 from projections.ledger import Status
-from projections.rulebook import book_for_month
+from projections.rules import SHIPPED_CATALOG, RuleCatalog
 from schemas.events import EventRejected, parse_event
 from schemas.views import Alert
 from streams.demo.synthetic import generate_practice_log, write_ndjson
@@ -102,15 +102,17 @@ def _print_alert(console: Console, alert: Alert, aliases: dict[str, str]) -> Non
     )
 
 
-def summary_table(console: Console, views: list[dict[str, Any]]) -> None:
-    """Codes, units and estimated $ over billing views (replay lines); blocked units by
-    reason. Both demos print it: the offline one from the core, the live one from
-    care.billing.v1."""
+def summary_table(
+    console: Console, views: list[dict[str, Any]], catalog: RuleCatalog = SHIPPED_CATALOG
+) -> None:
+    """Codes, units and estimated $ over billing views (replay lines, priced with the
+    month's book in ``catalog``); blocked units by reason. Both demos print it: the
+    offline one from the core, the live one from care.billing.v1."""
     units: Counter[str] = Counter()
     dollars: dict[str, float] = {}
     blocked: Counter[str] = Counter()
     for v in views:
-        book = book_for_month(v["month"])
+        book = catalog.for_month(v["month"])
         for line in v["billable"]:
             units[line["code"]] += line["units"]
             fee = (book.fee(line["code"]) or 0.0) * line["units"]

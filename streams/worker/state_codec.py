@@ -348,8 +348,9 @@ def _register_all() -> None:
     register_dataclass(billing.MonthBilling, transient=("time",))
     register_custom(DigestIndex, ("keys", "bodies"), _digest_index_dump, _digest_index_build)
     register_plain(ledger.Ledger, transient=("_handlers",))  # bound methods, made by __init__
-    # per-patient caches keyed by time zone, recomputed when absent (Projector._context)
-    register_plain(engine.Projector, transient=("_days", "_by_month"))
+    # per-patient caches keyed by time zone, recomputed when absent (Projector._context);
+    # the rule catalog is configuration, not state: a restored Projector has the default
+    register_plain(engine.Projector, transient=("_days", "_by_month", "catalog"))
     register_plain(staff.StaffProjector)
 
 

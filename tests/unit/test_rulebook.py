@@ -10,7 +10,7 @@ from datetime import date
 
 import pytest
 
-from projections.rulebook import RuleBook, _load, book_for_month, rule_books
+from projections.rules import SHIPPED_CATALOG, RuleBook
 
 # docs/rules.md §1: every source id a book may cite.
 RULES_SOURCE_IDS = frozenset({f"S{i}" for i in range(1, 27)} | {f"SEED-{i}" for i in range(4)})
@@ -50,42 +50,50 @@ UNPRICED_2026 = ("99470", "98979", "98984", "98985")
 
 @pytest.fixture(scope="module")
 def book2025() -> RuleBook:
-    return book_for_month("2025-03")
+    return SHIPPED_CATALOG.for_month("2025-03")
 
 
 @pytest.fixture(scope="module")
 def book2026() -> RuleBook:
-    return book_for_month("2026-02")
+    return SHIPPED_CATALOG.for_month("2026-02")
 
 
 def _all_books() -> tuple[RuleBook, ...]:
-    return rule_books()
+    return SHIPPED_CATALOG.books
 
 
 # --- which book is in force ---------------------------------------------------------
 
 
 def test_two_books_shipped_oldest_first() -> None:
-    books = rule_books()
-    assert [b.year for b in books] == [2025, 2026]
+    books = SHIPPED_CATALOG.books
+    assert [(b.year, b.source) for b in books] == [(2025, "2025.toml"), (2026, "2026.toml")]
     for b in books:
         assert b.effective_from == date(b.year, 1, 1)
         assert b.effective_to == date(b.year, 12, 31)
 
 
 @pytest.mark.parametrize(
-    ("month", "year"),
+    ("month", "year", "extrapolated"),
     [
-        ("2025-03", 2025),
-        ("2025-12", 2025),
-        ("2026-01", 2026),
-        ("2026-02", 2026),
-        ("2024-06", 2025),  # before the first book: the earliest
-        ("2027-01", 2026),  # after the last book: the newest
+        ("2025-03", 2025, False),
+        ("2025-12", 2025, False),
+        ("2026-01", 2026, False),
+        ("2026-02", 2026, False),
+        ("2026-12", 2026, False),
+        ("2024-06", 2025, False),  # before the first book: the earliest, not flagged
+        ("2027-01", 2026, True),  # after the last book: the newest, flagged by billing
     ],
 )
-def test_book_for_month(month: str, year: int) -> None:
-    assert book_for_month(month).year == year
+def test_book_for_month(month: str, year: int, extrapolated: bool) -> None:
+    assert SHIPPED_CATALOG.for_month(month).year == year
+    assert SHIPPED_CATALOG.extrapolated(month) is extrapolated
+
+
+@pytest.mark.parametrize("month", ["2026-13", "2026-1", "26-01", "2026/01", ""])
+def test_a_malformed_month_is_refused(month: str) -> None:
+    with pytest.raises(ValueError, match="YYYY-MM"):
+        SHIPPED_CATALOG.for_month(month)
 
 
 # --- fees (docs/rules.md §5) ----------------------------------------------------------------
@@ -146,7 +154,7 @@ def test_every_source_is_a_rules_section1_id(book: RuleBook) -> None:
     cited += [(f"code {c.code}", c.sources) for c in book.codes.values()]
     cited += [(f"track {t.family}/{t.name}", t.sources) for t in book.tracks]
     cited += [(f"exclusive {e.a}+{e.b}", e.sources) for e in book.exclusives]
-    cited += [(f"gate {g.family}", g.sources) for g in book.gates.values()]
+    cited += [(f"gate {family}", g.sources) for family, g in book.gates.items()]
     for what, sources in cited:
         assert sources, f"{what} cites no source"
         assert set(sources) <= RULES_SOURCE_IDS, what
@@ -334,78 +342,43 @@ def test_policy(book2025: RuleBook, book2026: RuleBook) -> None:
     assert book2026.policy.rtm_device_code_low_days == "98985"
 
 
-# --- the loader refuses a broken book ------------------------------------------------
+# --- what used to be code (APCM levels G13, the flag order of §6.3) --------------------------
 
-_MINIMAL = """
-[book]
-year = 2099
-effective_from = 2099-01-01
-effective_to = 2099-12-31
-conversion_factor = 30.0
-conversion_factor_source = "S1"
-
-[[codes]]
-code = "99490"
-family = "ccm"
-kind = "time"
-role = "base"
-descriptor = "base"
-sources = ["S1"]
-confidence = "C"
-threshold_minutes = 20
-"""
+# The order billing.py hard-coded before the books held it: the books must keep it, or
+# exclusive_conflict flags would change.
+_FLAG_ORDER_BEFORE = (
+    *("G0556", "G0557", "G0558"),
+    *("99424", "99426"),
+    *("98979", "98980", "98975", "98976", "98977", "98984", "98985"),
+    *("99491", "99487", "99490"),
+    *("99470", "99457", "99453", "99454", "99445"),
+    "99484",
+)
 
 
-def test_minimal_book_loads() -> None:
-    assert _load(_MINIMAL).codes["99490"].threshold_minutes == 20
+@pytest.mark.parametrize("book", _all_books(), ids=lambda b: str(b.year))
+def test_flag_order_is_the_former_order_of_the_books_base_codes(book: RuleBook) -> None:
+    bases = {c.code for c in book.codes.values() if c.role == "base"}
+    assert book.flag_order == tuple(c for c in _FLAG_ORDER_BEFORE if c in bases)
+    assert book.conflict_flag("99490", "99491") == "exclusive_conflict:99491+99490"
+    assert book.conflict_flag("99490", "G0557") == "exclusive_conflict:G0557+99490"
 
 
-def test_addon_with_unknown_base_is_refused() -> None:
-    broken = (
-        _MINIMAL
-        + """
-[[codes]]
-code = "99439"
-family = "ccm"
-kind = "time"
-role = "addon"
-descriptor = "addon"
-sources = ["S1"]
-confidence = "C"
-base = "99999"
-step_minutes = 20
-"""
-    )
-    with pytest.raises(ValueError, match="99439"):
-        _load(broken)
-
-
-def test_track_with_unknown_code_is_refused() -> None:
-    broken = (
-        _MINIMAL
-        + """
-[[tracks]]
-family = "ccm"
-name = "staff"
-base = "99490"
-addon = "99439"
-basis = "pooled"
-"""
-    )
-    with pytest.raises(ValueError, match="99439"):
-        _load(broken)
-
-
-def test_exclusive_with_unknown_code_is_refused() -> None:
-    broken = (
-        _MINIMAL
-        + """
-[[exclusive]]
-a = "99490"
-b = "99491"
-scope = "any"
-resolution = "track_order"
-"""
-    )
-    with pytest.raises(ValueError, match="99491"):
-        _load(broken)
+@pytest.mark.parametrize("book", _all_books(), ids=lambda b: str(b.year))
+@pytest.mark.parametrize(
+    ("conditions", "qmb", "code"),
+    [
+        (0, False, "G0556"),
+        (1, True, "G0556"),
+        (2, False, "G0557"),
+        (5, False, "G0557"),
+        (2, True, "G0558"),
+        (7, True, "G0558"),
+    ],
+)
+def test_apcm_level_by_conditions_and_qmb(
+    book: RuleBook, conditions: int, qmb: bool, code: str
+) -> None:
+    """G13: level 1 at most one chronic condition, 2 two or more, 3 two or more and QMB."""
+    rule = book.monthly_code("apcm", conditions, qmb)
+    assert rule is not None and rule.code == code
