@@ -39,10 +39,10 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from schemas.events import EventRejected, parse_event
 from streams.archive.store import (
@@ -54,7 +54,11 @@ from streams.archive.store import (
 )
 from streams.files.atomic import write_bytes
 from streams.kafka.records import deadletter_headers
+from streams.kafka.settings import KafkaSettings
 from streams.kafka.topics import Topics
+
+if TYPE_CHECKING:
+    from streams.kafka.clients import Connection
 
 log = logging.getLogger("caretally.archiver")
 
@@ -122,35 +126,17 @@ class _Open:
         self.rows = []
 
 
-def consumer_settings(bootstrap: str, group_id: str | None, client_id: str) -> dict[str, Any]:
-    return {
-        "bootstrap_servers": bootstrap,
-        "group_id": group_id,
-        "client_id": client_id,
-        "enable_auto_commit": False,
-        # we always seek; an out-of-range position means the log lost what the archive
-        # expects (retention) and must stop the archiver, not silently skip or repeat
-        "auto_offset_reset": "none",
-        "allow_auto_create_topics": False,
-        "session_timeout_ms": 6000,  # Tansu parks each join for half of it (docs/kafka-notes.md §0.5)
-        "heartbeat_interval_ms": 1000,
-        "max_poll_records": 5000,
-        "max_partition_fetch_bytes": 4 * 1024 * 1024,
-        "fetch_max_wait_ms": 100,
-    }
-
-
-def describe_topic(bootstrap: str, topic: str) -> tuple[int, str]:
+def describe_topic(kafka: Connection, topic: str) -> tuple[int, str]:
     """Partition count and broker id of ``topic``; :class:`ArchiveError` if it is missing.
 
     Asked through the admin API: a consumer's metadata request would make Tansu create
     the topic (with 4 partitions), whatever the client asks.
     """
-    from kafka import KafkaAdminClient
-    from kafka.errors import KafkaError
+    from streams.kafka.clients import KafkaError, kafka_admin
 
+    bootstrap = KafkaSettings.of(kafka).bootstrap
     try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="caretally-admin")
+        admin = kafka_admin(kafka)
     except KafkaError as exc:
         raise ArchiveError(f"cannot connect to Kafka at {bootstrap}: {exc}") from None
     try:
@@ -167,7 +153,7 @@ def describe_topic(bootstrap: str, topic: str) -> tuple[int, str]:
 
 
 def fetch_highwaters(
-    bootstrap: str,
+    kafka: Connection,
     topic: str,
     partitions: Iterable[int],
     timeout: float = 30.0,
@@ -178,10 +164,16 @@ def fetch_highwaters(
     Each partition is fetched from ``near[p]`` (a guess at its end: less to transfer)
     or its beginning, and paused as soon as its highwater is known.
     """
-    from kafka import KafkaConsumer, TopicPartition
-    from kafka.errors import OffsetOutOfRangeError
+    from streams.kafka.clients import (
+        ARCHIVE_CONSUMER,
+        OffsetOutOfRangeError,
+        TopicPartition,
+        kafka_consumer,
+    )
 
-    consumer = KafkaConsumer(**consumer_settings(bootstrap, None, "caretally-highwater"))
+    consumer = kafka_consumer(
+        kafka, ARCHIVE_CONSUMER, group_id=None, client_id="caretally-highwater"
+    )
     try:
         tps = [TopicPartition(topic, p) for p in partitions]
         consumer.assign(tps)
@@ -284,7 +276,7 @@ class Archiver:
 
     def __init__(
         self,
-        bootstrap: str,
+        kafka: Connection,
         topics: Topics,
         root: Path,
         *,
@@ -294,7 +286,8 @@ class Archiver:
     ) -> None:
         if flush_rows < 1 or flush_seconds <= 0:
             raise ValueError("flush_rows must be >= 1 and flush_seconds > 0")
-        self.bootstrap = bootstrap
+        self.kafka = kafka
+        self.bootstrap = KafkaSettings.of(kafka).bootstrap  # in messages
         self.topics = topics
         self.root = Path(root)
         self.flush_rows = flush_rows
@@ -311,6 +304,7 @@ class Archiver:
         self._partitions = 0
         self._joined = False  # the first assignment happened (follow mode)
         self._thread: threading.Thread | None = None
+        self._on_progress: Callable[[int, int], None] | None = None
         self.error: BaseException | None = None  # what ended a run in a thread
 
     # -- control ---------------------------------------------------------------------
@@ -350,8 +344,13 @@ class Archiver:
             raise self.error
         return self.stats
 
-    def run(self, follow: bool = False) -> ArchiveStats:
+    def run(
+        self, follow: bool = False, on_progress: Callable[[int, int], None] | None = None
+    ) -> ArchiveStats:
+        """Archive (see the class); without ``follow``, ``on_progress(done, total)`` is
+        given the records archived of those the run set out to archive, after each poll."""
         started = time.perf_counter()
+        self._on_progress = on_progress
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             self._take_lock()
@@ -360,10 +359,10 @@ class Archiver:
         try:
             topic = self.topics.events
             try:
-                self._partitions, topic_id = describe_topic(self.bootstrap, topic)
+                self._partitions, topic_id = describe_topic(self.kafka, topic)
                 new_source = check_source(self.root, topic, topic_id)
                 ends = fetch_highwaters(
-                    self.bootstrap, topic, range(self._partitions), near=next_offsets(self.root)
+                    self.kafka, topic, range(self._partitions), near=next_offsets(self.root)
                 )
             except ArchiveError:
                 raise
@@ -385,18 +384,24 @@ class Archiver:
 
     def _consume(self, follow: bool, targets: dict[int, int] | None) -> None:
         """Archive until stopped, or until every partition reaches ``targets``."""
-        from kafka import KafkaConsumer, TopicPartition
-        from kafka.errors import KafkaError, OffsetOutOfRangeError
+        from streams.kafka.clients import (
+            ARCHIVE_CONSUMER,
+            KafkaError,
+            OffsetOutOfRangeError,
+            TopicPartition,
+            kafka_consumer,
+            rebalance_listener,
+        )
 
         topic = self.topics.events
         try:
-            self._consumer = consumer = KafkaConsumer(
-                **consumer_settings(self.bootstrap, self.group_id, "caretally-archiver")
+            self._consumer = consumer = kafka_consumer(
+                self.kafka, ARCHIVE_CONSUMER, group_id=self.group_id
             )
         except KafkaError as exc:
             raise ArchiveError(f"cannot connect to Kafka at {self.bootstrap}: {exc}") from None
         if follow:
-            consumer.subscribe([topic], listener=_listener(self))
+            consumer.subscribe([topic], listener=rebalance_listener(self._revoked, self._assigned))
         else:
             tps = [TopicPartition(topic, p) for p in range(self._partitions)]
             consumer.assign(tps)
@@ -406,7 +411,7 @@ class Archiver:
                 if targets is not None and self._reached(targets, follow):
                     break
                 if follow and targets is None and self._drain.is_set():
-                    targets = fetch_highwaters(self.bootstrap, topic, range(self._partitions))
+                    targets = fetch_highwaters(self.kafka, topic, range(self._partitions))
                 batch = consumer.poll(timeout_ms=POLL_MS)
                 for tp, records in batch.items():
                     state = self._open.get(tp.partition)
@@ -415,6 +420,8 @@ class Archiver:
                     for record in records:
                         self._take(tp.partition, state, record)
                 self._flush_due()
+                if targets is not None and self._on_progress is not None:
+                    self._on_progress(*self._progress(targets))
             self._flush_all()
         except OffsetOutOfRangeError as exc:
             raise ArchiveError(
@@ -427,10 +434,19 @@ class Archiver:
             raise ArchiveError(f"writing the archive at {self.root} failed: {exc}") from None
         self._commit_group_now()
 
+    def _progress(self, targets: dict[int, int]) -> tuple[int, int]:
+        """(records taken, records to take) since this run's start, towards ``targets``."""
+        done = total = 0
+        for p, state in self._open.items():
+            first = self.stats.partitions.get(p, (state.start, state.start))[0]
+            total += max(targets.get(p, 0) - first, 0)
+            done += max(min(state.next, targets.get(p, 0)) - first, 0)
+        return done, total
+
     def _reached(self, targets: dict[int, int], follow: bool) -> bool:
         if follow and not self._joined:
             return False
-        from kafka import TopicPartition
+        from streams.kafka.clients import TopicPartition
 
         def position(p: int, state: _Open) -> int:
             # past a partition's trailing control records (Kafka transactions) no record
@@ -489,9 +505,7 @@ class Archiver:
             self._flush(partition)
 
     def _dead_letter(self, record: Any, reason: str) -> None:
-        from kafka import KafkaProducer
-
-        from streams.kafka.limits import PRODUCER_MAX_REQUEST_BYTES
+        from streams.kafka.clients import ARCHIVE_DEADLETTER_PRODUCER, kafka_producer
 
         # the reason names fields, never values: safe to log (no patient identifiers)
         log.warning(
@@ -502,12 +516,7 @@ class Archiver:
             self.topics.deadletter,
         )
         if self._producer is None:
-            self._producer = KafkaProducer(
-                bootstrap_servers=self.bootstrap,
-                client_id="caretally-archiver",
-                acks="all",
-                max_request_size=PRODUCER_MAX_REQUEST_BYTES,
-            )
+            self._producer = kafka_producer(self.kafka, ARCHIVE_DEADLETTER_PRODUCER)
         headers = deadletter_headers(
             f"archiver: {reason}", record.topic, record.partition, record.offset
         )
@@ -551,8 +560,7 @@ class Archiver:
 
     def _commit_group(self, partition: int, offset: int) -> None:
         """Best effort, for lag monitoring only: the archive decides where to resume."""
-        from kafka import TopicPartition
-        from kafka.structs import OffsetAndMetadata
+        from streams.kafka.clients import OffsetAndMetadata, TopicPartition
 
         tp = TopicPartition(self.topics.events, partition)
         with contextlib.suppress(Exception):
@@ -562,9 +570,7 @@ class Archiver:
 
     def _commit_group_now(self) -> None:
         """At the end, wait for the group's offsets of what is archived (lag display)."""
-        from kafka import TopicPartition
-        from kafka.errors import KafkaError
-        from kafka.structs import OffsetAndMetadata
+        from streams.kafka.clients import KafkaError, OffsetAndMetadata, TopicPartition
 
         offsets = {
             TopicPartition(self.topics.events, p): OffsetAndMetadata(state.start, "", -1)
@@ -587,7 +593,7 @@ class Archiver:
             self._lock_fd = None
 
     def _close(self) -> None:
-        from kafka.errors import KafkaError
+        from streams.kafka.clients import KafkaError
 
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
@@ -602,20 +608,6 @@ class Archiver:
 def _commit_result(offsets: Any, response: Any) -> None:
     if isinstance(response, Exception):
         log.debug("group offset commit failed (lag display only): %s", response)
-
-
-def _listener(archiver: Archiver) -> Any:
-    """kafka-python rebalance callbacks (they run inside ``poll``)."""
-    from kafka import ConsumerRebalanceListener
-
-    class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-        def on_partitions_revoked(self, revoked: Any) -> None:
-            archiver._revoked(revoked)
-
-        def on_partitions_assigned(self, assigned: Any) -> None:
-            archiver._assigned(assigned)
-
-    return Listener()
 
 
 def archived_events(root: Path) -> int:
@@ -639,7 +631,7 @@ def archived_events(root: Path) -> int:
 
 
 def archive_once(
-    bootstrap: str,
+    kafka: Connection,
     topics: Topics,
     root: Path,
     *,
@@ -649,7 +641,7 @@ def archive_once(
 ) -> ArchiveStats:
     """Archive ``topics.events`` up to its end as of now into ``root``; returns what was done."""
     archiver = Archiver(
-        bootstrap,
+        kafka,
         topics,
         root,
         flush_rows=flush_rows,

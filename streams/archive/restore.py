@@ -31,7 +31,7 @@ from collections import defaultdict, deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streams.archive.store import (
     LOG_TS_SQL,
@@ -40,9 +40,12 @@ from streams.archive.store import (
     is_archive,
     next_offsets,
 )
-from streams.kafka.records import event_key
+from streams.kafka.log_writer import log_records
 from streams.kafka.topics import DEFAULT_PARTITIONS, Topics
-from streams.worker.gate import IngressGate, Verdict, log_headers
+from streams.worker.gate import IngressGate, Verdict
+
+if TYPE_CHECKING:
+    from streams.kafka.clients import Connection
 
 log = logging.getLogger("caretally.restore")
 
@@ -210,10 +213,11 @@ def archive_size(root: Path) -> tuple[int, int]:
 
 
 class LogWriter:
-    """Writes events to ``care.events.v1`` as the ingress gate does: bytes as given, key
-    ``org_id:patient_id``, headers ``idem`` and ``body``, practice-wide events to every
-    partition. Events the gate would drop as exact repeats are skipped; one it would
-    reject stops the writer (an archive only holds events the gate accepted).
+    """Writes events to ``care.events.v1`` as the ingress gate does
+    (``streams.kafka.log_writer``: bytes as given, key ``org_id:patient_id``, headers
+    ``idem`` and ``body``, practice-wide events to every partition). Events the gate
+    would drop as exact repeats are skipped; one it would reject stops the writer (an
+    archive only holds events the gate accepted).
 
     ``expect`` (partition -> offset) names where each written record should land; every
     acknowledgement is checked against it (``identical`` turns False on a difference).
@@ -242,12 +246,11 @@ class LogWriter:
             return 0
         if d.verdict is Verdict.REJECTED or d.event is None:
             raise RestoreError(f"an archived event is not accepted by the gate: {d.reason}")
-        key = event_key(d.event.org_id, d.event.patient_id)
-        headers = log_headers(d.idem, d.body)
-        targets: Any = range(self.partitions) if d.practice_wide else (None,)
-        for p in targets:
+        records = log_records(d.event, d.raw, self.partitions, (d.idem, d.body))
+        for record in records:
+            p = record.partition
             future = self.producer.send(
-                self.topic, key=key, value=d.raw, headers=headers, partition=p
+                self.topic, key=record.key, value=record.value, headers=record.headers, partition=p
             )
             want: tuple[int | None, int | None] = (None, None)
             if expect is not None and p is None and len(expect) == 1:
@@ -258,8 +261,8 @@ class LogWriter:
             future.add_errback(self._fail)
         self.events += 1
         self.practice_wide += int(d.practice_wide)
-        self.records += len(targets)
-        return len(targets)
+        self.records += len(records)
+        return len(records)
 
     def _check(self, partition: int | None, offset: int | None, metadata: Any) -> None:
         self.acked += 1
@@ -269,7 +272,7 @@ class LogWriter:
             self.identical = False
 
     def _fail(self, exc: BaseException) -> None:
-        from streams.cli.ingest import describe
+        from streams.kafka.clients import describe
 
         self.failed += 1
         if self.first_error is None:
@@ -302,10 +305,10 @@ class RestoreStats:
         return text
 
 
-def topic_exists(bootstrap: str, topic: str) -> bool:
-    from kafka import KafkaAdminClient
+def topic_exists(kafka: Connection, topic: str) -> bool:
+    from streams.kafka.clients import kafka_admin
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="caretally-admin")
+    admin = kafka_admin(kafka)
     try:
         return topic in set(admin.list_topics())
     finally:
@@ -313,7 +316,7 @@ def topic_exists(bootstrap: str, topic: str) -> bool:
 
 
 def restore(
-    bootstrap: str,
+    kafka: Connection,
     topics: Topics,
     root: Path,
     *,
@@ -322,7 +325,7 @@ def restore(
     on_progress: Callable[[int, int], None] | None = None,
     delivery_timeout: float = 60.0,
 ) -> RestoreStats:
-    """Re-publish the archive at ``root`` into ``topics.events`` at ``bootstrap``.
+    """Re-publish the archive at ``root`` into ``topics.events`` of the cluster ``kafka``.
 
     ``partitions``: of the topics to create (default: the archive's partition count); an
     existing events topic keeps its own. Raises :class:`NotEmpty` if the log already
@@ -338,14 +341,14 @@ def restore(
     except OSError:  # a read-only copy: nothing writes to it either
         lock = None
     try:
-        return _restore(bootstrap, topics, root, partitions, force, on_progress, delivery_timeout)
+        return _restore(kafka, topics, root, partitions, force, on_progress, delivery_timeout)
     finally:
         if lock is not None:
             os.close(lock)
 
 
 def _restore(
-    bootstrap: str,
+    kafka: Connection,
     topics: Topics,
     root: Path,
     partitions: int | None,
@@ -353,19 +356,19 @@ def _restore(
     on_progress: Callable[[int, int], None] | None,
     delivery_timeout: float,
 ) -> RestoreStats:
-    from kafka import KafkaProducer
-    from kafka.errors import KafkaError
-
     from streams.archive.archiver import describe_topic, fetch_highwaters, write_source
-    from streams.cli.ingest import close_producer, describe, producer_settings
+    from streams.ingest.delivery import producer_settings
+    from streams.kafka.clients import KafkaError, close_kafka_producer, describe, kafka_producer
+    from streams.kafka.settings import KafkaSettings
     from streams.kafka.topics import ensure_topics
 
+    bootstrap = KafkaSettings.of(kafka).bootstrap  # in messages
     started = time.perf_counter()
     total, archived_parts = archive_size(root)
     stats = RestoreStats(archive_partitions=archived_parts)
     try:
-        if topic_exists(bootstrap, topics.events):
-            count, _ = describe_topic(bootstrap, topics.events)
+        if topic_exists(kafka, topics.events):
+            count, _ = describe_topic(kafka, topics.events)
             if partitions is not None and partitions != count:
                 raise RestoreError(
                     f"{topics.events} already exists with {count} partition(s); it cannot "
@@ -373,9 +376,9 @@ def _restore(
                 )
             partitions = count
         partitions = partitions or archived_parts or DEFAULT_PARTITIONS
-        ensure_topics(bootstrap, topics, partitions)
-        count, topic_id = describe_topic(bootstrap, topics.events)
-        ends = fetch_highwaters(bootstrap, topics.events, range(count))
+        ensure_topics(kafka, topics, partitions)
+        count, topic_id = describe_topic(kafka, topics.events)
+        ends = fetch_highwaters(kafka, topics.events, range(count))
     except KafkaError as exc:
         raise RestoreError(f"cannot prepare the topics at {bootstrap}: {describe(exc)}") from None
     held = sum(ends.values())
@@ -388,7 +391,7 @@ def _restore(
     settings = producer_settings(delivery_timeout)
     settings.update(client_id="caretally-restore", linger_ms=20)
     try:
-        producer = KafkaProducer(bootstrap_servers=bootstrap, **settings)
+        producer = kafka_producer(kafka, settings)
     except KafkaError as exc:
         raise RestoreError(f"cannot connect to Kafka at {bootstrap}: {describe(exc)}") from None
     writer = LogWriter(producer, topics, count)
@@ -413,7 +416,7 @@ def _restore(
     except KafkaError as exc:
         raise RestoreError(f"restoring into {bootstrap} failed: {describe(exc)}") from None
     finally:
-        close_producer(producer, flushed)
+        close_kafka_producer(producer, flushed)
     if on_progress is not None:
         on_progress(stats.rows, total)
     if writer.failed or writer.acked != writer.records:

@@ -4,21 +4,32 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 from pathlib import Path
 
 import click
 
 from streams.archive.archiver import DEFAULT_FLUSH_ROWS, DEFAULT_FLUSH_SECONDS, DEFAULT_GROUP
-from streams.cli.options import archive_option, bootstrap_option, prefix_option
-
-EXIT_FAILED = 1
+from streams.archive.store import DEFAULT_ARCHIVE
+from streams.cli.exits import fail
+from streams.cli.kafka_options import KafkaOptions, connect, kafka_options
+from streams.cli.options import ARCHIVE_ENV, no_progress_option
+from streams.cli.progress import ProgressBar, wanted
 
 
 @click.command(short_help="Copy the log (care.events.v1) into the Parquet archive.")
-@archive_option("Archive directory (created if missing).")
-@bootstrap_option
-@prefix_option
+@click.option(
+    "--archive",
+    "archive_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_ARCHIVE,
+    envvar=ARCHIVE_ENV,
+    show_default=True,
+    show_envvar=True,
+    metavar="DIR",
+    help="The archive to write (created if missing). --archive names an archive a command "
+    "writes; the commands that read one take it as --input.",
+)
+@kafka_options
 @click.option(
     "--flush-rows",
     default=DEFAULT_FLUSH_ROWS,
@@ -49,14 +60,15 @@ EXIT_FAILED = 1
     help="--once: archive up to the log's current end and exit; --follow: keep archiving "
     "new events until Ctrl-C or SIGTERM.",
 )
+@no_progress_option
 def archive(
     archive_dir: Path,
-    bootstrap: str | None,
-    topic_prefix: str | None,
+    kafka: KafkaOptions,
     flush_rows: int,
     flush_seconds: float,
     group_id: str,
     once: bool,
+    no_progress: bool,
 ) -> None:
     """Copy the immutable log (care.events.v1) into a Parquet archive, exactly once.
 
@@ -83,27 +95,13 @@ def archive(
       CARETALLY_ARCHIVE=/srv/archive caretally archive --flush-rows 50000 --flush-seconds 10
     """
     from streams.archive.archiver import ArchiveError, Archiver
-    from streams.kafka import bootstrap as bs
-    from streams.kafka.broker import reachable, split_bootstrap
-    from streams.kafka.topics import Topics
 
-    address, _named = bs.resolve(bootstrap)
-    try:
-        split_bootstrap(address)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--bootstrap") from None
-    if not reachable(address, timeout=2.0):
-        click.echo(
-            f"error: no Kafka broker answers at {address} "
-            "(start one with `caretally broker`, or pass --bootstrap)",
-            err=True,
-        )
-        sys.exit(EXIT_FAILED)
+    ctx = connect(kafka)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.CRITICAL)  # our errors say what failed
     archiver = Archiver(
-        address,
-        Topics.from_env(topic_prefix),
+        ctx.settings,
+        ctx.topics,
         archive_dir,
         flush_rows=flush_rows,
         flush_seconds=flush_seconds,
@@ -113,15 +111,18 @@ def archive(
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: archiver.stop())
         click.echo(
-            f"archiving {archiver.topics.events} from {address} into {archive_dir} "
+            f"archiving {archiver.topics.events} from {ctx.settings.describe()} into {archive_dir} "
             "(Ctrl-C to stop)",
             err=True,
         )
     try:
-        stats = archiver.run(follow=not once)
+        if once:
+            with ProgressBar("archiving", wanted(no_progress), unit="records") as bar:
+                stats = archiver.run(on_progress=bar.update)
+        else:
+            stats = archiver.run(follow=True)
     except ArchiveError as exc:
-        click.echo(f"error: {exc}", err=True)
         if archiver.stats.rows:
             click.echo(archiver.stats.summary(archive_dir), err=True)
-        sys.exit(EXIT_FAILED)
+        fail(str(exc))
     click.echo(stats.summary(archive_dir))

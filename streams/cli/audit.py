@@ -1,30 +1,37 @@
 """``caretally audit``: one patient-month as an auditor sees it, from the archive or a log.
 
 The report is built by the pure :func:`projections.audit.audit_month`; this module only
-reads events (the Parquet archive through DuckDB, or an NDJSON log in file order) and
+reads events (the Parquet archive through DuckDB, or a file in line order) and
 writes the chosen format. Patient identifiers are PHI: nothing here logs them, and
 the error messages do not repeat them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Iterator
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import TextIO
 
 import click
 
 from projections.audit import AuditNotFound, AuditReport, audit_month
 from schemas.events import Event
-from streams.cli.options import parse_as_of, parse_month, writable_file
-
-ARCHIVE_ENV = "CARETALLY_ARCHIVE"
-EXIT_NOT_FOUND = 1
-EXIT_BAD_LINES = 3  # as `caretally replay`: the report is printed, some lines were skipped
-GZIP_MAGIC = b"\x1f\x8b"
+from streams.cli.exits import EXIT_BAD_LINES, EXIT_FAILED, fail
+from streams.cli.options import (
+    ARCHIVE_ENV,
+    archive_input_option,
+    as_of_option,
+    format_option,
+    input_format_option,
+    month_option,
+    no_progress_option,
+    org_option,
+    output_option,
+)
+from streams.cli.output import output_stream
+from streams.cli.progress import ProgressBar, wanted
 
 
 class InputError(Exception):
@@ -32,11 +39,18 @@ class InputError(Exception):
 
 
 def read_events(
-    path: Path, org_id: str, patient_id: str, as_of: datetime | None, bad: list[str]
+    path: Path,
+    org_id: str,
+    patient_id: str,
+    as_of: datetime | None,
+    bad: list[str],
+    input_format: str = "auto",
+    on_progress: Callable[[int, int | None], None] | None = None,
 ) -> Iterator[tuple[Event, bytes]]:
     """(event, raw bytes) in log order: the archive's canonical order (already narrowed to
-    the patient and the org's practice-wide events) or an NDJSON file's line order.
-    Rejected NDJSON lines are appended to ``bad`` as ``path:line: rejected: reason``."""
+    the patient and the org's practice-wide events) or a file's (stdin's) line order.
+    Rejected lines are appended to ``bad`` as ``name:line: rejected: reason``;
+    ``on_progress`` is given the bytes of a file read so far, and its size."""
     from schemas.events import EventRejected, parse_event
     from streams.archive import store as archive_store
 
@@ -51,71 +65,63 @@ def read_events(
         return
     if path.is_dir():
         raise InputError(f"{path} is a folder but not a caretally archive")
-    from streams.files.logfile import iter_lines, too_large_reason
+    from streams.files.logfile import reporting
+    from streams.ingest.csv_events import CsvHeaderError
+    from streams.ingest.sources import DecompressedTooLarge, event_lines, open_source
 
-    def too_large(number: int) -> None:
-        bad.append(f"{path}:{number}: rejected: {too_large_reason()}")
-
-    with open(path, "rb") as stream:
-        if stream.read(2) == GZIP_MAGIC:
-            raise InputError(f"{path} is gzip-compressed; decompress it first (gunzip -k FILE)")
-        stream.seek(0)
-        for number, line in iter_lines(stream, on_too_large=too_large):
-            try:
-                yield parse_event(line), line
-            except EventRejected as exc:
-                bad.append(f"{path}:{number}: rejected: {exc.reason}")
+    with contextlib.ExitStack() as stack:
+        try:
+            source = open_source(str(path), stack)
+            lines = event_lines(source, input_format)
+        except CsvHeaderError as exc:
+            raise InputError(f"{path}: CSV header: {exc}") from None
+        except (OSError, EOFError) as exc:
+            raise InputError(f"cannot read {path}: {exc}") from None
+        if on_progress is not None and source.position is not None:
+            position, size = source.position, source.size
+            lines = reporting(lines, position, lambda done: on_progress(done, size))
+        try:
+            for number, line in lines:
+                if isinstance(line, str):
+                    bad.append(f"{source.name}:{number}: rejected: {line}")
+                    continue
+                try:
+                    yield parse_event(line), line
+                except EventRejected as exc:
+                    bad.append(f"{source.name}:{number}: rejected: {exc.reason}")
+        except DecompressedTooLarge as exc:
+            raise InputError(f"{source.name}: {exc}") from None
 
 
 @click.command(short_help="Audit one patient-month: every minute, what counted and why not.")
-@click.option(
-    "--input",
-    "input_path",
-    type=click.Path(path_type=Path),
-    default=Path("data/archive"),
-    envvar=ARCHIVE_ENV,
-    show_default=True,
-    show_envvar=True,
-    help="The Parquet archive (a folder, or one of its .parquet files) or an NDJSON log.",
+@archive_input_option(
+    "the Parquet archive (a folder, or one of its .parquet files), or an NDJSON or CSV "
+    "file in log order, plain or gzip-compressed, - for stdin.",
+    allow_dash=True,
 )
-@click.option("--org", "org_id", required=True, metavar="ORG", help="The practice (org_id).")
+@input_format_option
+@org_option
 @click.option("--patient", "patient_id", required=True, metavar="ID", help="The patient_id.")
-@click.option(
-    "--month", required=True, callback=parse_month, metavar="YYYY-MM", help="Local month."
-)
-@click.option(
-    "--as-of",
-    "as_of",
-    callback=parse_as_of,
-    metavar="TS",
-    help="Only events recorded at or before TS (ISO-8601 with offset): what was known "
-    "then, as `caretally replay --as-of`.",
-)
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "json", "csv", "html"]),
-    default="table",
-    show_default=True,
-    help="table: for the terminal; json: one document; csv: one row per activity; "
+@month_option()
+@as_of_option
+@format_option(
+    ("table", "json", "csv", "html"),
+    "table",
+    "table: for the terminal; json: one document; csv: one row per activity; "
     "html: one printable page.",
 )
-@click.option(
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    callback=writable_file,
-    metavar="FILE",
-    help="Write the report to FILE instead of stdout.",
-)
+@output_option
+@no_progress_option
 def audit(
     input_path: Path,
+    input_format: str,
     org_id: str,
     patient_id: str,
     month: str,
     as_of: datetime | None,
     fmt: str,
     output: Path | None,
+    no_progress: bool,
 ) -> None:
     """Rebuild one patient-month from the log, as an auditor needs it.
 
@@ -140,7 +146,7 @@ def audit(
       html   one self-contained page (inline CSS, no external assets) to print
 
     Exit codes: 0 done; 1 unknown patient or month, or unreadable input; 3 the
-    report was written but some NDJSON lines were rejected (listed on stderr).
+    report was written but some lines of a file were rejected (listed on stderr).
 
     \b
     Examples:
@@ -152,25 +158,24 @@ def audit(
     """
     bad: list[str] = []
     try:
-        if not input_path.exists():
+        if str(input_path) != "-" and not input_path.exists():
             raise InputError(
                 f"no archive or log at {input_path} (give --input FILE|FOLDER or set {ARCHIVE_ENV})"
             )
-        report = audit_month(
-            read_events(input_path, org_id, patient_id, as_of, bad),
-            org_id,
-            patient_id,
-            month,
-            as_of=as_of,
-        )
+        with ProgressBar("reading events", wanted(no_progress), unit="bytes") as bar:
+            report = audit_month(
+                read_events(input_path, org_id, patient_id, as_of, bad, input_format, bar.update),
+                org_id,
+                patient_id,
+                month,
+                as_of=as_of,
+            )
     except AuditNotFound as exc:
         for line in bad:
             click.echo(line, err=True)
-        click.echo(f"error: {exc} (input: {input_path})", err=True)
-        sys.exit(EXIT_NOT_FOUND)
+        fail(f"{exc} (input: {input_path})", EXIT_FAILED)
     except InputError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_NOT_FOUND)
+        fail(str(exc), EXIT_FAILED)
     for line in bad:
         click.echo(line, err=True)
     _write(report, fmt, output, str(input_path))
@@ -182,12 +187,7 @@ def audit(
 def _write(report: AuditReport, fmt: str, output: Path | None, source: str) -> None:
     from streams.render import audit as audit_render
 
-    with ExitStack() as stack:
-        stream: TextIO = (
-            stack.enter_context(open(output, "w", encoding="utf-8", newline=""))
-            if output
-            else sys.stdout
-        )
+    with output_stream(output, f"{fmt} report") as stream:
         if fmt == "json":
             audit_render.write_json(report, stream, source)
         elif fmt == "csv":
@@ -196,6 +196,3 @@ def _write(report: AuditReport, fmt: str, output: Path | None, source: str) -> N
             audit_render.write_html(report, stream, source)
         else:
             audit_render.write_table(report, stream, source)
-        stream.flush()
-    if output:
-        click.echo(f"wrote {fmt} report to {output}", err=True)

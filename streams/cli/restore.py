@@ -3,43 +3,40 @@
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
-from streams.cli.options import archive_option, bootstrap_option, prefix_option
+from streams.cli.exits import fail
+from streams.cli.kafka_options import KafkaOptions, connect, kafka_options
+from streams.cli.options import (
+    archive_input_option,
+    no_progress_option,
+    partitions_option,
+    renamed,
+)
+from streams.cli.progress import ProgressBar, wanted
 
-EXIT_FAILED = 1
 EXIT_NOT_EMPTY = 2
 
 
 @click.command(short_help="Re-publish the Parquet archive into an empty broker's log.")
-@archive_option("Archive directory to restore from.")
-@bootstrap_option
-@prefix_option
-@click.option(
-    "--partitions",
-    default=None,
-    type=click.IntRange(1),
-    help="Partitions of the topics it creates [default: as many as the archived log had]. "
-    "An existing log topic keeps its own.",
+@archive_input_option("the Parquet archive (a directory written by `caretally archive`).")
+@kafka_options
+@partitions_option(
+    None,
+    "as many as the archived log had unless given (an existing log topic keeps its own).",
 )
 @click.option(
     "--force",
     is_flag=True,
     help="Append to a log topic that already holds records (they are not checked).",
 )
-@click.option(
-    "--no-progress",
-    is_flag=True,
-    help="No progress bar (there is none unless stderr is a terminal).",
-)
+@no_progress_option
+@renamed("--archive", "--input", "input_path", type=click.Path(path_type=Path))
 def restore(
-    archive_dir: Path,
-    bootstrap: str | None,
-    topic_prefix: str | None,
+    input_path: Path,
+    kafka: KafkaOptions,
     partitions: int | None,
     force: bool,
     no_progress: bool,
@@ -67,37 +64,24 @@ def restore(
     Examples:
       caretally broker &                        # a fresh, empty embedded broker
       caretally restore                         # from ./data/archive
-      caretally restore --archive /srv/archive --bootstrap kafka:9092 --partitions 16
+      caretally restore --input /srv/archive --bootstrap kafka:9092 --partitions 16
       caretally restore --partitions 8 && caretally worker --partitions 8
     """
     from streams.archive.archiver import ArchiveError
     from streams.archive.restore import NotEmpty, RestoreError
     from streams.archive.restore import restore as run_restore
-    from streams.kafka import bootstrap as bs
-    from streams.kafka.broker import reachable, split_bootstrap
-    from streams.kafka.topics import Topics
 
-    address, _named = bs.resolve(bootstrap)
-    try:
-        split_bootstrap(address)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--bootstrap") from None
+    kafka.settings()  # a usage error first
+    archive_dir = input_path
     if not archive_dir.is_dir():
-        raise click.BadParameter(f"{archive_dir} does not exist", param_hint="--archive")
-    if not reachable(address, timeout=2.0):
-        click.echo(
-            f"error: no Kafka broker answers at {address} "
-            "(start one with `caretally broker`, or pass --bootstrap)",
-            err=True,
-        )
-        sys.exit(EXIT_FAILED)
+        raise click.BadParameter(f"{archive_dir} does not exist", param_hint="--input")
+    ctx = connect(kafka)
     logging.getLogger("kafka").setLevel(logging.CRITICAL)  # our errors say what failed
-    topics = Topics.from_env(topic_prefix)
-    progress = _Bar(not no_progress and sys.stderr.isatty())
+    topics = ctx.topics
     try:
-        with progress as bar:
+        with ProgressBar("restoring", wanted(no_progress), unit="rows") as bar:
             stats = run_restore(
-                address,
+                ctx.settings,
                 topics,
                 archive_dir,
                 partitions=partitions,
@@ -105,17 +89,14 @@ def restore(
                 on_progress=bar.update,
             )
     except NotEmpty as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_NOT_EMPTY)
+        fail(str(exc), EXIT_NOT_EMPTY)
     except RestoreError as exc:
         if "is not an archive" in str(exc):
-            raise click.BadParameter(str(exc), param_hint="--archive") from None
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_FAILED)
+            raise click.BadParameter(str(exc), param_hint="--input") from None
+        fail(str(exc))
     except ArchiveError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_FAILED)
-    click.echo(stats.summary(topics.events, address))
+        fail(str(exc))
+    click.echo(stats.summary(topics.events, ctx.settings.describe()))
     if stats.rows == 0:
         click.echo(f"warning: {archive_dir} holds no archived events", err=True)
     if stats.adopted:
@@ -139,30 +120,3 @@ def restore(
             "new directory"
         )
     click.echo(f"start the worker with --partitions {stats.partitions}")
-
-
-class _Bar:
-    """A rich progress bar on stderr (rows read of the archive), or nothing."""
-
-    def __init__(self, show: bool) -> None:
-        self.progress: Any = None
-        self.task: Any = None
-        if show:
-            from rich.console import Console
-            from rich.progress import Progress
-
-            self.progress = Progress(console=Console(stderr=True), transient=True)
-
-    def __enter__(self) -> _Bar:
-        if self.progress is not None:
-            self.progress.start()
-            self.task = self.progress.add_task("restoring", total=None)
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-
-    def update(self, done: int, total: int) -> None:
-        if self.progress is not None:
-            self.progress.update(self.task, completed=done, total=total)

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import NoReturn
 
 import click
 
-from streams.cli.options import bootstrap_option, prefix_option
+from streams.cli.exits import EXIT_INTERRUPTED, fail
+from streams.cli.kafka_options import KafkaOptions, connect, kafka_options
+from streams.cli.options import (
+    loglevel_option,
+    org_option,
+    partitions_option,
+)
 from streams.http.rate_limit import DEFAULT_EVENTS_PER_MINUTE, DEFAULT_PRACTICE_EVENTS_PER_MINUTE
 from streams.kafka.topics import DEFAULT_PARTITIONS
 
@@ -24,19 +29,13 @@ _keys_option = click.option(
 )
 
 
-def _fail(message: str) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(1)
-
-
 @click.command(short_help="Run the HTTP API: ingest events, billing queries, live alerts.")
-@bootstrap_option
+@kafka_options
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
     "--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="TCP port."
 )
 @_keys_option
-@prefix_option
 @click.option(
     "--max-body-bytes",
     default=5 * MIB,
@@ -107,25 +106,13 @@ def _fail(message: str) -> NoReturn:
     help="Practice-wide events (practice.configured, month.closed) one org may POST a "
     "minute; each touches every patient of the org.",
 )
-@click.option(
-    "--partitions",
-    default=DEFAULT_PARTITIONS,
-    show_default=True,
-    type=click.IntRange(1),
-    help="Partitions of each topic, when serve creates them.",
-)
-@click.option(
-    "--loglevel",
-    type=click.Choice(["debug", "info", "warning", "error"]),
-    default="info",
-    show_default=True,
-)
+@partitions_option(DEFAULT_PARTITIONS)
+@loglevel_option("info")
 def serve(
-    bootstrap: str | None,
+    kafka: KafkaOptions,
     host: str,
     port: int,
     keys_file: Path | None,
-    topic_prefix: str | None,
     max_body_bytes: int,
     header_timeout: float,
     body_timeout: float,
@@ -168,16 +155,12 @@ def serve(
     import logging
     import signal
 
-    from aiokafka.errors import KafkaError
-
+    from streams.http.api_keys import ApiKeyError, ApiKeyStore, resolve_path
     from streams.http.app import Server, build_app
     from streams.http.app import serve as run_server
-    from streams.http.api_keys import ApiKeyError, ApiKeyStore, resolve_path
     from streams.http.guard import ConnectionLimits, fit_connection_cap
     from streams.http.rate_limit import OrgRateLimits
-    from streams.kafka import bootstrap as bs
-    from streams.kafka.broker import reachable
-    from streams.kafka.topics import Topics, ensure_topics
+    from streams.kafka.clients import AioKafkaError
 
     logging.basicConfig(
         level=getattr(logging, loglevel.upper()),
@@ -186,32 +169,23 @@ def serve(
     for noisy in ("aiokafka", "kafka"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
-    address, _named = bs.resolve(bootstrap)
+    kafka.settings()  # a usage error first
     path = resolve_path(keys_file)
     try:
         keys = ApiKeyStore(path)
     except ApiKeyError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if len(keys) == 0:
         click.echo(
             f"warning: no active API keys in {path}; every request but /healthz gets 401 "
             "(create one with `caretally keys create --org ORG`)",
             err=True,
         )
-    if not reachable(address):
-        _fail(
-            f"no Kafka broker answers at {address} "
-            "(start one with `caretally broker`, or pass --bootstrap)"
-        )
-    topics = Topics.from_env(topic_prefix)
-    try:
-        ensure_topics(address, topics, partitions)
-    except Exception as exc:  # kafka-python raises a zoo of errors for a sick broker
-        _fail(f"cannot create the topics on {address}: {exc}")
-
+    ctx = connect(kafka, partitions=partitions)
+    address = ctx.settings.describe()
     app = build_app(
-        address,
-        topics,
+        ctx.settings,
+        ctx.topics,
         keys,
         max_body_bytes=max_body_bytes,
         rate_limits=OrgRateLimits(rate_limit, practice_rate_limit),
@@ -242,13 +216,13 @@ def serve(
     try:
         asyncio.run(main())
     except KeyboardInterrupt:  # Ctrl-C before the signal handlers were in place
-        sys.exit(130)
-    except KafkaError as exc:
-        _fail(f"Kafka at {address}: {exc}")
+        sys.exit(EXIT_INTERRUPTED)
+    except AioKafkaError as exc:
+        fail(f"Kafka at {address}: {exc}")
     except OSError as exc:
-        _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+        fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
     except RuntimeError as exc:  # e.g. a topic vanished between creation and start
-        _fail(str(exc))
+        fail(str(exc))
     click.echo("caretally serve: stopped", err=True)
 
 
@@ -270,10 +244,11 @@ def keys() -> None:
 
 
 @keys.command("create", short_help="Create a key for an org and print it (once).")
-@click.option("--org", "org_id", required=True, metavar="ORG", help="The org_id the key acts as.")
+@org_option
 @_keys_option
 def keys_create(org_id: str, keys_file: Path | None) -> None:
-    """Create a key for ORG; the key goes to stdout (alone, for scripts), notes to stderr.
+    """Create a key that acts as the org --org; the key goes to stdout (alone, for
+    scripts), notes to stderr. The org id follows the wire contract's rule for ids.
 
     \b
     Example:
@@ -285,7 +260,7 @@ def keys_create(org_id: str, keys_file: Path | None) -> None:
     try:
         record, key = create_key(path, org_id)
     except ApiKeyError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     click.echo(key)
     click.echo(
         f"created key {record.key_id} for org {org_id!r} in {path}; "
@@ -313,7 +288,7 @@ def keys_list(keys_file: Path | None, as_json: bool) -> None:
     try:
         records = list_keys(path)
     except ApiKeyError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if as_json:
         for r in records:
             shown = {k: getattr(r, k) for k in ("key_id", "org_id", "prefix", "created_at")}
@@ -355,5 +330,5 @@ def keys_revoke(key_id: str, keys_file: Path | None) -> None:
     try:
         record = revoke_key(path, key_id)
     except ApiKeyError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     click.echo(f"revoked key {record.key_id} of org {record.org_id!r} ({record.revoked_at})")

@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import csv
-import sys
 from collections.abc import Iterator
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import click
 import orjson
 
 from streams.archive.sql import DEFAULT_TIMEOUT_S
 from streams.archive.store import is_archive
-from streams.cli.options import archive_option
+from streams.cli.exits import EXIT_FAILED, fail
+from streams.cli.options import (
+    archive_input_option,
+    format_option,
+    output_option,
+    renamed,
+)
+from streams.cli.output import output_stream
 
-EXIT_QUERY_FAILED = 1
 TABLE_ROW_LIMIT = 10_000
 
 
@@ -47,15 +52,13 @@ def _cell(value: Any) -> str:
 
 @click.command(short_help="Read-only SQL over the archive: events, activities, patient_months.")
 @click.argument("query")
-@archive_option("The archive to query (a directory written by `caretally archive`).")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "csv", "json"]),
-    default="table",
-    show_default=True,
-    help="table: human-readable (first 10,000 rows); csv; json: one object per line.",
+@archive_input_option("the Parquet archive (a directory written by `caretally archive`).")
+@format_option(
+    ("table", "csv", "json"),
+    "table",
+    "table: human-readable (first 10,000 rows); csv; json: one object per line.",
 )
+@output_option
 @click.option(
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),
@@ -64,7 +67,8 @@ def _cell(value: Any) -> str:
     metavar="SECONDS",
     help="Stop the query (and the views it needs) after this long (exit 1).",
 )
-def sql(query: str, archive_dir: Path, fmt: str, timeout: float) -> None:
+@renamed("--archive", "--input", "input_path", type=click.Path(path_type=Path))
+def sql(query: str, input_path: Path, fmt: str, output: Path | None, timeout: float) -> None:
     """Run a read-only DuckDB QUERY over the archive.
 
     \b
@@ -90,36 +94,35 @@ def sql(query: str, archive_dir: Path, fmt: str, timeout: float) -> None:
       caretally sql "SELECT type, count(*) FROM events GROUP BY type ORDER BY 2 DESC"
       caretally sql "SELECT program, sum(minutes) FROM activities GROUP BY ALL"
       caretally sql "SELECT month, sum(estimated_payment) FROM patient_months GROUP BY ALL
-                     ORDER BY month" --format csv
+                     ORDER BY month" --format csv --output payments.csv
+      caretally sql "SELECT count(*) FROM events" --input /srv/caretally/archive
       caretally sql "SELECT * FROM patient_months WHERE list_contains(flags, 'overlap')"
     """
     import duckdb
 
     from streams.archive.sql import ArchiveSql, SqlRejected, SqlTimeout
 
-    if not archive_dir.exists() or not is_archive(archive_dir):
+    if not input_path.exists() or not is_archive(input_path):
         raise click.UsageError(
-            f"no archive at {archive_dir} (run `caretally archive`, or pass --archive DIR)"
+            f"no archive at {input_path} (run `caretally archive`, or pass --input DIR)"
         )
-    db = ArchiveSql(archive_dir, timeout=timeout)
+    db = ArchiveSql(input_path, timeout=timeout)
     try:
         try:
             names, rows = db.query(query)
-            _write(names, rows, fmt)
+            with output_stream(output, f"{fmt} rows") as out:
+                _write(names, rows, fmt, out)
         except SqlRejected as exc:
             raise click.UsageError(str(exc)) from exc
         except SqlTimeout as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(EXIT_QUERY_FAILED)
+            fail(str(exc), EXIT_FAILED)
         except duckdb.Error as exc:
-            click.echo(f"error: {str(exc).strip()}", err=True)
-            sys.exit(EXIT_QUERY_FAILED)
+            fail(str(exc).strip(), EXIT_FAILED)
     finally:
         db.close()
 
 
-def _write(names: list[str], rows: Iterator[tuple[Any, ...]], fmt: str) -> None:
-    out = sys.stdout
+def _write(names: list[str], rows: Iterator[tuple[Any, ...]], fmt: str, out: TextIO) -> None:
     if fmt == "json":
         for row in rows:
             out.write(
@@ -152,4 +155,3 @@ def _write(names: list[str], rows: Iterator[tuple[Any, ...]], fmt: str) -> None:
             f"; first {shown} shown (use --format csv for all)" if count > shown else ""
         )
         console.print(table)
-    out.flush()

@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
-from streams.cli.options import bootstrap_option, prefix_option
+from streams.cli.exits import fail
+from streams.cli.kafka_options import KafkaOptions, connect, kafka_options
+from streams.cli.options import loglevel_option, partitions_option
 from streams.kafka.topics import DEFAULT_PARTITIONS
+from streams.worker.snapshots import DEFAULT_STATE_DIR
 
 
 @click.command(short_help="Run the stream processors: validate, fold, alert.")
-@bootstrap_option
-@prefix_option
-@click.option(
-    "--partitions",
-    default=DEFAULT_PARTITIONS,
-    show_default=True,
-    type=click.IntRange(1),
-    help="Partitions of each topic, when the worker creates them; the log "
-    "(care.events.v1) and care.staff.v1 must have this many (care.ingress.v1 has 1).",
+@kafka_options
+@partitions_option(
+    DEFAULT_PARTITIONS,
+    "the log (care.events.v1) and care.staff.v1 must have this many (care.ingress.v1 has 1).",
 )
 @click.option(
     "--app-id",
@@ -31,7 +28,7 @@ from streams.kafka.topics import DEFAULT_PARTITIONS
 @click.option(
     "--state-dir",
     type=click.Path(path_type=Path),
-    default=Path(".caretally/state"),
+    default=DEFAULT_STATE_DIR,
     show_default=True,
     help="Where partition snapshots are kept, under a folder per app id and topic prefix "
     "(so two pipelines never share snapshots). Folders are created 0700; one that "
@@ -68,15 +65,9 @@ from streams.kafka.topics import DEFAULT_PARTITIONS
     "(log -> billing, alerts, staff), to spread them over two processes. Run one gate "
     "at most.",
 )
-@click.option(
-    "--loglevel",
-    type=click.Choice(["debug", "info", "warning", "error"]),
-    default="warning",
-    show_default=True,
-)
+@loglevel_option("warning")
 def worker(
-    bootstrap: str | None,
-    topic_prefix: str | None,
+    kafka: KafkaOptions,
     partitions: int,
     app_id: str,
     state_dir: Path,
@@ -109,29 +100,19 @@ def worker(
       KAFKA_BOOTSTRAP=kafka:9092 caretally worker --partitions 16
       caretally worker --role gate & caretally worker --role fold   # two cores
     """
-    from streams.kafka import bootstrap as bs
-    from streams.kafka.broker import reachable
-    from streams.kafka.topics import Topics
     from streams.worker.app import WorkerConfig, WorkerStartError, run
     from streams.worker.snapshots import UnsafeStateDir, private_dir
 
-    topics = Topics.from_env(topic_prefix)
+    kafka.settings()  # a usage error first
+    topics = kafka.topics
     folder = state_dir / f"{app_id}{'@' + topics.prefix.rstrip('.') if topics.prefix else ''}"
     try:  # snapshots hold PHI and are read back: only this user may write (or read) them
         private_dir(folder)
     except (UnsafeStateDir, OSError) as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-    address, _named = bs.resolve(bootstrap)
-    if not reachable(address):
-        click.echo(
-            f"error: no Kafka broker answers at {address} "
-            "(start one with `caretally broker`, or pass --bootstrap)",
-            err=True,
-        )
-        sys.exit(1)
+        fail(str(exc))
+    ctx = connect(kafka)
     cfg = WorkerConfig(
-        bootstrap=address,
+        kafka=ctx.settings,
         topics=topics,
         partitions=partitions,
         app_id=app_id,
@@ -144,5 +125,4 @@ def worker(
     try:
         run(cfg, loglevel=loglevel)
     except WorkerStartError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+        fail(str(exc))

@@ -7,7 +7,6 @@ Reads are direct (no consumer group: no join wait) from the start of each topic.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -18,15 +17,23 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streams.kafka.limits import PRODUCER_MAX_REQUEST_BYTES
+from streams.kafka.clients import (
+    DEMO_PRODUCER,
+    FOLLOWER_CONSUMER,
+    AIOKafkaConsumer,
+    AioTopicPartition,
+    Connection,
+    aio_consumer,
+    aio_producer,
+)
 from streams.kafka.records import key_of
+from streams.kafka.settings import KafkaSettings, child_environment
 from streams.kafka.topics import Topics
 
 
 async def produce(
-    bootstrap: str,
+    kafka: Connection,
     topic: str,
     lines: Iterable[bytes],
     *,
@@ -35,13 +42,7 @@ async def produce(
     on_sent: Any = None,
 ) -> int:
     """Send raw lines (keyed by their org and patient) with acks=all; ``rate`` in lines/s."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
-        acks="all",
-        linger_ms=linger_ms,
-        max_batch_size=256 * 1024,
-        max_request_size=PRODUCER_MAX_REQUEST_BYTES,
-    )
+    producer = aio_producer(kafka, DEMO_PRODUCER, linger_ms=linger_ms)
     await producer.start()
     n = 0
     start = time.perf_counter()
@@ -79,25 +80,19 @@ class Collected:
 class Follower:
     """Reads billing, alerts and dead-letter topics from the start, as they grow."""
 
-    def __init__(self, bootstrap: str, topics: Topics, partitions: int) -> None:
-        self.bootstrap = bootstrap
+    def __init__(self, kafka: Connection, topics: Topics, partitions: int) -> None:
+        self.kafka = kafka
         self.topics = topics
         self.partitions = partitions
         self.got = Collected()
         self._consumer: AIOKafkaConsumer | None = None
 
     async def __aenter__(self) -> Follower:
-        c = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=50,
-        )
+        c = aio_consumer(self.kafka, FOLLOWER_CONSUMER)
         await c.start()
         t = self.topics
         tps = [
-            TopicPartition(n, p)
+            AioTopicPartition(n, p)
             for n in (t.billing, t.alerts, t.deadletter)
             for p in range(self.partitions)
         ]
@@ -146,20 +141,22 @@ class WorkerProcess:
 
     def __init__(
         self,
-        bootstrap: str,
+        kafka: Connection,
         topics: Topics,
         partitions: int,
         state_dir: Path,
         *extra: str,
         log_path: Path | None = None,
     ) -> None:
+        settings = KafkaSettings.of(kafka)
+        self.env = child_environment(settings)  # TLS and SASL settings pass this way
         self.args = [
             sys.executable,
             "-m",
             "streams.cli.main",
             "worker",
             "--bootstrap",
-            bootstrap,
+            settings.bootstrap,
             "--topic-prefix",
             topics.prefix,
             "--partitions",
@@ -178,7 +175,7 @@ class WorkerProcess:
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env={**os.environ},
+            env=self.env,
         )
         return self
 

@@ -30,12 +30,13 @@ from streams.archive.archiver import ArchiveError, Archiver, archived_events
 from streams.demo.client import Follower, WorkerProcess, produce
 from streams.demo.offline import _print_alert, summary_table
 from streams.demo.synthetic import generate_practice_log, write_ndjson
-from streams.kafka.broker import EmbeddedBroker, reachable
+from streams.kafka.broker import EmbeddedBroker
+from streams.kafka.clients import Connection, connection_problem
 from streams.kafka.records import billing_key
+from streams.kafka.settings import KafkaSettings
 from streams.kafka.topics import Topics, ensure_topics
 
 PARTITIONS = 4
-DEMO_ARCHIVES = Path("data/demo-archive")  # one folder per run, named by its topic prefix
 
 
 class DemoError(RuntimeError):
@@ -60,8 +61,8 @@ def run_live_demo(
     month: str = "2025-03",
     seed: int = 7,
     feed_seconds: float = 25.0,
-    bootstrap: str | None = None,
-    bootstrap_named: bool = False,
+    kafka: KafkaSettings | None = None,
+    topic_prefix: str = "",
     log_path: Path | None = None,
     show_alerts: int = 60,
     archive_dir: Path | None = None,
@@ -74,21 +75,23 @@ def run_live_demo(
         write_ndjson(raw, log_path)
     lines = [orjson.dumps(obj) for obj in raw]
     broker: EmbeddedBroker | None = None
-    if bootstrap_named:
-        assert bootstrap is not None
-        if not reachable(bootstrap):
-            raise DemoError(f"no Kafka broker answers at {bootstrap}")
-        where = bootstrap
+    if kafka is not None:
+        problem = connection_problem(kafka)
+        if problem is not None:
+            raise DemoError(problem)
+        where: KafkaSettings = kafka
     else:
         console.print("[dim]starting the embedded broker (Tansu, memory only, loopback)...[/]")
         broker = EmbeddedBroker().start()
-        where = broker.bootstrap
-    topics = Topics(prefix=f"demo-{uuid.uuid4().hex[:8]}.")
-    if archive_dir is None:
-        archive_dir = DEMO_ARCHIVES / topics.prefix.rstrip(".")
-    archiver = Archiver(where, topics, archive_dir, group_id=f"caretally-archiver-{topics.prefix}")
+        where = KafkaSettings.of(broker.bootstrap)
+    topics = Topics(prefix=f"{topic_prefix}demo-{uuid.uuid4().hex[:8]}.")
     archiving = False
     with tempfile.TemporaryDirectory(prefix="caretally-demo-") as tmp:
+        kept = archive_dir is not None
+        archive_dir = archive_dir if archive_dir is not None else Path(tmp) / "archive"
+        archiver = Archiver(
+            where, topics, archive_dir, group_id=f"caretally-archiver-{topics.prefix}"
+        )
         worker = WorkerProcess(
             where,
             topics,
@@ -108,7 +111,7 @@ def run_live_demo(
             ensure_topics(where, topics, PARTITIONS)
             console.rule(
                 f"[bold]caretally demo[/] - {patients} patients, {month}, "
-                f"{len(lines)} events via {where}"
+                f"{len(lines)} events via {where.describe()}"
             )
             worker.start()
             archiver.start()
@@ -122,10 +125,15 @@ def run_live_demo(
             except ArchiveError as exc:
                 raise DemoError(f"the archiver failed: {exc}") from None
             result["archived"] = archived_events(archive_dir)
+            where_to = (
+                f"to [bold]{archive_dir}[/]; replay them with "
+                f"`caretally replay --input {archive_dir}`"
+                if kept
+                else "(a temporary archive: keep it with --archive DIR)"
+            )
             console.print(
                 f"archived {result['archived']:,} events ({stats.rows:,} log records in "
-                f"{stats.files} Parquet files) to [bold]{archive_dir}[/]; replay them with "
-                f"`caretally replay --input {archive_dir}`"
+                f"{stats.files} Parquet files) {where_to}"
             )
         finally:
             if archiving:
@@ -141,7 +149,7 @@ def run_live_demo(
 
 async def _feed_and_follow(
     console: Console,
-    bootstrap: str,
+    kafka: Connection,
     topics: Topics,
     lines: list[bytes],
     feed_seconds: float,
@@ -152,7 +160,7 @@ async def _feed_and_follow(
     kinds: Counter[str] = Counter()
     aliases: dict[str, str] = {}
     shown = 0
-    async with Follower(bootstrap, topics, PARTITIONS) as follower:
+    async with Follower(kafka, topics, PARTITIONS) as follower:
 
         def show(arrived: list[tuple[str, Any]]) -> None:
             nonlocal shown
@@ -174,7 +182,7 @@ async def _feed_and_follow(
         fed = asyncio.Event()
         task = asyncio.create_task(follow(fed))
         rate = max(len(lines) / max(feed_seconds, 0.1), 1.0)
-        await produce(bootstrap, topics.ingress, lines, rate=rate, linger_ms=5)
+        await produce(kafka, topics.ingress, lines, rate=rate, linger_ms=5)
         fed.set()
         await task
         deadline = time.monotonic() + 60

@@ -10,7 +10,7 @@ of the whole line), so ``caretally ingest`` can dead-letter it as the gate would
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -24,6 +24,10 @@ LINE_ENDING_ROOM = 2
 """Bytes a line may have beyond the limit for its ending (``\\r\\n``)."""
 SKIP_CHUNK = 1 << 20
 """How much of an overlong line is read at a time while skipping it."""
+PROGRESS_LINES = 10_000
+"""Lines between two progress reports of :func:`reporting`."""
+GZIP_MAGIC = b"\x1f\x8b"
+"""The first two bytes of a gzip file."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,18 +135,65 @@ def read_lines(
             yield number, line
 
 
-def iter_lines(
-    stream: BinaryIO,
-    limit: int = EVENT_MAX_BYTES,
-    on_too_large: Callable[[int], None] | None = None,
-) -> Iterator[tuple[int, bytes]]:
-    """Each non-empty line with its number, as :func:`read_lines`; a line longer than
-    ``limit`` is skipped and its number given to ``on_too_large`` (when given)."""
+Line = tuple[int, bytes | str]
+"""A line's number, and its bytes, or why it was rejected without being read whole (a line
+too large; a CSV row that converts to no event)."""
+
+
+def ndjson_lines(stream: BinaryIO, limit: int = EVENT_MAX_BYTES) -> Iterator[Line]:
+    """Each non-empty line of an NDJSON stream as a :data:`Line`."""
     for number, line in read_lines(stream, limit):
-        if isinstance(line, bytes):
-            yield number, line
-        elif on_too_large is not None:
-            on_too_large(number)
+        yield number, line if isinstance(line, bytes) else too_large_reason(limit)
+
+
+def reporting(
+    lines: Iterable[Line], position: Callable[[], int], on_progress: Callable[[int], None]
+) -> Iterator[Line]:
+    """``lines``, giving ``on_progress`` the ``position()`` every ``PROGRESS_LINES`` lines."""
+    for i, line in enumerate(lines, 1):
+        if not i % PROGRESS_LINES:
+            on_progress(position())
+        yield line
+    on_progress(position())
+
+
+def fold_lines(
+    lines: Iterable[Line],
+    ledger: Ledger | None = None,
+    as_of: datetime | None = None,
+    on_bad: Callable[[BadLine], None] | None = None,
+) -> tuple[Ledger, FoldStats]:
+    """Fold events in the order of ``lines``; bad lines go to ``on_bad`` and are skipped."""
+    ledger = ledger if ledger is not None else Ledger()
+    stats = FoldStats()
+    apply = ledger.apply
+    for number, line in lines:
+        stats.lines += 1
+        if isinstance(line, str):
+            stats.bad += 1
+            if on_bad is not None:
+                on_bad(BadLine(number, line))
+            continue
+        try:
+            event = parse_event(line)
+        except EventRejected as exc:
+            stats.bad += 1
+            if on_bad is not None:
+                on_bad(BadLine(number, exc.reason))
+            continue
+        if as_of is not None and event.recorded_at > as_of:
+            stats.skipped_as_of += 1
+            continue
+        outcome = apply(event, line)
+        if outcome.status is Status.APPLIED:
+            stats.applied += 1
+        elif outcome.status is Status.DUPLICATE:
+            stats.duplicates += 1
+        else:
+            stats.bad += 1
+            if on_bad is not None:
+                on_bad(BadLine(number, outcome.reason))
+    return ledger, stats
 
 
 def fold_file(
@@ -152,36 +203,5 @@ def fold_file(
     on_bad: Callable[[BadLine], None] | None = None,
 ) -> tuple[Ledger, FoldStats]:
     """Fold an NDJSON log in file order; bad lines go to ``on_bad`` and are skipped."""
-    ledger = ledger if ledger is not None else Ledger()
-    stats = FoldStats()
-    apply = ledger.apply
-
-    def too_large(number: int) -> None:
-        stats.lines += 1
-        stats.bad += 1
-        if on_bad is not None:
-            on_bad(BadLine(number, too_large_reason()))
-
     with open(path, "rb") as stream:
-        for number, line in iter_lines(stream, on_too_large=too_large):
-            stats.lines += 1
-            try:
-                event = parse_event(line)
-            except EventRejected as exc:
-                stats.bad += 1
-                if on_bad is not None:
-                    on_bad(BadLine(number, exc.reason))
-                continue
-            if as_of is not None and event.recorded_at > as_of:
-                stats.skipped_as_of += 1
-                continue
-            outcome = apply(event, line)
-            if outcome.status is Status.APPLIED:
-                stats.applied += 1
-            elif outcome.status is Status.DUPLICATE:
-                stats.duplicates += 1
-            else:
-                stats.bad += 1
-                if on_bad is not None:
-                    on_bad(BadLine(number, outcome.reason))
-    return ledger, stats
+        return fold_lines(ndjson_lines(stream), ledger, as_of, on_bad)

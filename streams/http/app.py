@@ -34,18 +34,17 @@ from dataclasses import dataclass
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
-from aiokafka import AIOKafkaProducer
 
 from streams.http.api_keys import ApiKeyStore
 from streams.http.guard import ConnectionLimits, GuardedRunner, redact_aiohttp_logs
 from streams.http.rate_limit import OrgRateLimits
 from streams.http.routes import (
-    BOOTSTRAP,
     CACHE,
     DEFAULT_MAX_BODY_BYTES,
     HEARTBEAT,
     HEARTBEAT_S,
     KAFKA,
+    KAFKA_SETTINGS,
     KEYS,
     MAX_BODY,
     RATE,
@@ -61,7 +60,8 @@ from streams.http.routes import (
     route_name,
 )
 from streams.http.state_cache import StateCache
-from streams.kafka.limits import PRODUCER_MAX_REQUEST_BYTES
+from streams.kafka.clients import SERVE_PRODUCER, Connection, aio_producer
+from streams.kafka.settings import KafkaSettings
 from streams.kafka.topics import Topics
 
 log = logging.getLogger("caretally.serve")
@@ -78,16 +78,7 @@ class RouteAccessLogger(AbstractAccessLogger):
 
 async def _kafka(app: web.Application) -> AsyncIterator[None]:
     """Producer and cache live as long as the app (aiohttp cleanup context)."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=app[BOOTSTRAP],
-        client_id="caretally-serve",
-        acks="all",
-        # Tansu rejects aiokafka's InitProducerId (docs/kafka-notes.md §0.3)
-        enable_idempotence=False,
-        linger_ms=2,
-        request_timeout_ms=15000,
-        max_request_size=PRODUCER_MAX_REQUEST_BYTES,
-    )
+    producer = aio_producer(app[KAFKA_SETTINGS], SERVE_PRODUCER)
     await producer.start()
     try:
         await app[CACHE].start()
@@ -109,7 +100,7 @@ async def _close_streams(app: web.Application) -> None:
 
 
 def build_app(
-    bootstrap: str,
+    kafka: Connection,
     topics: Topics,
     keys: ApiKeyStore,
     *,
@@ -120,10 +111,11 @@ def build_app(
 ) -> web.Application:
     """The aiohttp application; Kafka clients start with it (``AppRunner.setup``)."""
     app = web.Application(middlewares=[json_errors, require_key], client_max_size=max_body_bytes)
-    app[CACHE] = cache if cache is not None else StateCache(bootstrap, topics)
+    settings = KafkaSettings.of(kafka)
+    app[CACHE] = cache if cache is not None else StateCache(settings, topics)
     app[KEYS] = keys
     app[TOPICS] = topics
-    app[BOOTSTRAP] = bootstrap
+    app[KAFKA_SETTINGS] = settings
     app[MAX_BODY] = max_body_bytes
     app[HEARTBEAT] = heartbeat_s
     app[KAFKA] = Kafka()

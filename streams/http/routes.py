@@ -17,15 +17,15 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
 
-from schemas.events import EventRejected, parse_event
+from schemas.events import MONTH_PATTERN, EventRejected, parse_event
 from streams.http.api_keys import ApiKeyStore
 from streams.http.rate_limit import OrgRateLimits, Refusal
 from streams.http.state_cache import StateCache
+from streams.kafka.clients import AioKafkaError, AIOKafkaProducer
 from streams.kafka.limits import EVENT_MAX_BYTES
 from streams.kafka.records import event_key
+from streams.kafka.settings import KafkaSettings
 from streams.kafka.topics import Topics
 from streams.worker.gate import TOO_LARGE, Source, deadletter_write
 
@@ -41,7 +41,7 @@ KEY_CHECK_S = 1.0  # an SSE stream re-checks its key at least this often
 OFFLOAD_BYTES = 256 * 1024  # validate bigger bodies off the event loop
 JSON_TYPES = frozenset({"application/json"})
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson"})
-MONTH_RE = re.compile(r"\d{4}-(0[1-9]|1[0-2])")
+MONTH_RE = re.compile(MONTH_PATTERN)  # the wire contract's YYYY-MM
 PUBLIC_PATHS = frozenset({"/healthz"})
 
 MAX_STREAMS_PER_ORG = 64
@@ -72,13 +72,13 @@ def route_name(request: web.BaseRequest) -> str:
 class Kafka:
     """The app's producer, set when the app starts (the app itself is frozen by then)."""
 
-    producer: AIOKafkaProducer | None = None
+    producer: AIOKafkaProducer | None = None  # started in streams.http.app
 
 
 CACHE = web.AppKey("cache", StateCache)
 KEYS = web.AppKey("keys", ApiKeyStore)
 TOPICS = web.AppKey("topics", Topics)
-BOOTSTRAP = web.AppKey("bootstrap", str)
+KAFKA_SETTINGS = web.AppKey("kafka_settings", KafkaSettings)
 MAX_BODY = web.AppKey("max_body_bytes", int)
 HEARTBEAT = web.AppKey("heartbeat_s", float)
 KAFKA = web.AppKey("kafka", Kafka)
@@ -207,7 +207,7 @@ async def _dead_letter_too_large(
             w = deadletter_write(TOO_LARGE, event_key(org_id, None), raw, Source("http", -1, n))
             pending.append(await producer.send(topic, value=w.value, key=w.key, headers=w.headers))
         await asyncio.gather(*pending)
-    except KafkaError as exc:
+    except AioKafkaError as exc:
         log.warning("dead-lettering %d too-large event(s) failed: %s", len(refused), exc)
 
 
@@ -279,7 +279,7 @@ async def post_events(request: web.Request) -> web.Response:
     try:
         pending = [await producer.send(topic, value=raw, key=key) for key, raw in records]
         written = await asyncio.gather(*pending)
-    except KafkaError as exc:
+    except AioKafkaError as exc:
         log.warning("producing %d event(s) to ingress failed: %s", len(records), exc)
         return error(
             503,

@@ -18,10 +18,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
 from schemas.views import Alert
+from streams.kafka.clients import (
+    SERVE_CACHE_CONSUMER,
+    AIOKafkaConsumer,
+    AioTopicPartition,
+    Connection,
+    aio_consumer,
+)
 from streams.kafka.records import header, key_parts
 from streams.kafka.topics import Topics
 
@@ -100,13 +106,13 @@ class StateCache:
 
     def __init__(
         self,
-        bootstrap: str,
+        kafka: Connection,
         topics: Topics,
         *,
         alerts_per_org: int = ALERTS_PER_ORG,
         subscriber_queue: int = SUBSCRIBER_QUEUE,
     ) -> None:
-        self.bootstrap = bootstrap
+        self.kafka = kafka
         self.topics = topics
         self.alerts_per_org = alerts_per_org
         self.subscriber_queue = subscriber_queue
@@ -122,24 +128,16 @@ class StateCache:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            client_id="caretally-serve",
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=200,
-            request_timeout_ms=15000,
-        )
+        consumer = aio_consumer(self.kafka, SERVE_CACHE_CONSUMER)
         await consumer.start()
         try:
             await consumer.topics()  # loads cluster metadata
-            parts: list[TopicPartition] = []
+            parts: list[AioTopicPartition] = []
             for topic in (self.topics.billing, self.topics.alerts):
                 ids = consumer.partitions_for_topic(topic)
                 if not ids:
                     raise RuntimeError(f"topic {topic!r} does not exist (run ensure_topics first)")
-                parts.extend(TopicPartition(topic, p) for p in sorted(ids))
+                parts.extend(AioTopicPartition(topic, p) for p in sorted(ids))
             consumer.assign(parts)
             await consumer.seek_to_beginning(*parts)
         except BaseException:
@@ -172,7 +170,7 @@ class StateCache:
             return "down"
         return "live" if self._lag.caught_up else "catching_up"
 
-    async def _follow(self, consumer: AIOKafkaConsumer, parts: list[TopicPartition]) -> None:
+    async def _follow(self, consumer: AIOKafkaConsumer, parts: list[AioTopicPartition]) -> None:
         backoff = 0.5
         while True:
             try:
@@ -202,7 +200,7 @@ class StateCache:
                 )
 
     @staticmethod
-    async def _at_end(consumer: AIOKafkaConsumer, parts: list[TopicPartition]) -> bool:
+    async def _at_end(consumer: AIOKafkaConsumer, parts: list[AioTopicPartition]) -> bool:
         """Read up to the fetch high-water mark on every partition (not ``end_offsets``,
         which Tansu gets wrong for multi-record batches)."""
         for tp in parts:

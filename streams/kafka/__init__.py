@@ -1,1 +1,2 @@
-"""Kafka plumbing: where the cluster is, the embedded broker, topics, record formats, reads."""
+"""The Kafka adapter: settings and clients, topics, record formats, the log's writer and
+reader, and the embedded broker (with its TLS terminator)."""

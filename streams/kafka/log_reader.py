@@ -11,28 +11,17 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-
-
-def _consumer(bootstrap: str) -> AIOKafkaConsumer:
-    return AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        group_id=None,
-        auto_offset_reset="earliest",
-        max_partition_fetch_bytes=4 * 1024 * 1024,
-        fetch_max_wait_ms=100,
-    )
+from streams.kafka.clients import LOG_READER, AioTopicPartition, Connection, aio_consumer
 
 
 async def read_range(
-    bootstrap: str, topic: str, partition: int, start: int, stop: int
+    kafka: Connection, topic: str, partition: int, start: int, stop: int
 ) -> AsyncIterator[Any]:
     """Records of one partition with ``start <= offset < stop``, in order."""
     if stop <= start:
         return
-    consumer = _consumer(bootstrap)
-    tp = TopicPartition(topic, partition)
+    consumer = aio_consumer(kafka, LOG_READER)
+    tp = AioTopicPartition(topic, partition)
     await consumer.start()
     try:
         consumer.assign([tp])
@@ -50,10 +39,12 @@ async def read_range(
         await consumer.stop()
 
 
-async def read_to_end(bootstrap: str, topic: str, partitions: Iterable[int]) -> AsyncIterator[Any]:
+async def read_to_end(
+    kafka: Connection, topic: str, partitions: Iterable[int]
+) -> AsyncIterator[Any]:
     """Every record of the given partitions from the start to the highwater seen on arrival."""
-    consumer = _consumer(bootstrap)
-    tps = [TopicPartition(topic, p) for p in partitions]
+    consumer = aio_consumer(kafka, LOG_READER)
+    tps = [AioTopicPartition(topic, p) for p in partitions]
     await consumer.start()
     try:
         consumer.assign(tps)

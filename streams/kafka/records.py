@@ -2,11 +2,9 @@
 
 * ``care.ingress.v1``: key ``org_id:patient_id`` (``org_id:`` for practice-wide events),
   value the event's JSON exactly as the feed sent it.
-* ``care.events.v1``: the same key and bytes once validated; headers ``idem`` and
-  ``body`` carry the 8-byte idempotency and body digests so the ingress gate can
-  rebuild its index from the log without parsing it. Practice-wide events
-  (``practice.configured``, ``month.closed``) are written to every partition, since
-  every partition's fold needs them; the fold ignores the repeats by ``event_id``.
+* ``care.events.v1``: the same key and bytes once validated, with headers ``idem`` and
+  ``body``; practice-wide events on every partition (``streams.kafka.log_writer``, the
+  one rule every writer of the log follows).
 * ``care.deadletter.v1``: the rejected raw bytes under the original key; headers
   ``reason``, ``source_topic``, ``source_partition``, ``source_offset``.
 * ``care.billing.v1``: key ``org_id:patient_id:month``, value the ``caretally replay``
@@ -14,7 +12,9 @@
   anything in it); header ``progress`` is JSON ``[{family, practitioner_id, code,
   have_s, need_s}]``, where the month stands against each track's next threshold.
 * ``care.alerts.v1``: key ``org_id:patient_id``, value an ``Alert`` as JSON.
-* ``care.staff.v1`` (internal): key ``org_id:staff_id``, value a staff interval as JSON.
+* ``care.staff.v1`` (internal): key ``org_id:staff_id``, value a staff interval as JSON
+  ``{org_id, staff_id, patient_id, activity_id, event_id, start, end, timezone, voided}``
+  (:func:`staff_value`, read back by :func:`staff_item`).
 
 Key parts are ids as the event gives them (``/`` and ``:`` escaped as ``/2F`` and ``/3A``,
 which no valid id holds); ``key_parts`` decodes a key to its ids.
@@ -28,6 +28,8 @@ from typing import Any
 import orjson
 
 from projections.billing import MonthBilling
+from projections.ledger import Activity
+from projections.staff import StaffInterval, StaffVoid
 from schemas.views import Alert
 
 Headers = list[tuple[str, bytes]]
@@ -91,6 +93,44 @@ def billing_key(org_id: str, patient_id: str, month: str) -> bytes:
 
 def staff_key(org_id: str, staff_id: str) -> bytes:
     return _join(org_id, staff_id)
+
+
+def staff_value(
+    org_id: str, patient_id: str | None, event_id: str, activity: Activity, tz: str, voided: bool
+) -> bytes:
+    """A ``care.staff.v1`` value: one activity interval of a staff member (or its void)."""
+    item = {
+        "org_id": org_id,
+        "staff_id": activity.staff_id,
+        "patient_id": patient_id,
+        "activity_id": activity.activity_id,
+        "event_id": event_id,
+        "start": activity.start,
+        "end": activity.end,
+        "timezone": tz,
+        "voided": voided,
+    }
+    return orjson.dumps(item)
+
+
+def staff_item(value: bytes) -> StaffInterval | StaffVoid:
+    """A ``care.staff.v1`` value read back (``KeyError``/``TypeError``/``ValueError`` when
+    it is not one)."""
+    d = orjson.loads(value)
+    if d["voided"]:
+        return StaffVoid(
+            d["org_id"], d["staff_id"], d["patient_id"], d["activity_id"], d["event_id"]
+        )
+    return StaffInterval(
+        d["org_id"],
+        d["staff_id"],
+        d["patient_id"],
+        d["activity_id"],
+        d["event_id"],
+        d["start"],
+        d["end"],
+        d["timezone"],
+    )
 
 
 def billing_value(billing: MonthBilling | None) -> bytes | None:

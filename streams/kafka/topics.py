@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from streams.kafka.limits import PRODUCER_MAX_REQUEST_BYTES
+
+if TYPE_CHECKING:
+    from streams.kafka.clients import Connection
 
 DEFAULT_PARTITIONS = 8
 UNLIMITED = "-1"
@@ -82,14 +86,14 @@ class Topics:
 
 
 def ensure_topics(
-    bootstrap: str, topics: Topics, partitions: int = DEFAULT_PARTITIONS
+    kafka: Connection, topics: Topics, partitions: int = DEFAULT_PARTITIONS
 ) -> list[str]:
     """Create the missing topics (existing ones are left as they are); returns those created."""
-    from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
-    from kafka.errors import TopicAlreadyExistsError
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="caretally-admin")
+    from streams.kafka.clients import TopicAlreadyExistsError, kafka_admin
+
+    admin = kafka_admin(kafka)
     try:
         existing = set(admin.list_topics())
         created = []
@@ -109,11 +113,11 @@ def ensure_topics(
         admin.close()
 
 
-def partition_counts(bootstrap: str, names: list[str]) -> dict[str, int]:
+def partition_counts(kafka: Connection, names: list[str]) -> dict[str, int]:
     """Partitions per topic, as the broker reports them."""
-    from kafka import KafkaConsumer
+    from streams.kafka.clients import METADATA_CONSUMER, kafka_consumer
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id="caretally-meta")
+    consumer = kafka_consumer(kafka, METADATA_CONSUMER)
     try:
         return {n: len(consumer.partitions_for_topic(n) or ()) for n in names}
     finally:
@@ -129,11 +133,11 @@ class TopicShape:
     partitions: int
 
 
-def topic_shapes(bootstrap: str, names: list[str]) -> dict[str, TopicShape]:
+def topic_shapes(kafka: Connection, names: list[str]) -> dict[str, TopicShape]:
     """Id and partition count of each topic (DescribeTopics: never creates one)."""
-    from kafka import KafkaAdminClient
+    from streams.kafka.clients import kafka_admin
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="caretally-admin")
+    admin = kafka_admin(kafka)
     try:
         return {
             d["name"]: TopicShape(str(d.get("topic_id") or ""), len(d.get("partitions") or ()))
@@ -143,9 +147,9 @@ def topic_shapes(bootstrap: str, names: list[str]) -> dict[str, TopicShape]:
         admin.close()
 
 
-def topic_ids(bootstrap: str, names: list[str]) -> dict[str, str]:
+def topic_ids(kafka: Connection, names: list[str]) -> dict[str, str]:
     """The broker's id of each topic (a recreated topic gets a new one)."""
-    return {name: shape.topic_id for name, shape in topic_shapes(bootstrap, names).items()}
+    return {name: shape.topic_id for name, shape in topic_shapes(kafka, names).items()}
 
 
 def partition_mismatch(topics: Topics, partitions: int, counts: dict[str, int]) -> str | None:

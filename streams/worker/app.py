@@ -36,6 +36,7 @@ import asyncio
 import logging
 import os
 import signal
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -44,12 +45,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from projections.staff import StaffInterval, StaffProjector, StaffVoid
-from streams.kafka.limits import PRODUCER_MAX_REQUEST_BYTES
+from projections.staff import StaffProjector
+from streams.kafka.clients import WORKER_APP, Connection, faust_app
 from streams.kafka.log_reader import read_range, read_to_end
-from streams.kafka.records import deadletter_headers, header
+from streams.kafka.log_writer import log_digests
+from streams.kafka.records import deadletter_headers, header, staff_item
 from streams.kafka.topics import (
     DEFAULT_PARTITIONS,
     Topics,
@@ -66,7 +66,6 @@ from streams.worker.gate import (
     Verdict,
     Write,
     deadletter_write,
-    from_bytes,
 )
 from streams.worker.partition import (
     ALERTS,
@@ -78,7 +77,7 @@ from streams.worker.partition import (
     alert_output,
     sweep_clock,
 )
-from streams.worker.snapshots import Slot, SnapshotStore
+from streams.worker.snapshots import DEFAULT_STATE_DIR, Slot, SnapshotStore
 from streams.worker.state_codec import CodecError
 
 log = logging.getLogger("caretally.worker")
@@ -141,10 +140,10 @@ class GateWrite:
 def too_large_error(exc: BaseException) -> bool:
     """Whether a send failed because of the record's size (Faust wraps the client's
     error in ``ProducerSendError``)."""
-    from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError
+    from streams.kafka.clients import AioMessageSizeTooLargeError, AioRecordListTooLargeError
 
     while exc is not None:
-        if isinstance(exc, MessageSizeTooLargeError | RecordListTooLargeError):
+        if isinstance(exc, AioMessageSizeTooLargeError | AioRecordListTooLargeError):
             return True
         exc = exc.__cause__  # type: ignore[assignment]
     return False
@@ -178,12 +177,12 @@ class LoopPause:
 
 @dataclass
 class WorkerConfig:
-    bootstrap: str
+    kafka: Connection
     topics: Topics = field(default_factory=Topics)
     partitions: int = DEFAULT_PARTITIONS
     app_id: str = "caretally"
     role: str = "all"  # or "gate" (ingress -> log) or "fold" (log -> billing, alerts, staff)
-    state_dir: Path | None = Path(".caretally/state")
+    state_dir: Path | None = DEFAULT_STATE_DIR  # None: no snapshots
     snapshot_interval: float = 30.0
     sweep_interval: float = 60.0
     sweep_clock: str = "wall"  # or "log": the newest event time folded
@@ -231,32 +230,22 @@ class Partitions:
         return held
 
 
-def staff_item(value: bytes) -> StaffInterval | StaffVoid:
-    d = orjson.loads(value)
-    if d["voided"]:
-        return StaffVoid(
-            d["org_id"], d["staff_id"], d["patient_id"], d["activity_id"], d["event_id"]
-        )
-    return StaffInterval(
-        d["org_id"],
-        d["staff_id"],
-        d["patient_id"],
-        d["activity_id"],
-        d["event_id"],
-        d["start"],
-        d["end"],
-        d["timezone"],
-    )
+def faust_datadir(cfg: WorkerConfig) -> Path:
+    """Faust's data directory (it keeps nothing there with memory tables, but creates it):
+    in the state directory, one per role; a new temporary one without a state directory."""
+    if cfg.state_dir is None:
+        return Path(tempfile.mkdtemp(prefix="caretally-faust-"))
+    return cfg.state_dir / f"faust-{cfg.role}"
 
 
 def build_app(cfg: WorkerConfig, log_ids: dict[str, str]) -> Any:
     """The Faust app; ``log_ids`` are the broker's topic ids (snapshot identity)."""
-    from streams.kafka.faust_transport import App
-
     t = cfg.topics
-    app = App(
+    app = faust_app(
+        cfg.kafka,
         cfg.app_id if cfg.role == "all" else f"{cfg.app_id}-{cfg.role}",
-        broker=f"kafka://{cfg.bootstrap}",
+        WORKER_APP,
+        datadir=faust_datadir(cfg),  # else Faust makes <app id>-data in the current folder
         store="memory://",
         processing_guarantee="at_least_once",
         broker_session_timeout=6,
@@ -267,13 +256,6 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str]) -> Any:
         topic_disable_leader=True,
         web_enabled=False,
         autodiscover=False,
-        consumer_auto_offset_reset="earliest",
-        producer_linger=0.002,
-        producer_max_batch_size=256 * 1024,
-        producer_max_request_size=PRODUCER_MAX_REQUEST_BYTES,
-        stream_buffer_maxsize=32768,
-        broker_max_poll_records=4000,
-        broker_commit_interval=1.0,
         key_serializer="raw",
         value_serializer="raw",
     )
@@ -323,7 +305,7 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str]) -> Any:
         """The topics' ids and partition counts; None when the broker could not tell."""
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(None, topic_shapes, cfg.bootstrap, names)
+            return await loop.run_in_executor(None, topic_shapes, cfg.kafka, names)
         except Exception as exc:  # the broker is away: the caller asks again later
             log.info("topics not described (%s)", type(exc).__name__)
             return None
@@ -374,10 +356,10 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str]) -> Any:
             raise FatalStop(f"ingress gate: {problem}")
         fresh = IngressGate()
         n = 0
-        async for record in read_to_end(cfg.bootstrap, t.events, range(cfg.partitions)):
-            idem, body = header(record.headers, "idem"), header(record.headers, "body")
-            if idem and body:
-                fresh.learn(from_bytes(idem), from_bytes(body))
+        async for record in read_to_end(cfg.kafka, t.events, range(cfg.partitions)):
+            digests = log_digests(record.headers)
+            if digests is not None:
+                fresh.learn(*digests)
                 n += 1
         gate.index = fresh.index
         gate_log[0] = shape.topic_id
@@ -538,7 +520,7 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str]) -> Any:
             slot.next_offset,
             offset,
         )
-        async for rec in read_range(cfg.bootstrap, topic_name, partition, slot.next_offset, offset):
+        async for rec in read_range(cfg.kafka, topic_name, partition, slot.next_offset, offset):
             await fold(slot, rec, pending)
 
     async def fold_agent(stream: Any) -> None:
@@ -616,7 +598,7 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str]) -> Any:
         if not partitions:
             return
         pending: list[Any] = []
-        async for rec in read_to_end(cfg.bootstrap, topic_name, partitions):
+        async for rec in read_to_end(cfg.kafka, topic_name, partitions):
             slot = parts.get(rec.partition)
             if rec.offset >= slot.next_offset:
                 await fold(slot, rec, pending)
@@ -695,7 +677,7 @@ def checked_topics(cfg: WorkerConfig) -> dict[str, str]:
     and staff topics are found to fit ``cfg`` (else :class:`WorkerStartError`): a worker
     that reads partitions that do not exist waits for them forever."""
     t = cfg.topics
-    shapes = topic_shapes(cfg.bootstrap, [t.ingress, t.events, t.staff])
+    shapes = topic_shapes(cfg.kafka, [t.ingress, t.events, t.staff])
     counts = {name: shape.partitions for name, shape in shapes.items()}
     problem = partition_mismatch(t, cfg.partitions, counts)
     if problem is not None:
@@ -710,7 +692,7 @@ def run(cfg: WorkerConfig, loglevel: str = "warning") -> None:
 
     from streams.kafka.topics import ensure_topics
 
-    ensure_topics(cfg.bootstrap, cfg.topics, cfg.partitions)
+    ensure_topics(cfg.kafka, cfg.topics, cfg.partitions)
     app = build_app(cfg, checked_topics(cfg))
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     # Faust's startup spinner sets the root logger to DEBUG, so every aiokafka and faust

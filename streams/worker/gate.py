@@ -7,7 +7,8 @@ that fails validation: dead-lettered with the reason. The digests are the ledger
 lines agree on what is new, duplicate or conflicting.
 
 The gate's index is rebuilt from the log's ``idem``/``body`` headers at start: the log
-is the truth, and this worker is its only writer.
+is the truth, and this worker is its only writer (its records are those of
+``streams.kafka.log_writer``, like every writer of the log).
 
 :meth:`IngressGate.route` is total: for any ingress record (any bytes, any key) it
 returns exactly one outcome (log, dead letter or duplicate) with the records to write,
@@ -24,8 +25,9 @@ from enum import Enum
 
 from projections.digest_index import DigestIndex
 from projections.ledger import body_digest, idempotency_digest
-from schemas.events import Event, EventRejected, MonthClosed, PracticeConfigured, parse_event
+from schemas.events import Event, EventRejected, parse_event
 from streams.kafka.limits import DEADLETTER_EXCERPT_BYTES, EVENT_MAX_BYTES, KEY_MAX_BYTES
+from streams.kafka.log_writer import log_records, practice_wide
 from streams.kafka.records import Headers, deadletter_headers, event_key
 
 TOO_LARGE = "too_large"
@@ -50,20 +52,7 @@ class Decision:
     @property
     def practice_wide(self) -> bool:
         """Events every partition's fold needs (written to every partition of the log)."""
-        return isinstance(self.event, PracticeConfigured | MonthClosed)
-
-
-def to_bytes(digest: int) -> bytes:
-    return digest.to_bytes(8, "big")
-
-
-def log_headers(idem: int, body: int) -> list[tuple[str, bytes]]:
-    """The headers of a record of the log (``idem``, ``body``): all its writers use them."""
-    return [("idem", to_bytes(idem)), ("body", to_bytes(body))]
-
-
-def from_bytes(raw: bytes) -> int:
-    return int.from_bytes(raw, "big")
+        return practice_wide(self.event)
 
 
 class Target(Enum):
@@ -184,7 +173,7 @@ class IngressGate:
         if d.verdict is Verdict.REJECTED or d.event is None:
             reason = d.reason or "rejected"
             return Routed(d, (deadletter_write(reason, key, value or b"", source),))
-        log_key = event_key(d.event.org_id, d.event.patient_id)
-        headers = log_headers(d.idem, d.body)
-        targets = range(partitions) if d.practice_wide else (None,)
-        return Routed(d, tuple(Write(Target.LOG, log_key, d.raw, headers, p) for p in targets))
+        records = log_records(d.event, d.raw, partitions, (d.idem, d.body))
+        return Routed(
+            d, tuple(Write(Target.LOG, r.key, r.value, r.headers, r.partition) for r in records)
+        )

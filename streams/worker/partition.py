@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
-import orjson
-
 from projections.alerts import approaching
 from projections.billing import MonthBilling
 from projections.calendar import month_of_date
@@ -34,6 +32,7 @@ from streams.kafka.records import (
     event_key,
     progress_header,
     staff_key,
+    staff_value,
 )
 
 BILLING, ALERTS, STAFF, DEADLETTER = "billing", "alerts", "staff", "deadletter"
@@ -55,18 +54,8 @@ def alert_output(alert: Alert) -> Output:
 
 
 def _staff_out(event: Event, activity: Activity, tz: str, voided: bool) -> Output:
-    item = {
-        "org_id": event.org_id,
-        "staff_id": activity.staff_id,
-        "patient_id": event.patient_id,
-        "activity_id": activity.activity_id,
-        "event_id": event.event_id,
-        "start": activity.start,
-        "end": activity.end,
-        "timezone": tz,
-        "voided": voided,
-    }
-    return Output(STAFF, staff_key(event.org_id, activity.staff_id), orjson.dumps(item))
+    value = staff_value(event.org_id, event.patient_id, event.event_id, activity, tz, voided)
+    return Output(STAFF, staff_key(event.org_id, activity.staff_id), value)
 
 
 @dataclass

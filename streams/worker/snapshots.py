@@ -25,6 +25,9 @@ import orjson
 from streams.files.atomic import replace_file
 from streams.worker import state_codec
 
+DEFAULT_STATE_DIR = Path(".caretally/state")
+"""Where ``caretally worker`` keeps its snapshots unless told (``--state-dir``)."""
+
 log = logging.getLogger(__name__)
 FORMAT = 4  # 2: the fold's Projector keeps the claim lines billed at each month close;
 # 3: claim line ids keyed by their close (projections.claims), the ledger keeps close ids;
