@@ -1,16 +1,16 @@
-"""Fixtures and markers for the whole suite.
+"""Markers and the broker guard for the whole suite.
 
 Layers: ``tests/unit`` (one module or command, no broker), ``tests/property`` (hypothesis laws
-and engine agreement, no broker), ``tests/integration`` (a real broker). A test is marked
-``integration`` when it asks for the ``broker`` fixture, lives in ``tests/integration`` or is
-marked by hand; ``make test-fast`` runs ``-m "not integration"``. Any other test that tries to
-start the embedded broker fails at once, so an unmarked broker test cannot hide in the fast run.
+and engine agreement, no broker), ``tests/integration`` (a real broker), ``tests/support``
+(helpers, imported as ``support.x``). The folder decides: every test in tests/integration is
+marked ``integration`` (``make test-fast`` runs ``-m "not integration"``) and only there is the
+``broker`` fixture defined (tests/integration/conftest.py). A test anywhere else that starts
+an embedded broker fails at once, so a broker test cannot hide in the fast run.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,10 +21,13 @@ from streams.kafka.topics import Topics
 INTEGRATION_DIR = Path(__file__).parent / "integration"
 
 
+def in_integration(item: pytest.Item) -> bool:
+    return INTEGRATION_DIR in item.path.parents
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        in_folder = INTEGRATION_DIR in Path(str(item.fspath)).parents
-        if in_folder or "broker" in getattr(item, "fixturenames", ()):
+        if in_integration(item):
             item.add_marker(pytest.mark.integration)
 
 
@@ -32,20 +35,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def _no_broker_outside_integration(
     request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if request.node.get_closest_marker("integration") is not None:
+    if in_integration(request.node):
         return
 
     def refuse(self: EmbeddedBroker) -> None:
-        raise RuntimeError(f"{request.node.nodeid} starts a broker: mark it integration")
+        raise RuntimeError(f"{request.node.nodeid} starts a broker: move it to tests/integration")
 
     monkeypatch.setattr(EmbeddedBroker, "start", refuse)
-
-
-@pytest.fixture(scope="session")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
-    log = tmp_path_factory.mktemp("broker") / "tansu.log"
-    with EmbeddedBroker(log_path=log) as b:
-        yield b
 
 
 @pytest.fixture

@@ -9,15 +9,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import duckdb
-import orjson
 import pyarrow.parquet as pq
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 
 from streams.archive.archiver import (
     SOURCE_FILE,
@@ -26,7 +23,6 @@ from streams.archive.archiver import (
     archive_once,
     fetch_highwaters,
 )
-from streams.archive.restore import LogWriter
 from streams.archive.store import (
     COMMITTED,
     archive_files,
@@ -34,96 +30,19 @@ from streams.archive.store import (
     next_offsets,
     read_raw,
 )
-from streams.demo.synthetic import generate_events
 from streams.kafka.broker import EmbeddedBroker
 from streams.kafka.topics import Topics, ensure_topics
+from support.archive import (
+    PARTS,
+    archived,
+    assert_exactly_once,
+    lines_of,
+    producer,
+    read_log,
+    write_log,
+)
 
-PARTS = 3
 pytestmark = pytest.mark.slow
-
-
-def lines_of(n: int, seed: int) -> list[bytes]:
-    return [orjson.dumps(e) for e in generate_events(n, seed=seed, orgs=2)]
-
-
-def producer(bootstrap: str) -> Any:
-    return KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, batch_size=64 * 1024)
-
-
-def write_log(bootstrap: str, topics: Topics, lines: list[bytes]) -> int:
-    """Write lines straight to the log as the ingress gate would (keys, headers, broadcast)."""
-    p = producer(bootstrap)
-    writer = LogWriter(p, topics, PARTS)
-    for line in lines:
-        writer.write(line)
-    p.flush()
-    p.close()
-    assert writer.acked == writer.records
-    return writer.records
-
-
-def read_records(bootstrap: str, topic: str, parts: int = PARTS) -> dict[tuple[int, int], Any]:
-    """Every record of a topic, by (partition, offset), read up to the fetch highwater."""
-    ends = fetch_highwaters(bootstrap, topic, range(parts))
-    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
-    tps = [TopicPartition(topic, p) for p in range(parts)]
-    c.assign(tps)
-    for tp in tps:
-        c.seek(tp, 0)
-    out: dict[tuple[int, int], Any] = {}
-    deadline = time.monotonic() + 60
-    while any(c.position(tp) < ends[tp.partition] for tp in tps):
-        assert time.monotonic() < deadline, "the log could not be read back"
-        for tp, records in c.poll(timeout_ms=200).items():
-            for r in records:
-                out[(tp.partition, r.offset)] = r
-    c.close()
-    assert len(out) == sum(ends.values())
-    return out
-
-
-def read_log(bootstrap: str, topic: str, parts: int = PARTS) -> dict[tuple[int, int], bytes]:
-    """Every record's value, by (partition, offset)."""
-    return {k: r.value for k, r in read_records(bootstrap, topic, parts).items()}
-
-
-def archived(root: Path) -> list[tuple[int, int, bytes]]:
-    files = [str(p) for p in archive_files(root)]
-    if not files:
-        return []
-    con = duckdb.connect()
-    try:
-        rows = con.execute(
-            'SELECT partition, "offset", raw FROM read_parquet(?)', [files]
-        ).fetchall()
-    finally:
-        con.close()
-    return [(p, o, bytes(r)) for p, o, r in rows]
-
-
-def assert_exactly_once(root: Path, log: dict[tuple[int, int], bytes]) -> None:
-    """Every (partition, offset) of the log is archived once, with its exact bytes, and the
-    committed flushes tile each partition from 0 with no gap or overlap."""
-    rows = archived(root)
-    seen = Counter((p, o) for p, o, _ in rows)
-    dupes = {k: n for k, n in seen.items() if n > 1}
-    assert not dupes, f"archived more than once: {sorted(dupes)[:10]}"
-    assert set(seen) == set(log), (
-        f"missing {sorted(set(log) - set(seen))[:10]}, extra {sorted(set(seen) - set(log))[:10]}"
-    )
-    assert all(raw == log[(p, o)] for p, o, raw in rows)
-    by_part: dict[int, list[Any]] = {}
-    for f in sorted(committed(root)):
-        by_part.setdefault(f.partition, []).append(f)
-    for p, flushes in by_part.items():
-        expect = 0
-        for f in flushes:
-            assert f.first == expect, f"partition {p}: flush {f.name} after offset {expect - 1}"
-            expect = f.last + 1
-    ends: dict[int, int] = {}
-    for p, o in log:
-        ends[p] = max(ends.get(p, 0), o + 1)
-    assert next_offsets(root) == ends
 
 
 class ArchiverProcess:

@@ -7,15 +7,12 @@ needed), and POSTed events are read back from the ingress topic.
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import json
 import logging
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,218 +20,23 @@ import orjson
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from streams.http.api import Server, StateCache, build_app, start
 from streams.http.api_keys import ApiKeyStore, create_key, list_keys, revoke_key
+from streams.http.app import build_app
 from streams.kafka.broker import EmbeddedBroker
-from streams.kafka.records import billing_key, event_key
+from streams.kafka.records import event_key
 from streams.kafka.topics import Topics, ensure_topics
-
-MONTH = "2025-03"
-MAX_BODY = 1024 * 1024
-
-
-# --- the server under test ---------------------------------------------------------------
-
-
-class ServerThread:
-    """Runs the app on a free loopback port in a thread with its own event loop."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self.port = 0
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._run, name="caretally-serve", daemon=True)
-
-    def _run(self) -> None:
-        async def main() -> None:
-            self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-            server: Server = await start(self.app, "127.0.0.1", 0, shutdown_timeout=2.0)
-            self.port = server.port
-            self._ready.set()
-            try:
-                await self._stop.wait()
-            finally:
-                await server.close()
-
-        try:
-            asyncio.run(main())
-        except BaseException as exc:
-            self._error = exc
-            self._ready.set()
-
-    def __enter__(self) -> ServerThread:
-        self._thread.start()
-        assert self._ready.wait(30), "server did not start"
-        if self._error is not None:
-            raise self._error
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(15)
-        assert not self._thread.is_alive(), "server did not stop"
-
-
-@dataclass
-class Api:
-    bootstrap: str
-    topics: Topics
-    port: int
-    key_a: str
-    key_b: str
-    keys_path: Path
-    producer: KafkaProducer
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: bytes | None = None,
-        headers: dict[str, str] | None = None,
-        key: str | None = None,
-    ) -> tuple[int, dict[str, str], bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
-        try:
-            hdrs = dict(headers or {})
-            if key is not None:
-                hdrs["Authorization"] = f"Bearer {key}"
-            conn.request(method, path, body=body, headers=hdrs)
-            resp = conn.getresponse()
-            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
-        finally:
-            conn.close()
-
-    def get(self, path: str, key: str | None = None) -> tuple[int, Any]:
-        status, _, body = self.request("GET", path, key=key)
-        return status, orjson.loads(body) if body else None
-
-    def post(self, body: bytes, ctype: str, key: str) -> tuple[int, Any]:
-        status, _, raw = self.request("POST", "/v1/events", body, {"Content-Type": ctype}, key=key)
-        return status, orjson.loads(raw)
-
-    def publish_view(
-        self, view: dict[str, Any], progress: list[dict[str, Any]] | None = None
-    ) -> None:
-        key = billing_key(view["org_id"], view["patient_id"], view["month"])
-        headers = [("progress", orjson.dumps(progress or []))]
-        self.producer.send(self.topics.billing, key=key, value=orjson.dumps(view), headers=headers)
-        self.producer.flush()
-
-    def tombstone(self, org: str, patient: str, month: str) -> None:
-        self.producer.send(self.topics.billing, key=billing_key(org, patient, month), value=None)
-        self.producer.flush()
-
-    def publish_alert(self, alert: dict[str, Any]) -> None:
-        key = event_key(alert["org_id"], alert["patient_id"])
-        self.producer.send(self.topics.alerts, key=key, value=orjson.dumps(alert))
-        self.producer.flush()
-
-
-def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
-
-
-@pytest.fixture(scope="module")
-def api(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    topics = Topics(prefix=f"t{uuid.uuid4().hex[:10]}.")
-    ensure_topics(broker.bootstrap, topics, partitions=2)
-    keys_path = tmp_path_factory.mktemp("keys") / "api-keys.json"
-    _, key_a = create_key(keys_path, "org-a")
-    _, key_b = create_key(keys_path, "org-b")
-    store = ApiKeyStore(keys_path, recheck_s=0.0)
-    app = build_app(broker.bootstrap, topics, store, max_body_bytes=MAX_BODY, heartbeat_s=1.0)
-    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", linger_ms=0)
-    try:
-        with ServerThread(app) as server:
-            api = Api(broker.bootstrap, topics, server.port, key_a, key_b, keys_path, producer)
-            eventually(lambda: api.get("/healthz")[1]["caught_up"] is True)
-            yield api
-    finally:
-        producer.close()
-
-
-# --- builders ------------------------------------------------------------------------------
-
-
-def activity(org: str, patient: str, n: int = 1) -> dict[str, Any]:
-    return {
-        "event_id": f"{org}-{patient}-e{n}",
-        "type": "activity.logged",
-        "schema_version": 1,
-        "org_id": org,
-        "patient_id": patient,
-        "recorded_at": "2025-03-14T20:02:11Z",
-        "source": "ehr-main",
-        "data": {
-            "activity_id": f"a{n}",
-            "staff_id": "rn-1",
-            "staff_role": "clinical_staff",
-            "practitioner_id": "dr-1",
-            "program": "ccm",
-            "activity": "medication_review",
-            "started_at": "2025-03-14T15:00:00-04:00",
-            "minutes": 12,
-        },
-    }
-
-
-def practice(org: str) -> dict[str, Any]:
-    return {
-        "event_id": f"{org}-practice",
-        "type": "practice.configured",
-        "schema_version": 1,
-        "org_id": org,
-        "recorded_at": "2025-03-01T00:00:00Z",
-        "source": "ehr-main",
-        "data": {"timezone": "America/Chicago"},
-    }
-
-
-def view(
-    org: str,
-    patient: str,
-    month: str = MONTH,
-    billable: list[str] | None = None,
-    blocked: list[str] | None = None,
-    ccm: float = 12.0,
-) -> dict[str, Any]:
-    return {
-        "org_id": org,
-        "patient_id": patient,
-        "month": month,
-        "minutes": {"ccm": ccm},
-        "billable": [{"code": c, "units": 1} for c in billable or []],
-        "blocked": [{"code": c, "units": 1, "reasons": ["consent_missing"]} for c in blocked or []],
-        "flags": [],
-        "estimated_payment": 60.49 if billable else 0.0,
-    }
-
-
-def progress(*tracks: tuple[str, int, int]) -> list[dict[str, Any]]:
-    return [
-        {"family": "ccm", "practitioner_id": "dr-1", "code": c, "have_s": have, "need_s": need}
-        for c, have, need in tracks
-    ]
-
-
-def alert(org: str, patient: str, n: int, kind: str = "threshold_crossed") -> dict[str, Any]:
-    return {
-        "alert_id": f"{org}-{patient}-al{n}",
-        "kind": kind,
-        "org_id": org,
-        "patient_id": patient,
-        "month": MONTH,
-        "code": "99490",
-        "detail": "20 minutes of clinical staff time reached",
-        "cause_event_id": f"ev{n}",
-    }
+from support.http import (
+    MAX_BODY,
+    MONTH,
+    Api,
+    ServerThread,
+    activity,
+    alert,
+    eventually,
+    practice,
+    progress,
+    view,
+)
 
 
 def ingress(api: Api, wanted: set[bytes], until: Callable[[list[Any]], bool]) -> list[Any]:
@@ -588,68 +390,6 @@ def test_sse_live_alerts_replay_and_last_event_id(api: Api) -> None:
     assert api.get("/v1/orgs/org-a/alerts?replay=-1", key=api.key_a)[0] == 400
 
 
-def test_a_slow_subscriber_is_dropped_without_blocking_others() -> None:
-    """The cache alone (no broker needed): a full queue ends that subscriber only."""
-
-    async def scenario() -> None:
-        cache = StateCache("127.0.0.1:1", Topics("x."), subscriber_queue=2)
-        slow, _ = cache.subscribe("org-a", replay=0)
-        fast, _ = cache.subscribe("org-a", replay=0)
-        other, _ = cache.subscribe("org-b", replay=0)
-        for n in range(3):
-            cache.apply_alert(orjson.dumps(alert("org-a", "P-s", n)))
-            assert (await fast.queue.get()) is not None  # keeps up
-        assert slow.dropped and slow.queue.qsize() == 1 and slow.queue.get_nowait() is None
-        assert not fast.dropped and cache.subscriber_count("org-a") == 1
-        assert other.queue.empty()
-        assert [a.alert_id for a in cache.alerts["org-a"]] == [f"org-a-P-s-al{n}" for n in range(3)]
-        cache.close_subscribers()
-        assert fast.queue.get_nowait() is None and not fast.dropped
-
-    asyncio.run(scenario())
-
-
-# --- the command line ----------------------------------------------------------------------
-
-
-def test_keys_commands_store_only_a_digest(tmp_path: Path) -> None:
-    from click.testing import CliRunner
-
-    from streams.cli.main import cli
-
-    path = tmp_path / "sub" / "keys.json"
-    runner = CliRunner()
-    created = runner.invoke(cli, ["keys", "create", "--org", "Practice 17", "--keys", str(path)])
-    assert created.exit_code == 0, created.output
-    key = created.stdout.strip()
-    assert key.startswith("ct_practice-17_") and len(key) == len("ct_practice-17_") + 32
-    assert path.stat().st_mode & 0o777 == 0o600
-    assert key not in path.read_text() and key[-20:] not in path.read_text()
-    assert ApiKeyStore(path).resolve(key) == "Practice 17"
-
-    listed = runner.invoke(cli, ["keys", "list", "--keys", str(path), "--json"])
-    (row,) = [orjson.loads(line) for line in listed.stdout.splitlines()]
-    assert row["org_id"] == "Practice 17" and row["revoked_at"] is None
-    revoked = runner.invoke(cli, ["keys", "revoke", row["key_id"], "--keys", str(path)])
-    assert revoked.exit_code == 0 and ApiKeyStore(path).resolve(key) is None
-    missing = runner.invoke(cli, ["keys", "revoke", "nope", "--keys", str(path)])
-    assert missing.exit_code == 1 and "no key with id" in missing.output
-
-
-def test_serve_without_a_broker_fails_clearly(tmp_path: Path) -> None:
-    from click.testing import CliRunner
-
-    from streams.cli.main import cli
-    from streams.kafka.broker import free_port
-
-    address = f"127.0.0.1:{free_port()}"
-    args = ["serve", "--bootstrap", address, "--keys", str(tmp_path / "k.json")]
-    result = CliRunner().invoke(cli, args)
-    assert result.exit_code == 1
-    assert f"no Kafka broker answers at {address}" in result.output
-    assert "Traceback" not in result.output
-
-
 # --- the whole path: HTTP in, worker, HTTP and SSE out ---------------------------------------
 
 
@@ -658,9 +398,8 @@ def test_posted_events_come_back_as_billing_and_live_alerts_through_the_worker(
 ) -> None:
     """POST /v1/events -> ingress -> worker -> care.billing.v1 / care.alerts.v1 -> GET and
     SSE: what the HTTP API serves is what an offline replay gives for the same events."""
-    from builders import Log
-
     from streams.demo.client import WorkerProcess
+    from support.builders import Log
 
     topics = Topics(prefix=f"t{uuid.uuid4().hex[:10]}.")
     ensure_topics(broker.bootstrap, topics, partitions=2)

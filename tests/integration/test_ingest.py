@@ -4,141 +4,35 @@ invalid lines are reported with their line numbers, CSV rows become wire-contrac
 from __future__ import annotations
 
 import gzip
-import hashlib
 import re
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
-from click.testing import CliRunner, Result
 from kafka import KafkaConsumer, TopicPartition
-from kafka.partitioner.default import murmur2
 
 from schemas.events import parse_event
-from streams.cli import ingest as cmd_ingest
-from streams.cli.main import EXIT_BAD_LINES, cli
-from streams.demo.synthetic import generate_practice_log
-from streams.ingest.csv_events import ANY_FIELD_KINDS, CsvHeaderError, read_csv_events
-from streams.kafka.broker import EmbeddedBroker, free_port
-from streams.kafka.limits import DEADLETTER_EXCERPT_BYTES
-from streams.kafka.records import event_key, header
+from streams.cli.exits import EXIT_BAD_LINES
+from streams.kafka.broker import EmbeddedBroker
+from streams.kafka.records import event_key
 from streams.kafka.topics import Topics
+from support.ingest import (
+    assert_in_ingress,
+    assert_too_large_letter,
+    ingest,
+    practice_lines,
+    read_deadletter,
+    read_ingress,
+)
 
-PARTS = 3
 ORG = "practice-17"
-
-
-def ingest(broker: EmbeddedBroker | None, topics: Topics, *args: str, **kw: Any) -> Result:
-    where = ["--bootstrap", broker.bootstrap] if broker else []
-    argv = ["ingest", *args, *where, "--topic-prefix", topics.prefix, "--partitions", str(PARTS)]
-    return CliRunner().invoke(cli, argv, catch_exceptions=False, **kw)
-
-
-@dataclass
-class Ingress:
-    records: list[Any]  # in (partition, offset) order
-    partitions: int
-
-    def partition_of(self, key: bytes) -> int:
-        """Where the default (murmur2, as in the Java client) partitioner puts ``key``."""
-        return (murmur2(key) & 0x7FFFFFFF) % self.partitions
-
-
-def read_ingress(broker: EmbeddedBroker, topics: Topics, expected: int) -> Ingress:
-    """The records on ingress: read until ``expected`` arrived (never trusting end offsets
-    on Tansu), then one more poll to catch any surplus."""
-    return read_topic(broker, topics.ingress, expected)
-
-
-def read_deadletter(broker: EmbeddedBroker, topics: Topics, expected: int) -> list[Any]:
-    """The records on the dead-letter topic, as :func:`read_ingress`, in source order."""
-    records = read_topic(broker, topics.deadletter, expected).records
-    return sorted(records, key=lambda r: int(header(r.headers, "source_offset") or 0))
-
-
-def hex_digest(*chunks: bytes) -> bytes:
-    h = hashlib.sha256()
-    for chunk in chunks:
-        h.update(chunk)
-    return b"sha256:" + h.hexdigest().encode()
-
-
-def assert_too_large_letter(
-    letter: Any, origin: str, line: int, key: bytes | None, whole: bytes
-) -> None:
-    """``letter`` is the dead letter of too-large line ``line`` of ``origin`` whose bytes
-    (surrounding whitespace stripped) are ``whole``: the gate's and HTTP's format."""
-    assert header(letter.headers, "reason") == b"too_large"
-    assert header(letter.headers, "source_topic") == f"ingest:{origin}".encode()
-    assert header(letter.headers, "source_partition") == b"-1"
-    assert header(letter.headers, "source_offset") == str(line).encode()
-    assert header(letter.headers, "size") == str(len(whole)).encode()
-    assert header(letter.headers, "digest") == hex_digest(whole)
-    assert letter.value == whole[:DEADLETTER_EXCERPT_BYTES]
-    assert letter.key == key
-
-
-def read_topic(broker: EmbeddedBroker, topic: str, expected: int) -> Ingress:
-    """The records on ``topic``: read until ``expected`` arrived, then one more poll."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=broker.bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        request_timeout_ms=10_000,
-        bootstrap_timeout_ms=5_000,
-    )
-    try:
-        numbers = consumer.partitions_for_topic(topic)
-        assert numbers, f"no topic {topic}"
-        parts = [TopicPartition(topic, p) for p in sorted(numbers)]
-        consumer.assign(parts)
-        consumer.seek_to_beginning(*parts)
-        seen: list[Any] = []
-        deadline = time.monotonic() + 15
-        while len(seen) < expected:
-            assert time.monotonic() < deadline, f"only {len(seen)} of {expected} arrived"
-            for records in consumer.poll(timeout_ms=300).values():
-                seen.extend(records)
-        for records in consumer.poll(timeout_ms=300).values():
-            seen.extend(records)
-        return Ingress(sorted(seen, key=lambda r: (r.partition, r.offset)), len(parts))
-    finally:
-        consumer.close()
-
-
-def practice_lines(patients: int = 6, seed: int = 5) -> list[bytes]:
-    return [
-        orjson.dumps(e)
-        for e in generate_practice_log(seed=seed, patients=patients, months=("2025-03",))
-    ]
 
 
 def key_for(line: bytes) -> bytes:
     event = orjson.loads(line)
     return event_key(event["org_id"], event.get("patient_id"))
-
-
-def assert_in_ingress(ingress: Ingress, lines: Sequence[tuple[bytes | None, bytes]]) -> None:
-    """Exactly ``lines`` (key, value) are on ingress, each key's lines in file order (all
-    of them, on a one-partition ingress), each keyed record where the partitioner puts it."""
-    records = ingress.records
-    if ingress.partitions == 1:
-        assert [(r.key, r.value) for r in records] == list(lines)
-    assert sorted((r.key or b"", r.value) for r in records) == sorted(
-        (k or b"", v) for k, v in lines
-    )
-    for key in {k for k, _ in lines if k is not None}:
-        in_file = [v for k, v in lines if k == key]
-        assert [r.value for r in records if r.key == key] == in_file
-        assert {r.partition for r in records if r.key == key} == {ingress.partition_of(key)}
-
-
-# --- NDJSON ----------------------------------------------------------------------------------
 
 
 def test_valid_ndjson_lands_on_ingress_byte_for_byte(
@@ -228,23 +122,6 @@ def test_stdin(broker: EmbeddedBroker, topics: Topics) -> None:
     assert f"<stdin>:{len(lines) + 1}: rejected: event: Invalid JSON" in result.stderr
     expected = [(key_for(x), x) for x in lines] + [(None, b"{broken")]
     assert_in_ingress(read_ingress(broker, topics, len(lines) + 1), expected)
-
-
-def test_unreachable_broker_fails_fast(topics: Topics, tmp_path: Path) -> None:
-    path = tmp_path / "events.ndjson"
-    path.write_bytes(b"\n".join(practice_lines(patients=1)))
-    address = f"127.0.0.1:{free_port()}"
-    started = time.monotonic()
-
-    result = CliRunner().invoke(cli, ["ingest", str(path), "--bootstrap", address])
-
-    assert time.monotonic() - started < 5
-    assert result.exit_code == 1
-    assert result.stderr.strip() == (
-        f"error: no Kafka broker answers at {address} "
-        "(start one with `caretally broker`, or pass --bootstrap)"
-    )
-    assert result.stdout == ""
 
 
 # --- CSV -------------------------------------------------------------------------------------
@@ -389,19 +266,6 @@ def test_csv_conversion_errors_name_their_line(
     assert set(values.values()) == {b"practice-17:P-1"}
 
 
-def test_csv_header_errors_are_usage_errors(tmp_path: Path, topics: Topics) -> None:
-    path = tmp_path / "feed.csv"
-    path.write_text("event_id,type,org_id,recorded_at,data.minuts,colour\n")
-
-    result = ingest(None, topics, str(path))  # no broker needed: nothing is sent
-
-    assert result.exit_code == 2
-    assert "column 5: unknown data field (did you mean data.minutes?)" in result.stderr
-    assert "column 6: unknown column" in result.stderr
-    assert "minuts" not in result.stderr and "colour" not in result.stderr  # cells may be PHI
-    assert "missing column(s) source" in result.stderr
-
-
 def test_csv_from_stdin_is_recognised(broker: EmbeddedBroker, topics: Topics) -> None:
     text = (
         "event_id,type,org_id,patient_id,recorded_at,source,data.month\n"
@@ -503,46 +367,6 @@ def test_a_broker_dying_mid_ingest_fails_it_with_the_count_acknowledged(
     assert stopped == sent + 1 and match["file"] == str(path)
     # the failure is reported within the delivery timeout of the kill, plus the flush
     assert elapsed < 20
-
-
-# --- units -----------------------------------------------------------------------------------
-
-
-def test_csv_kinds_match_the_documented_mapping() -> None:
-    """The module docstring and --help list these; a schema change must update them."""
-    typed = {f: k for f, k in ANY_FIELD_KINDS.items() if k != "text"}
-    assert typed == {
-        "minutes": "number",
-        "face_to_face": "boolean",
-        "interactive": "boolean",
-        "qmb": "boolean",
-        "chronic": "list",
-    }
-
-
-def test_csv_edge_cells() -> None:
-    import io
-
-    text = (
-        "event_id,type,org_id,patient_id,recorded_at,source,schema_version,data.chronic\n"
-        "c1,conditions.recorded,o,p,2025-03-01T00:00:00Z,s,,[]\n"
-        "c2,conditions.recorded,o,p,2025-03-01T00:00:00Z,s,2,\n"
-        "c3,conditions.recorded,o,p,2025-03-01T00:00:00Z,s,one,A00\n"
-    )
-    rows = list(read_csv_events(io.StringIO(text, newline="")))
-    first, second, third = (orjson.loads(r.value) for r in rows)
-    assert first["schema_version"] == 1 and first["data"] == {"chronic": []}
-    assert rows[0].error is None
-    assert second["schema_version"] == 2 and second["data"] == {}
-    assert rows[2].error == "schema_version: not an integer"
-    assert third["schema_version"] == "one"
-    assert list(read_csv_events(io.StringIO("\n\n"))) == []
-    with pytest.raises(CsvHeaderError, match=r"column 2 \(event_id\) repeats column 1"):
-        read_csv_events(io.StringIO("event_id,event_id,type,org_id,recorded_at,source\n"))
-
-
-def test_exit_code_matches_replay() -> None:
-    assert cmd_ingest.EXIT_BAD_LINES == EXIT_BAD_LINES
 
 
 def test_an_oversized_line_is_dead_lettered_and_not_sent(

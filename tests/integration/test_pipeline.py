@@ -4,7 +4,6 @@ fed through ``care.ingress.v1``, held to what ``caretally replay`` gives offline
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import Counter
 from pathlib import Path
@@ -12,48 +11,15 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from projections.engine import Projector
-from schemas.events import EventRejected, parse_event
-from schemas.views import Alert
-from streams.demo.client import Follower, WorkerProcess, produce
+from streams.demo.client import Follower, produce
 from streams.demo.live import expected_views
 from streams.demo.synthetic import generate_events, generate_practice_log
 from streams.kafka.broker import EmbeddedBroker
-from streams.kafka.topics import Topics, ensure_topics
+from streams.kafka.topics import Topics
+from support.pipeline import PARTS, lines_of, offline_alert_ids, read_all, worker_for
 
-PARTS = 3
 pytestmark = pytest.mark.slow
-
-
-def lines_of(events: list[dict[str, Any]]) -> list[bytes]:
-    return [orjson.dumps(e) for e in events]
-
-
-def offline_alert_ids(lines: list[bytes]) -> dict[str, Alert]:
-    projector = Projector()
-    ids = {}
-    for line in lines:
-        with contextlib.suppress(EventRejected):
-            ids.update((a.alert_id, a) for a in projector.step(parse_event(line), line).alerts)
-    return ids
-
-
-def worker_for(broker: EmbeddedBroker, topics: Topics, tmp_path: Path, *extra: str) -> Any:
-    ensure_topics(broker.bootstrap, topics, PARTS)
-    return WorkerProcess(
-        broker.bootstrap,
-        topics,
-        PARTS,
-        tmp_path / "state",
-        "--app-id",
-        f"app-{topics.prefix}",
-        "--sweep-interval",
-        "3600",
-        *extra,
-        log_path=tmp_path / "worker.log",
-    )
 
 
 async def feed_and_collect(
@@ -68,25 +34,6 @@ async def feed_and_collect(
         await produce(broker.bootstrap, topics.ingress, lines, **produce_kw)
         await follower.until(lambda got: got.views() == expected, timeout, quiet=1.0)
         return follower
-
-
-async def read_all(bootstrap: str, topic: str, parts: int = PARTS) -> list[Any]:
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest")
-    await c.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(parts)]
-        c.assign(tps)
-        await c.seek_to_beginning(*tps)
-        out: list[Any] = []
-        idle = 0
-        while idle < 3:
-            got = await c.getmany(timeout_ms=300)
-            idle = 0 if got else idle + 1
-            for recs in got.values():
-                out.extend(recs)
-        return out
-    finally:
-        await c.stop()
 
 
 def test_billing_topic_equals_offline_replay(

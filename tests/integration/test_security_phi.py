@@ -24,9 +24,7 @@ from typing import Any
 
 import orjson
 import pytest
-from builders import Log
 from kafka import KafkaProducer
-from test_pipeline import read_all
 
 from streams.demo.client import WorkerProcess
 from streams.http.api_keys import create_key
@@ -34,6 +32,8 @@ from streams.kafka.broker import EmbeddedBroker, free_port
 from streams.kafka.limits import EVENT_MAX_BYTES, PRODUCER_MAX_REQUEST_BYTES
 from streams.kafka.records import header
 from streams.kafka.topics import Topics, ensure_topics
+from support.builders import Log
+from support.pipeline import read_all
 
 pytestmark = pytest.mark.slow
 
@@ -264,9 +264,9 @@ def test_no_patient_id_leaks_from_any_entry_point(
     audited = ["--patient", pid("audit")]
     where = ["--bootstrap", broker.bootstrap, "--topic-prefix", topics.prefix]
     commands = [
-        ["ingest", str(ndjson), *where, "--partitions", str(PARTS)],
-        ["ingest", str(gz), *where, "--partitions", str(PARTS)],
-        ["ingest", str(csv), *where, "--partitions", str(PARTS)],
+        ["ingest", "--input", str(ndjson), *where, "--partitions", str(PARTS)],
+        ["ingest", "--input", str(gz), *where, "--partitions", str(PARTS)],
+        ["ingest", "--input", str(csv), *where, "--partitions", str(PARTS)],
         ["replay", "--input", str(ndjson)],
         ["audit", "--input", str(ndjson), "--org", ORG, "--month", "2025-03", *audited],
     ]

@@ -21,17 +21,16 @@ from typing import Any
 
 import orjson
 import pytest
-from builders import Log
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
-from test_pipeline import read_all
-from test_security_snapshots import republish
 
 from streams.demo.client import Follower, WorkerProcess, produce
 from streams.demo.live import expected_views
 from streams.kafka.broker import EmbeddedBroker
 from streams.kafka.records import event_key
 from streams.kafka.topics import Topics, ensure_topics
+from support.builders import Log
+from support.pipeline import read_all, republish
 
 PARTS = 3
 CHECK_INTERVAL = 10.0  # streams.worker.app.LOG_CHECK_INTERVAL (not importable on the base)

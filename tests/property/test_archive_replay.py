@@ -3,7 +3,7 @@
 The archive replay does idempotency, activity versions, month bucketing and the interval
 accounting of simple months in SQL, then runs the core's rules per patient-month
 (streams/archive/replay.py). These tests hold it to :func:`projections.engine.replay`
-over the same events: on random logs (hypothesis, the generators of test_properties),
+over the same events: on random logs (hypothesis, the generators of support.strategies),
 with duplicates re-sent at random places, zero-second activities, event ids reused across
 patients, over 1-4 partitions, in 1-3 shares, and as of random instants.
 """
@@ -20,20 +20,13 @@ import orjson
 import pytest
 from hypothesis import example, given, note
 from hypothesis import strategies as st
-from test_properties import (
-    APCM_GAP,
-    APCM_VOID,
-    REVOCATION_ONLY,
-    SETTINGS,
-    GenLog,
-    gen_logs,
-)
 
 from projections.engine import replay
 from schemas.events import Event, EventRejected, parse_event
 from streams.archive.replay import ArchiveReplay, replay_archive, replay_views
 from streams.archive.store import write_events
 from streams.demo.synthetic import generate_practice_log
+from support.strategies import APCM_GAP, APCM_VOID, REVOCATION_ONLY, SETTINGS, GenLog, gen_logs
 
 
 def _archive(root: Path, raws: list[bytes], partitions: int) -> list[Event]:

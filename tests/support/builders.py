@@ -237,3 +237,12 @@ class Log:
         )
         self.enrollment(patient, program, practitioner=practitioner)
         self.visit(patient, practitioner=practitioner)
+
+
+def one_minute_activities(log: Log, patient: str, n: int, month: str = "2025-03") -> None:
+    """``n`` one-minute activities, each in its own 10-minute slot (UTC) of ``month`` from
+    its 2nd (the same local month in any US zone)."""
+    for i in range(n):
+        day, slot = 2 + i // 144, i % 144
+        at = f"{month}-{day:02d}T{slot // 6:02d}:{slot % 6 * 10:02d}:00Z"
+        log.activity(patient, f"{patient}-a{i}", at, 1)

@@ -13,12 +13,12 @@ from datetime import date
 from typing import Any
 
 import pytest
-from builders import Log
 
 from projections.alerts import approaching
 from projections.claims import claim_line_id
 from projections.engine import Projector
 from schemas.views import Alert
+from support.builders import Log
 
 P = "P-000123"  # distinctive, so a leak into alert text cannot pass by accident
 MARCH = "2025-03"

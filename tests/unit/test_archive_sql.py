@@ -43,7 +43,7 @@ def test_patient_months_view_is_the_replay(archived: tuple[Path, Path]) -> None:
         for line in _run(
             "sql",
             "SELECT * FROM patient_months ORDER BY org_id, patient_id, month",
-            "--archive",
+            "--input",
             str(archive),
             "--format",
             "json",
@@ -100,7 +100,7 @@ def test_only_read_only_statements_run(archived: tuple[Path, Path], statement: s
             db.query(statement)
     finally:
         db.close()
-    result = CliRunner().invoke(cli, ["sql", statement, "--archive", str(archive)])
+    result = CliRunner().invoke(cli, ["sql", statement, "--input", str(archive)])
     assert result.exit_code == 2
     assert "only read-only" in result.output
     assert not Path("x.csv").exists()
@@ -108,10 +108,10 @@ def test_only_read_only_statements_run(archived: tuple[Path, Path], statement: s
 
 def test_sql_errors_are_clear(archived: tuple[Path, Path], tmp_path: Path) -> None:
     _, archive = archived
-    result = CliRunner().invoke(cli, ["sql", "SELECT nope FROM events", "--archive", str(archive)])
+    result = CliRunner().invoke(cli, ["sql", "SELECT nope FROM events", "--input", str(archive)])
     assert result.exit_code == 1
     assert "nope" in result.output
-    result = CliRunner().invoke(cli, ["sql", "SELECT 1", "--archive", str(tmp_path / "none")])
+    result = CliRunner().invoke(cli, ["sql", "SELECT 1", "--input", str(tmp_path / "none")])
     assert result.exit_code == 2
     assert "no archive" in result.output
 
@@ -119,9 +119,9 @@ def test_sql_errors_are_clear(archived: tuple[Path, Path], tmp_path: Path) -> No
 def test_csv_and_table_formats(archived: tuple[Path, Path]) -> None:
     _, archive = archived
     q = "SELECT program, count(*) AS n FROM activities GROUP BY program ORDER BY program"
-    csv_out = _run("sql", q, "--archive", str(archive), "--format", "csv").splitlines()
+    csv_out = _run("sql", q, "--input", str(archive), "--format", "csv").splitlines()
     assert csv_out[0] == "program,n"
-    table = _run("sql", q, "--archive", str(archive))
+    table = _run("sql", q, "--input", str(archive))
     for line in csv_out[1:]:
         program, n = line.split(",")
         assert program in table and n in table

@@ -1,4 +1,4 @@
-"""`caretally audit`: the auditor's view of one patient-month (projections/audit.py, the
+"""`caretally audit`: the auditor's view of one patient-month (projections/audit/, the
 command in streams/cli/audit.py, formats in streams/render/audit.py).
 
 Real files, a real Parquet archive read through DuckDB, no mocks.
@@ -13,7 +13,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-from builders import Log
 from click.testing import CliRunner, Result
 
 from projections.audit import ActivityRow, AuditNotFound, AuditReport, audit_month
@@ -21,6 +20,7 @@ from schemas.events import parse_event
 from streams.archive import store as archive_store
 from streams.cli.main import cli
 from streams.render.audit import CSV_COLUMNS, report_dict
+from support.builders import Log
 
 ORG, PATIENT, MONTH = "practice-1", "P-1", "2025-03"
 VOID_RECORDED = "2025-03-20T12:00:00Z"

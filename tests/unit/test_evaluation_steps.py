@@ -1,7 +1,7 @@
 """docs/rules.md §6.2, step by step: one test (or parametrized group) per evaluation step.
 
 Section and rule ids (§6.2 step N, G1, G9, D-7, ...) refer to docs/rules.md.
-Every scenario is built with :class:`builders.Log` and checked on the public view
+Every scenario is built with :class:`support.builders.Log` and checked on the public view
 (``caretally replay`` line): minutes per program, billable and blocked codes with units
 and reasons, and flags named exactly as docs/rules.md §6.3.
 """
@@ -14,11 +14,11 @@ from typing import Any
 
 import orjson
 import pytest
-from builders import Log
 
 from projections.engine import Projector, replay
 from projections.ledger import Ledger, Status
 from schemas.events import parse_event
+from support.builders import Log
 
 P = "P-1"
 MARCH = (P, "2025-03")

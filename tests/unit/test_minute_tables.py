@@ -1,6 +1,6 @@
 """Every row of the minute-to-code tables in docs/rules.md §3, at both edges, end to end.
 
-Each case builds a fresh event log (``builders.Log``), replays it and checks the public
+Each case builds a fresh event log (``support.builders.Log``), replays it and checks the public
 view of one patient-month: billable codes and units, blocked lines, the exact flag set
 and, for 2025, the estimated payment against the national amounts of docs/rules.md §5.
 
@@ -18,10 +18,10 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from builders import Log
 
 from projections.billing import evaluate
 from projections.engine import fold
+from support.builders import Log
 
 TZ = ZoneInfo("America/New_York")
 MARCH_2025 = "2025-03"

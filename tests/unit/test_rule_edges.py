@@ -7,11 +7,11 @@ from __future__ import annotations
 from datetime import date
 
 import pytest
-from builders import Log
 
 from projections.alerts import approaching
 from projections.engine import replay
 from schemas.events import EventRejected
+from support.builders import Log
 
 P = "P-1"
 

@@ -10,14 +10,15 @@ characters, keys escape their parts anyway, and readers compare decoded id tuple
 Item 9: pydantic keeps the last of two equal keys and DuckDB's JSON the first, so the
 typed ``org_id`` and the stored bytes could name different orgs. ``parse_event`` refuses
 them, so HTTP, ``caretally ingest``, the gate, the fold and ``caretally replay`` all do.
+
+Through ``caretally ingest``, ``caretally serve`` and ``caretally close`` on a real broker:
+tests/integration/test_security_identifiers_pipeline.py.
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,31 +27,20 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kafka import KafkaProducer
-from test_http_api import Api, activity, api, eventually, view
-from test_ingest import ingest
 
 from projections.ledger import idempotency_digest
 from schemas.events import EventRejected, parse_event
 from streams.cli.main import cli
-from streams.close.month_close import scan
 from streams.demo.synthetic import generate_events
-from streams.http.api import StateCache
-from streams.kafka.broker import EmbeddedBroker
+from streams.http.state_cache import StateCache
 from streams.kafka.records import billing_key, event_key
-from streams.kafka.topics import Topics, ensure_topics
+from streams.kafka.topics import Topics
 from streams.worker.gate import IngressGate, Verdict
 from streams.worker.partition import BILLING, DEADLETTER, FoldPartition
-
-__all__ = ["api"]  # the module-scoped HTTP server fixture of test_http_api
+from support.http import activity, view
+from support.identifiers import DOUBLES, EVENT_ID_RULE, ID_RULE, ORG_A, raw_activity
 
 MONTH = "2025-03"
-ID_RULE = "must be printable text without ':', '/', control characters or edge spaces"
-EVENT_ID_RULE = "must be printable text without control characters"
-
-
-def raw_activity(org: str, patient: str, event_id: str = "e1") -> bytes:
-    return orjson.dumps({**activity(org, patient), "event_id": event_id})
 
 
 def reason_of(raw: bytes | str) -> str:
@@ -200,22 +190,6 @@ def test_the_idempotency_join_cannot_collide() -> None:
 # --- item 9: duplicate keys ----------------------------------------------------------------
 
 
-def with_first(raw: bytes, key: bytes, first: bytes) -> bytes:
-    """``raw`` with ``"key":first`` inserted before the object's own ``"key"``."""
-    head = b'"' + key + b'":'
-    at = raw.index(head)
-    return raw[:at] + head + first + b"," + raw[at:]
-
-
-ORG_A = raw_activity("org-a", "P-1")
-DOUBLES = {
-    "org_id": with_first(ORG_A, b"org_id", b'"org-b"'),
-    "patient_id": with_first(ORG_A, b"patient_id", b'"P-2"'),
-    "minutes": with_first(ORG_A, b"minutes", b"50"),  # nested, in data
-    "data": with_first(ORG_A, b"data", b"{}"),
-}
-
-
 @pytest.mark.parametrize("key", sorted(DOUBLES))
 def test_parse_event_refuses_a_duplicate_key(key: str) -> None:
     expected = f"{key}: duplicate key in a JSON object; send each key once"
@@ -300,53 +274,3 @@ def test_replay_reports_duplicate_keys_and_bad_ids(tmp_path: Path) -> None:
     assert "org_id: duplicate key" in result.stderr
     assert f"patient_id: {ID_RULE}" in result.stderr
     assert result.stdout.count("\n") == 1  # the one valid event's patient-month
-
-
-def test_ingest_reports_duplicate_keys_and_bad_ids(
-    broker: EmbeddedBroker, topics: Topics, tmp_path: Path
-) -> None:
-    path = tmp_path / "feed.ndjson"
-    path.write_bytes(b"\n".join([ORG_A, DOUBLES["org_id"], raw_activity("acme", "e:P", "e9")]))
-    result = ingest(broker, topics, str(path))
-    assert result.exit_code == 3, result.output
-    assert f"{path}:2: rejected: org_id: duplicate key" in result.stderr
-    assert f"{path}:3: rejected: patient_id: {ID_RULE}" in result.stderr
-    assert "1 valid, 2 rejected" in result.stdout
-
-
-@pytest.fixture
-def http(api: Api) -> Iterator[Api]:
-    eventually(lambda: api.get("/healthz")[1]["caught_up"] is True)
-    yield api
-
-
-def post_one(api: Api, raw: bytes) -> tuple[int, Any]:
-    return api.post(raw, "application/json", api.key_a)
-
-
-def test_http_refuses_a_duplicate_org_id_and_a_colon_in_an_id(http: Api) -> None:
-    status, body = post_one(http, DOUBLES["org_id"])
-    assert status == 400, body
-    assert body["errors"] == [
-        {"line": 1, "reason": "org_id: duplicate key in a JSON object; send each key once"}
-    ]
-    status, body = post_one(http, raw_activity("org-a", "east:P-1"))
-    assert status == 400, body
-    assert body["errors"] == [{"line": 1, "reason": f"patient_id: {ID_RULE}"}]
-    status, body = post_one(http, ORG_A)
-    assert status == 202, body
-
-
-def test_close_counts_only_its_own_orgs_records(broker: EmbeddedBroker, topics: Topics) -> None:
-    """``caretally close`` matched the log's keys by the prefix ``org:``: org ``a`` counted
-    (and read) the records of org ``a:b`` as its own."""
-    ensure_topics(broker.bootstrap, topics, partitions=2)
-    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
-    try:
-        for org, patient in (("a", "P-1"), ("a:b", "P-1"), ("a", "b:P-1")):
-            producer.send(topics.events, key=event_key(org, patient), value=b"{}")
-        producer.flush()
-    finally:
-        producer.close()
-    found = asyncio.run(scan(broker.bootstrap, topics.events, 2, "a", MONTH))
-    assert found.org_records == 2

@@ -2,29 +2,22 @@
 crash it and lose its batch; a failed send must never let the batch be committed.
 
 For every ingress record, exactly one of: in the log, dead-lettered, counted duplicate.
+Through a real worker on a real broker: tests/integration/test_security_ingress_pipeline.py.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-from pathlib import Path
-from typing import Any
 
 import orjson
-import pytest
-from aiokafka import AIOKafkaProducer
-from builders import Log
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streams.demo.client import WorkerProcess
-from streams.kafka.broker import EmbeddedBroker
-from streams.kafka.records import header, key_of
-from streams.kafka.topics import Topics, ensure_topics
+from streams.kafka.records import header
 from streams.worker.gate import IngressGate, Verdict
+from support.sized_events import GOOD, LOG, event, padded
 
-try:  # so the broker tests also run (and fail) on the code before the fix
+try:  # so these tests also run (and fail) on the code before the fix
     from streams.kafka.limits import (
         DEADLETTER_EXCERPT_BYTES,
         EVENT_MAX_BYTES,
@@ -35,17 +28,6 @@ except ImportError:  # pragma: no cover - the pristine base
     DEADLETTER_EXCERPT_BYTES = 16 * 1024
 
 PARTS = 3
-LOG = Log(org="o-sec")
-GOOD = orjson.dumps(LOG.conditions("P-1"))
-
-
-def event(i: int) -> bytes:
-    return orjson.dumps({**orjson.loads(GOOD), "event_id": f"e-{i}", "patient_id": f"P-{i}"})
-
-
-def padded(raw: bytes, size: int) -> bytes:
-    """A valid event of exactly ``size`` bytes: whitespace inside the JSON object."""
-    return b"{" + b" " * (size - len(raw)) + raw[1:]
 
 
 # --- the decision, over raw bytes ------------------------------------------------------------
@@ -102,81 +84,3 @@ def test_every_record_gets_exactly_one_outcome_and_writes_that_fit(
             assert len(dead.value) <= DEADLETTER_EXCERPT_BYTES
             digest = hashlib.sha256(value).hexdigest().encode()
             assert header(dead.headers, "digest") == b"sha256:" + digest
-
-
-# --- the real worker on the real broker ---------------------------------------------------
-
-
-async def send_raw(bootstrap: str, topic: str, values: list[bytes]) -> None:
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", max_request_size=PRODUCER_MAX_REQUEST_BYTES
-    )
-    await producer.start()
-    try:
-        futures = [await producer.send(topic, v, key=key_of(v)) for v in values]
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-
-
-def read(bootstrap: str, topic: str, parts: int) -> list[Any]:
-    from test_pipeline import read_all
-
-    return asyncio.run(read_all(bootstrap, topic, parts))
-
-
-def wait_for(check: Any, timeout: float) -> bool:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(1.0)
-    return False
-
-
-def worker(broker: EmbeddedBroker, topics: Topics, tmp: Path, parts: int, name: str) -> Any:
-    return WorkerProcess(
-        broker.bootstrap,
-        topics,
-        parts,
-        tmp / "state",
-        "--app-id",
-        f"app-{topics.prefix}",
-        "--role",
-        "gate",
-        log_path=tmp / f"{name}.log",
-    )
-
-
-@pytest.mark.slow
-def test_a_1_mib_record_mid_batch_is_dead_lettered_and_nothing_is_lost(
-    broker: EmbeddedBroker, topics: Topics, tmp_path: Path
-) -> None:
-    # just under the producer's old default limit: with the gate's headers it did not fit
-    big = padded(event(10_000), 1_048_576 - 40)
-    valid = [event(i) for i in range(400)]
-    ingress = [*valid[:200], big, *valid[200:], *valid[:5]]  # 5 exact re-sends at the end
-    ensure_topics(broker.bootstrap, topics, PARTS)
-    w = worker(broker, topics, tmp_path, PARTS, "worker").start()
-    try:
-        asyncio.run(send_raw(broker.bootstrap, topics.ingress, ingress))
-
-        def accounted() -> bool:
-            n_log = len(read(broker.bootstrap, topics.events, PARTS))
-            n_dead = len(read(broker.bootstrap, topics.deadletter, PARTS))
-            return n_log + n_dead + 5 >= len(ingress)
-
-        wait_for(accounted, 45)
-    finally:
-        w.stop()
-    log = read(broker.bootstrap, topics.events, PARTS)
-    dead = read(broker.bootstrap, topics.deadletter, PARTS)
-    assert sorted(r.value for r in log) == sorted(valid)
-    assert len(log) + len(dead) + 5 == len(ingress)
-    (letter,) = dead
-    assert header(letter.headers, "reason") == b"too_large"
-    assert len(letter.value) <= DEADLETTER_EXCERPT_BYTES and big.startswith(letter.value)
-    assert header(letter.headers, "digest") == b"sha256:" + hashlib.sha256(big).hexdigest().encode()
-    assert header(letter.headers, "source_offset") == b"200"

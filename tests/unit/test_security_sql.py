@@ -33,7 +33,7 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def sql(archive: Path, query: str, *opts: str) -> Result:
-    return CliRunner().invoke(cli, ["sql", query, "--archive", str(archive), *opts])
+    return CliRunner().invoke(cli, ["sql", query, "--input", str(archive), *opts])
 
 
 def snapshot(root: Path) -> dict[str, bytes]:

@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
-from builders import Log
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,6 +17,7 @@ from streams.worker.app import staff_item
 from streams.worker.gate import IngressGate, Verdict
 from streams.worker.partition import ALERTS, BILLING, DEADLETTER, STAFF, FoldPartition, sweep_clock
 from streams.worker.snapshots import Slot, SnapshotStore
+from support.builders import Log
 
 GOOD = orjson.dumps(Log().conditions("P-1"))
 
