@@ -80,13 +80,7 @@ class RuleCatalog:
     @classmethod
     def read(cls, paths: Iterable[Path]) -> RuleCatalog:
         """A catalog of book files; :class:`RuleBookError` lists every file's problems."""
-        books: list[RuleBook] = []
-        problems: list[Problem] = []
-        for path in paths:
-            try:
-                books.append(read_book(path))
-            except RuleBookError as exc:
-                problems.extend(exc.problems)
+        books, problems = read_each(paths)
         if problems:
             raise RuleBookError(problems)
         return cls(books)
@@ -129,13 +123,8 @@ class RuleCatalog:
         return month > self._last_month  # zero-padded YYYY-MM sorts as text
 
 
-def check_files(
-    paths: Iterable[Path], alongside: RuleCatalog | None = None
-) -> tuple[list[RuleBook], list[Problem]]:
-    """Read and check book files (``caretally rules check``): the books that passed and
-    every problem found. Several books must follow one another; with ``alongside``, they
-    must also fit that catalog (each replacing its book of the same year) with no gap or
-    overlap. Those checks run once every file passes on its own."""
+def read_each(paths: Iterable[Path]) -> tuple[list[RuleBook], list[Problem]]:
+    """Every file read on its own: the books that parsed and every file's problems."""
     books: list[RuleBook] = []
     problems: list[Problem] = []
     for path in paths:
@@ -143,6 +132,17 @@ def check_files(
             books.append(read_book(path))
         except RuleBookError as exc:
             problems.extend(exc.problems)
+    return books, problems
+
+
+def check_files(
+    paths: Iterable[Path], alongside: RuleCatalog | None = None
+) -> tuple[list[RuleBook], list[Problem]]:
+    """Read and check book files (``caretally rules check``): the books that passed and
+    every problem found. Several books must follow one another; with ``alongside``, they
+    must also fit that catalog (each replacing its book of the same year) with no gap or
+    overlap. Those checks run once every file passes on its own."""
+    books, problems = read_each(paths)
     if problems:
         return books, problems  # a gap left by a broken book would only be noise
     if len(books) > 1 or (alongside is not None and books):
