@@ -110,17 +110,40 @@ def build_app(
     rate_limits: OrgRateLimits | None = None,
 ) -> web.Application:
     """The aiohttp application; Kafka clients start with it (``AppRunner.setup``)."""
-    app = web.Application(middlewares=[json_errors, require_key], client_max_size=max_body_bytes)
     settings = KafkaSettings.of(kafka)
-    app[CACHE] = cache if cache is not None else StateCache(settings, topics)
+    app = routes_app(
+        cache if cache is not None else StateCache(settings, topics),
+        topics,
+        keys,
+        max_body_bytes=max_body_bytes,
+        heartbeat_s=heartbeat_s,
+        rate_limits=rate_limits,
+    )
+    app[KAFKA_SETTINGS] = settings
+    app.cleanup_ctx.append(_kafka)
+    return app
+
+
+def routes_app(
+    cache: StateCache,
+    topics: Topics,
+    keys: ApiKeyStore,
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    heartbeat_s: float = HEARTBEAT_S,
+    rate_limits: OrgRateLimits | None = None,
+) -> web.Application:
+    """The routes and middleware over ``cache``, without the Kafka clients: reads are
+    served from whatever fed the cache, and writes answer 503 (no producer). This is
+    :func:`build_app` minus its lifetime; the routes are tested in process with it."""
+    app = web.Application(middlewares=[json_errors, require_key], client_max_size=max_body_bytes)
+    app[CACHE] = cache
     app[KEYS] = keys
     app[TOPICS] = topics
-    app[KAFKA_SETTINGS] = settings
     app[MAX_BODY] = max_body_bytes
     app[HEARTBEAT] = heartbeat_s
     app[KAFKA] = Kafka()
     app[RATE] = rate_limits if rate_limits is not None else OrgRateLimits()
-    app.cleanup_ctx.append(_kafka)
     app.on_shutdown.append(_close_streams)
     app.router.add_get("/healthz", healthz)
     app.router.add_post("/v1/events", post_events)

@@ -192,12 +192,7 @@ class StateCache:
                     else:
                         self.apply_alert(rec.value)
             if not self._lag.caught_up and await self._at_end(consumer, parts):
-                self._lag.caught_up = True
-                log.info(
-                    "state cache caught up: %d billing views, %d alerts",
-                    len(self.billing),
-                    sum(len(d) for d in self.alerts.values()),
-                )
+                self.caught_up_now()
 
     @staticmethod
     async def _at_end(consumer: AIOKafkaConsumer, parts: list[AioTopicPartition]) -> bool:
@@ -208,6 +203,16 @@ class StateCache:
             if hw is None or await consumer.position(tp) < hw:
                 return False
         return True
+
+    def caught_up_now(self) -> None:
+        """Reads may be answered from here on: the state holds every record up to the
+        topics' ends (what :meth:`_follow` finds; a cache fed another way, say so)."""
+        self._lag.caught_up = True
+        log.info(
+            "state cache caught up: %d billing views, %d alerts",
+            len(self.billing),
+            sum(len(d) for d in self.alerts.values()),
+        )
 
     # -- applying records (synchronous: no await between a change and its fan-out) ---------
 
