@@ -316,6 +316,24 @@ class Archiver:
         else:
             self._stop.set()
 
+    def wait_for_log(self, on_wait: Callable[[str], None], poll_s: float = 1.0) -> bool:
+        """Wait until the log topic exists (``caretally worker`` creates it, and an archiver
+        started beside a new worker may be first); ``on_wait`` gets the reason once. False
+        if :meth:`stop` was called first. Other errors (no broker) are raised at once."""
+        told = False
+        while not self._stop.is_set():
+            try:
+                describe_topic(self.kafka, self.topics.events)
+                return True
+            except ArchiveError as exc:
+                if "does not exist" not in str(exc):
+                    raise
+                if not told:
+                    on_wait(f"{exc}; waiting for it (Ctrl-C to stop)")
+                    told = True
+            self._stop.wait(poll_s)
+        return False
+
     def start(self) -> Archiver:
         """Follow the log in a daemon thread (``run(follow=True)``); end it with :meth:`finish`."""
 

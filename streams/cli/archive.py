@@ -119,8 +119,10 @@ def archive(
         if once:
             with ProgressBar("archiving", wanted(no_progress), unit="records") as bar:
                 stats = archiver.run(on_progress=bar.update)
-        else:
+        elif archiver.wait_for_log(lambda why: click.echo(why, err=True)):
             stats = archiver.run(follow=True)
+        else:
+            stats = archiver.stats  # stopped before the log existed
     except ArchiveError as exc:
         if archiver.stats.rows:
             click.echo(archiver.stats.summary(archive_dir), err=True)

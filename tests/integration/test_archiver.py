@@ -323,3 +323,27 @@ def test_a_record_that_does_not_parse_is_dead_lettered_not_dropped(
     assert headers["source_topic"] == topics.events.encode()
     assert (int(headers["source_partition"]), int(headers["source_offset"])) == bad
     assert headers["reason"].startswith(b"archiver: ")
+
+
+def test_follow_waits_for_a_log_the_worker_has_not_created_yet(
+    broker: EmbeddedBroker, topics: Topics, tmp_path: Path
+) -> None:
+    """README's order (worker and archive started together): the archiver started first
+    waits for care.events.v1 instead of exiting, then archives it."""
+    root = tmp_path / "archive"
+    proc = ArchiverProcess(broker.bootstrap, topics, root, tmp_path / "archiver.log").start()
+    try:
+        deadline = time.monotonic() + 20
+        while b"waiting for it" not in (tmp_path / "archiver.log").read_bytes():
+            assert proc.proc is not None and proc.proc.poll() is None, "the archiver exited"
+            assert time.monotonic() < deadline, (tmp_path / "archiver.log").read_text()
+            time.sleep(0.1)
+        ensure_topics(broker.bootstrap, topics, PARTS)
+        write_log(broker.bootstrap, topics, lines_of(50, seed=5))
+        deadline = time.monotonic() + 30
+        while not committed(root):
+            assert proc.proc is not None and proc.proc.poll() is None, "the archiver exited"
+            assert time.monotonic() < deadline, (tmp_path / "archiver.log").read_text()
+            time.sleep(0.1)
+    finally:
+        assert proc.stop() == 0, (tmp_path / "archiver.log").read_text()
