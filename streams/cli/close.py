@@ -7,6 +7,7 @@ this module parses the options, connects and prints what was done.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import click
@@ -34,11 +35,12 @@ CLAIMS_FORMATS = ("csv", "json", "both")
 @kafka_options
 @click.option(
     "--claims-dir",
-    type=click.Path(exists=True, file_okay=False, writable=True, path_type=Path),
+    type=click.Path(file_okay=False, path_type=Path),
     default=Path("."),
     show_default=True,
     metavar="DIR",
-    help="Folder for claims-<org>-<digest>-<YYYY-MM>.csv / .json (replaced atomically).",
+    help="Folder for claims-<org>-<digest>-<YYYY-MM>.csv / .json (replaced atomically; "
+    "created if missing).",
 )
 @click.option(
     "--claims-format",
@@ -114,6 +116,12 @@ def close(
     assert month is not None
     if reissue and export_only:
         raise click.UsageError("--reissue and --export-only exclude each other")
+    try:  # before anything is appended: a close must not end without its files
+        claims_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        fail(f"cannot create --claims-dir {claims_dir}: {exc.strerror or exc}")
+    if not os.access(claims_dir, os.W_OK | os.X_OK):
+        fail(f"--claims-dir {claims_dir} is not writable")
     ctx = connect(kafka)
     logging.getLogger("kafka").setLevel(logging.CRITICAL)  # errors are reported below
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)

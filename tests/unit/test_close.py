@@ -331,3 +331,20 @@ def test_close_without_a_broker_fails_clearly(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert f"no Kafka broker answers at {address}" in result.output
     assert not list(tmp_path.iterdir())
+
+
+def test_a_claims_dir_that_cannot_be_made_fails_before_any_close(tmp_path: Path) -> None:
+    """--claims-dir is created when missing (README's `--claims-dir out/`); when it cannot
+    be, the close stops before it reaches Kafka, so no month.closed lands without files."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    address = f"127.0.0.1:{free_port()}"  # nothing listens: reaching it would fail otherwise
+    args = ["--org", "o1", "--month", MARCH, "--bootstrap", address]
+    result = CliRunner().invoke(cli, ["close", *args, "--claims-dir", str(blocker / "out")])
+    assert result.exit_code == 1
+    assert "cannot create --claims-dir" in result.output
+    assert "no Kafka broker" not in result.output
+    made = tmp_path / "new" / "claims"
+    result = CliRunner().invoke(cli, ["close", *args, "--claims-dir", str(made)])
+    assert made.is_dir()  # made first; then the close fails on the missing broker
+    assert f"no Kafka broker answers at {address}" in result.output
