@@ -120,8 +120,10 @@ def test_csv_and_table_formats(tmp_path: Path) -> None:
     assert len(rows) == 4
     assert rows[1]["billable"] == "99439x1 99490x1"
     assert rows[1]["estimated_payment"] == "106.42"
+    assert {r["rule_year"] for r in rows} == {"2025"}  # every format names the book
     table = CliRunner().invoke(cli, ["replay", "--input", str(path), "--format", "table"]).stdout
     assert "99439x1 99490x1" in table and "4 patient-month(s)" in table
+    assert "rules" in table and "2025" in table
 
 
 def test_missing_input_file_is_a_clear_error(tmp_path: Path) -> None:
