@@ -35,6 +35,7 @@ from streams.cli.progress import ProgressBar, wanted
     default=DEFAULT_FLUSH_ROWS,
     show_default=True,
     type=click.IntRange(1),
+    metavar="N",
     help="Write a partition's rows once this many are held.",
 )
 @click.option(
@@ -42,6 +43,7 @@ from streams.cli.progress import ProgressBar, wanted
     default=DEFAULT_FLUSH_SECONDS,
     show_default=True,
     type=click.FloatRange(min=0.01),
+    metavar="SECONDS",
     help="... or once its oldest held row is this old.",
 )
 @click.option(

@@ -21,6 +21,7 @@ _PEM = click.Path(exists=True, dir_okay=False, path_type=Path)
     default=DEFAULT_PORT,
     show_default=True,
     type=click.IntRange(0, 65535),
+    metavar="PORT",
     help="Loopback port to listen on (0: any free port).",
 )
 @partitions_option(None, "without it the broker starts with no topics.")

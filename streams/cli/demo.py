@@ -18,15 +18,19 @@ from streams.cli.options import month_option, writable_file
     default=40,
     show_default=True,
     type=click.IntRange(min=1, max=5000),
+    metavar="N",
     help="Patients in the sample practice.",
 )
 @month_option(default="2025-03")
-@click.option("--seed", default=7, show_default=True, help="Seed of the synthetic traffic.")
+@click.option(
+    "--seed", default=7, show_default=True, metavar="N", help="Seed of the synthetic traffic."
+)
 @click.option(
     "--feed-seconds",
     default=25.0,
     show_default=True,
     type=click.FloatRange(min=0.0, max=600.0),
+    metavar="SECONDS",
     help="Spread the traffic over this many seconds (0: as fast as possible).",
 )
 @kafka_options
@@ -40,6 +44,7 @@ from streams.cli.options import month_option, writable_file
     default=0.0,
     show_default=True,
     type=click.FloatRange(min=0.0, max=5.0),
+    metavar="SECONDS",
     help="With --offline: seconds to pause after each printed alert.",
 )
 @click.option(
@@ -73,7 +78,7 @@ def demo(
 ) -> None:
     """Run the main job on a sample practice: a month of EHR traffic through the whole
     pipeline, live alerts, and the closing billing summary (codes, units, estimated
-    payment, blocked reasons); then everything is shut down. About a minute.
+    payment, blocked reasons); then everything is shut down. About 30 seconds.
 
     It uses the broker named by --bootstrap, --kafka-config or $KAFKA_BOOTSTRAP, else
     one answering at 127.0.0.1:9092, else starts the embedded broker (Tansu, memory

@@ -10,6 +10,7 @@ import click
 from streams.cli.exits import EXIT_INTERRUPTED, fail
 from streams.cli.kafka_options import KafkaOptions, connect, kafka_options
 from streams.cli.options import (
+    format_option,
     loglevel_option,
     org_option,
     partitions_option,
@@ -31,9 +32,20 @@ _keys_option = click.option(
 
 @click.command(short_help="Run the HTTP API: ingest events, billing queries, live alerts.")
 @kafka_options
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
-    "--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="TCP port."
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    metavar="ADDRESS",
+    help="Address to listen on.",
+)
+@click.option(
+    "--port",
+    default=8080,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    metavar="PORT",
+    help="TCP port.",
 )
 @_keys_option
 @click.option(
@@ -41,6 +53,7 @@ _keys_option = click.option(
     default=5 * MIB,
     show_default=True,
     type=click.IntRange(min=1024),
+    metavar="BYTES",
     help="Largest POST /v1/events body; bigger ones get 413.",
 )
 @click.option(
@@ -81,6 +94,7 @@ _keys_option = click.option(
     default=1000,
     show_default=True,
     type=click.IntRange(min=16),
+    metavar="N",
     help="Open connections at most; at the cap a new one evicts the oldest idle or "
     "still-sending-its-head connection, else gets 503. Lowered to fit the open-file limit.",
 )
@@ -271,15 +285,19 @@ def keys_create(org_id: str, keys_file: Path | None) -> None:
 
 @keys.command("list", short_help="List keys (id, org, prefix, created, status).")
 @_keys_option
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per key.")
-def keys_list(keys_file: Path | None, as_json: bool) -> None:
+@format_option(("table", "json"), "table", "table: for the terminal; json: one object per key.")
+@click.option("--json", "as_json", is_flag=True, hidden=True)  # the spelling before --format
+def keys_list(keys_file: Path | None, fmt: str, as_json: bool) -> None:
     """List the keys: never the keys themselves, only their id and first characters.
 
     \b
     Examples:
       caretally keys list
-      caretally keys list --json
+      caretally keys list --format json
     """
+    if as_json:
+        click.echo("--json is deprecated: use --format json", err=True)
+        fmt = "json"
     import orjson
 
     from streams.http.api_keys import ApiKeyError, list_keys, resolve_path
@@ -289,7 +307,7 @@ def keys_list(keys_file: Path | None, as_json: bool) -> None:
         records = list_keys(path)
     except ApiKeyError as exc:
         fail(str(exc))
-    if as_json:
+    if fmt == "json":
         for r in records:
             shown = {k: getattr(r, k) for k in ("key_id", "org_id", "prefix", "created_at")}
             click.echo(orjson.dumps({**shown, "revoked_at": r.revoked_at}).decode())

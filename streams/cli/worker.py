@@ -23,11 +23,13 @@ from streams.worker.snapshots import DEFAULT_STATE_DIR
     "--app-id",
     default="caretally",
     show_default=True,
+    metavar="ID",
     help="Consumer group and Faust app id; workers with one id share the work.",
 )
 @click.option(
     "--state-dir",
     type=click.Path(path_type=Path),
+    metavar="DIR",
     default=DEFAULT_STATE_DIR,
     show_default=True,
     help="Where partition snapshots are kept, under a folder per app id and topic prefix "
@@ -39,6 +41,7 @@ from streams.worker.snapshots import DEFAULT_STATE_DIR
     default=30.0,
     show_default=True,
     type=click.FloatRange(0.1),
+    metavar="SECONDS",
     help="Seconds between snapshots of the fold state.",
 )
 @click.option(
@@ -46,6 +49,7 @@ from streams.worker.snapshots import DEFAULT_STATE_DIR
     default=60.0,
     show_default=True,
     type=click.FloatRange(0.1),
+    metavar="SECONDS",
     help="Seconds between checks for a new practice-local day to sweep.",
 )
 @click.option(

@@ -1,4 +1,4 @@
-"""``caretally demo`` on a broker: the whole pipeline, end to end, in about a minute.
+"""``caretally demo`` on a broker: the whole pipeline, end to end, in about 30 seconds.
 
 Starts the embedded broker (unless one is named or already answers), a worker and
 the archiver (a thread following the log into a Parquet archive), then

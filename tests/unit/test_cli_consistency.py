@@ -229,3 +229,24 @@ def test_help_examples_use_only_options_that_exist(name: str, command: click.Com
 def test_readme_says_which_commands_take_bootstrap() -> None:
     text = README.read_text(encoding="utf-8")
     assert "Every command takes `--bootstrap" not in text
+
+
+CLICK_TYPE_NAMES = {"INTEGER", "FLOAT", "TEXT", "PATH", "FILENAME", "DIRECTORY", "BOOLEAN"}
+
+
+@pytest.mark.parametrize("name,command", ALL, ids=[n for n, _ in ALL])
+def test_option_values_are_named_for_what_they_mean(name: str, command: click.Command) -> None:
+    """``--flush-seconds SECONDS``, ``--partitions N``, ``--state-dir DIR``: a value is named
+    by the command, never by click's type names (``FLOAT RANGE``, ``PATH``), so one kind of
+    value reads the same everywhere."""
+    ctx = click.Context(command, info_name=name)
+    generic = {}
+    for opt in visible(command).values():
+        if opt.is_flag or isinstance(opt.type, click.Choice):
+            continue
+        if opt.metavar is not None:
+            continue  # named by the command
+        shown = opt.make_metavar(ctx)
+        if shown.replace(" RANGE", "") in CLICK_TYPE_NAMES:
+            generic[opt.opts[0]] = shown
+    assert generic == {}

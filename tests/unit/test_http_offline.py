@@ -50,8 +50,11 @@ def test_keys_commands_store_only_a_digest(tmp_path: Path) -> None:
     assert key not in path.read_text() and key[-20:] not in path.read_text()
     assert ApiKeyStore(path).resolve(key) == "Practice 17"
 
-    listed = runner.invoke(cli, ["keys", "list", "--keys", str(path), "--json"])
+    listed = runner.invoke(cli, ["keys", "list", "--keys", str(path), "--format", "json"])
     (row,) = [orjson.loads(line) for line in listed.stdout.splitlines()]
+    old = runner.invoke(cli, ["keys", "list", "--keys", str(path), "--json"])
+    assert old.stdout == listed.stdout
+    assert old.stderr.strip() == "--json is deprecated: use --format json"
     assert row["org_id"] == "Practice 17" and row["revoked_at"] is None
     revoked = runner.invoke(cli, ["keys", "revoke", row["key_id"], "--keys", str(path)])
     assert revoked.exit_code == 0 and ApiKeyStore(path).resolve(key) is None
