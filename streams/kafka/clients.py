@@ -163,7 +163,7 @@ FOLLOWER_CONSUMER: Preset = {
 """aiokafka, the demo's (and tests') reader of billing, alerts and dead letters."""
 
 WORKER_APP: Preset = {
-    "broker_session_timeout": 6,  # Tansu parks each join for half of it (kafka-notes §0.5)
+    "broker_session_timeout": 6,  # Tansu parks each join for half of it (docs/kafka-notes.md §0.5)
     "broker_heartbeat_interval": 1,
     "consumer_auto_offset_reset": "earliest",
     "producer_linger": 0.002,

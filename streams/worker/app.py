@@ -33,8 +33,10 @@ a snapshot is taken only between batches, so at-least-once holds end to end.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import os
+import shutil
 import signal
 import tempfile
 import time
@@ -234,7 +236,9 @@ def faust_datadir(cfg: WorkerConfig) -> Path:
     """Faust's data directory (it keeps nothing there with memory tables, but creates it):
     in the state directory, one per role; a new temporary one without a state directory."""
     if cfg.state_dir is None:
-        return Path(tempfile.mkdtemp(prefix="caretally-faust-"))
+        made = tempfile.mkdtemp(prefix="caretally-faust-")
+        atexit.register(shutil.rmtree, made, ignore_errors=True)
+        return Path(made)
     return cfg.state_dir / f"faust-{cfg.role}"
 
 
@@ -248,8 +252,6 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str]) -> Any:
         datadir=faust_datadir(cfg),  # else Faust makes <app id>-data in the current folder
         store="memory://",
         processing_guarantee="at_least_once",
-        broker_session_timeout=6,
-        broker_heartbeat_interval=1,
         table_standby_replicas=0,
         topic_partitions=cfg.partitions,
         topic_allow_declare=False,
