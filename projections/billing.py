@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any, assert_never
 
-from projections.accounting import MonthTime, Pair, Pool, account
+from projections.accounting import MonthTime, Pair, account
 from projections.calendar import (
     first_day,
     last_day,
     local_day,
+    month_bounds,
     month_of_date,
     months_spanned,
     next_month,
@@ -85,7 +86,7 @@ class _Option:
 
     flags: set[str]
     earned: list[tuple[str, int]] = field(default_factory=list)
-    progress: list[Progress] = field(default_factory=list)
+    progress: list[tuple[str, str, str, Basis, int]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -102,6 +103,13 @@ class MonthBilling:
     progress: list[Progress] = field(default_factory=list)
     pairs: list[Pair] = field(default_factory=list)
     time: MonthTime | None = field(default=None, repr=False, compare=False)
+    verdict: Verdict | None = field(default=None, repr=False, compare=False)
+
+    def same_view(self, other: MonthBilling) -> bool:
+        """Whether :meth:`view` of both is equal (cheaply when one verdict made both)."""
+        if self.verdict is not None and self.verdict is other.verdict:
+            return self.minutes == other.minutes and self.month == other.month
+        return self.view() == other.view()
 
     def units(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -146,12 +154,14 @@ def evaluate(
     practice: Practice,
     months: Iterable[str] | None = None,
     catalog: RuleCatalog = SHIPPED_CATALOG,
+    memo: Verdicts | None = None,
 ) -> dict[str, MonthBilling]:
     """Billing for each of ``months`` (default: all of the patient's months) under the
-    rule books of ``catalog``."""
+    rule books of ``catalog``, every month accounted from scratch (``memo``: verdicts
+    shared with other patients' evaluations)."""
     ctx = PatientContext(patient, practice, catalog=catalog)
     wanted = ctx.months() if months is None else sorted(set(months))
-    return {m: ctx.month(m) for m in wanted}
+    return {m: ctx.month(m, memo) for m in wanted}
 
 
 # -- device transmission days ---------------------------------------------------
@@ -176,7 +186,7 @@ def activities_by_month(patient: PatientState, tz: str) -> dict[str, list[Activi
 
 
 def _periods(
-    patient: PatientState, family: str, days: set[date]
+    patient: PatientState, family: str, days: set[date], ordered: list[date] | None = None
 ) -> list[tuple[date, date, int, int]]:
     """(start, end inclusive, index in episode, transmission days) of every 30-day period
     holding a reading (docs/rules.md §6.1, G1).
@@ -188,7 +198,8 @@ def _periods(
     """
     if not days:
         return []
-    ordered = sorted(days)
+    if ordered is None:  # ``days`` in order (a caller may keep them so)
+        ordered = sorted(days)
     starts = episodes(patient, family) or [ordered[0]]
     length, last = timedelta(days=30), timedelta(days=29)
     out: list[tuple[date, date, int, int]] = []
@@ -233,8 +244,57 @@ class PatientContext:
         self.periods = {fam: _periods(patient, fam, d) for fam, d in self.days.items()}
         self.consent_cache: dict[tuple[str, str], list[Interval] | None] = {}
         self.by_month = activities_by_month(patient, self.tz) if by_month is None else by_month
+        self._months: list[str] | None = None
+        # per month, what documentation and readings decide (kept until they change)
+        self._docs: dict[str, DocFacts] = {}
+        self._gates: dict[tuple[str, str, str | None], tuple[str, ...]] = {}
+
+    def forget_months(self) -> None:
+        """Drop the cached :meth:`months` (after a change to activities or readings)."""
+        self._months = None
+
+    def forget_periods(self) -> None:
+        """Drop what the device periods decided (after they all may have moved)."""
+        self._months = None
+        self._docs.clear()
+
+    def forget_docs(self, months: set[str]) -> None:
+        """Drop the documentation facts of ``months`` (a period ending there changed)."""
+        for m in months:
+            self._docs.pop(m, None)
+
+    def has_months(self, months: set[str]) -> bool:
+        """Whether ``months`` are all among :meth:`months` (cached: no recomputing)."""
+        return self._months is not None and months <= set(self._months)
+
+    def add_months(self, months: set[str]) -> None:
+        """``months`` now have readings or a period end: known months stay as they are
+        (the set only grows with readings), a new one means computing them again."""
+        if self._months is not None and not months <= set(self._months):
+            self._months = None
+
+    def doc_facts(self, book: RuleBook, month: str) -> DocFacts:
+        facts = self._docs.get(month)
+        if facts is None:
+            facts = self._docs[month] = doc_facts(self, book, month)
+        return facts
+
+    def gate(
+        self, book: RuleBook, month: str, family: str, practitioner: str | None
+    ) -> tuple[str, ...]:
+        """What the family's gate finds missing in ``month`` for ``practitioner``."""
+        key = (month, family, practitioner)
+        reasons = self._gates.get(key)
+        if reasons is None:
+            reasons = self._gates[key] = tuple(_gate(self, book, month, family, practitioner))
+        return reasons
 
     def months(self) -> list[str]:
+        if self._months is None:
+            self._months = self._all_months()
+        return self._months
+
+    def _all_months(self) -> list[str]:
         months = set(self.by_month)
         for fam, fam_days in self.days.items():
             months.update(month_of_date(d) for d in fam_days)
@@ -261,7 +321,8 @@ class PatientContext:
             self.consent_cache[key] = consent_periods(self.patient, family, practitioner, self.tz)
         return self.consent_cache[key]
 
-    def month(self, month: str) -> MonthBilling:
+    def month(self, month: str, memo: Verdicts | None = None) -> MonthBilling:
+        """The billing of ``month``, accounted from scratch (``memo``: verdicts to reuse)."""
         book = self.catalog.for_month(month)
         mt = account(
             self.patient,
@@ -271,66 +332,315 @@ class PatientContext:
             self.by_month.get(month, []),
             self.consent_cache,
         )
-        return _MonthEval(self, book, mt).run()
+        return self.bill(mt, memo)
 
-    def month_from_time(self, mt: MonthTime) -> MonthBilling:
-        """Billing of ``mt.month`` from time already accounted elsewhere (the archive
-        replay accounts simple months in SQL); the rules are the same as :meth:`month`."""
-        return _MonthEval(self, self.catalog.for_month(mt.month), mt).run()
+    def bill(self, mt: MonthTime, memo: Verdicts | None = None) -> MonthBilling:
+        """The billing of a month from its accounted time: its facts (the canonical
+        summary of every input the rules read), their verdict (from ``memo`` when the
+        same facts were judged before), and the month's own minutes and progress."""
+        book = self.catalog.for_month(mt.month)
+        facts, seconds = month_facts(self, book, mt)
+        verdict = None if memo is None else memo.get(facts)
+        if verdict is None:
+            verdict = _MonthEval(book, facts, seconds).run()
+            if memo is not None:
+                memo.put(facts, verdict)
+        return verdict.billing(self.patient, mt, book, seconds)
+
+
+# -- the canonical summary of a patient-month, and its verdict -------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PoolFacts:
+    """One time pool as the rules see it: where each basis's seconds stand against every
+    breakpoint of the family's tracks (:meth:`RuleBook.position`), not the seconds."""
+
+    program: str
+    practitioner_id: str
+    interactive: bool
+    personal: tuple[int, ...]
+    staff: tuple[int, ...]
+    pooled: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DocFacts:
+    """The facts of a patient-month that documentation and readings decide (kept per
+    month by the patient's context until either changes)."""
+
+    year: int  # the rule book
+    extrapolated: bool  # a month after the last book
+    complex_month: bool  # G12
+    # per device family, each 30-day period ending in the month: (first of its episode,
+    # which device and set-up codes its transmission days qualify for, practitioner)
+    devices: tuple[tuple[str, tuple[tuple[bool, tuple[bool, ...], str | None], ...]], ...]
+    apcm: tuple[str, bool, int] | None  # (practitioner, qmb, conditions) of record
+    records: tuple[tuple[str, str], ...]  # enrollments of record, latest first
+    transition_window: bool  # an RHC/FQHC in the G0511 transition window
+    gates: tuple[tuple[str, str | None, tuple[str, ...]], ...]  # device and APCM lines'
+
+
+@dataclass(frozen=True, slots=True)
+class MonthFacts:
+    """Everything the rules of one patient-month read, canonical and hashable: two months
+    with equal facts get the same lines, blocked lines, flags, payment and progress
+    targets (:class:`Verdict`), whatever patient, month or seconds they came from. The
+    completeness property (tests/property/test_kernel.py) holds the evaluation to it."""
+
+    docs: DocFacts
+    flags: frozenset[str]  # from the accounting (steps 1-5)
+    pools: tuple[PoolFacts, ...]  # time families, by (program, practitioner)
+    gates: tuple[tuple[str, str | None, tuple[str, ...]], ...]  # (family, who, reasons)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the rules decide from a month's facts (``progress``: family, practitioner,
+    code, the basis whose seconds count toward it, seconds needed)."""
+
+    billable: tuple[Line, ...]
+    blocked: tuple[Blocked, ...]
+    flags: frozenset[str]
+    estimated_payment: float
+    progress: tuple[tuple[str, str, str, Basis, int], ...]
+
+    def billing(
+        self,
+        patient: PatientState,
+        mt: MonthTime,
+        book: RuleBook,
+        seconds: dict[tuple[str, str], dict[Basis, int]],
+    ) -> MonthBilling:
+        concurrent = book.policy.concurrent_staff_time
+        minutes: dict[str, float] = {}
+        for (program, _), pool in mt.pools.items():
+            t = pool.seconds(concurrent)[2]
+            minutes[program] = minutes.get(program, 0.0) + t
+        return MonthBilling(
+            org_id=patient.org_id,
+            patient_id=patient.patient_id,
+            month=mt.month,
+            rule_year=book.year,
+            minutes={k: round(v / 60, 2) for k, v in minutes.items()},
+            # copies: a verdict is shared by many months, and each month's billing owns
+            # its lines (a snapshot keeps object identity, which must not depend on the memo)
+            billable=[
+                Line(ln.code, ln.units, ln.practitioner_id, ln.family) for ln in self.billable
+            ],
+            blocked=[Blocked(Line(*_fields(b.line)), list(b.reasons)) for b in self.blocked],
+            flags=set(self.flags),
+            estimated_payment=self.estimated_payment,
+            progress=[
+                Progress(family, who, code, seconds[(family, who)][basis], need)
+                for family, who, code, basis, need in self.progress
+            ],
+            pairs=list(mt.pairs),
+            time=mt,
+            verdict=self,
+        )
+
+
+class Verdicts:
+    """A bounded memo of verdicts by facts (cleared whole when full: facts repeat across
+    patients and months, so a fresh memo refills fast)."""
+
+    __slots__ = ("hits", "limit", "misses", "table")
+
+    def __init__(self, limit: int = 200_000) -> None:
+        self.table: dict[MonthFacts, Verdict] = {}
+        self.limit = limit
+        self.hits = self.misses = 0
+
+    def get(self, facts: MonthFacts) -> Verdict | None:
+        verdict = self.table.get(facts)
+        if verdict is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return verdict
+
+    def put(self, facts: MonthFacts, verdict: Verdict) -> None:
+        if len(self.table) >= self.limit:
+            self.table.clear()
+        self.table[facts] = verdict
+
+
+def month_facts(
+    ctx: PatientContext, book: RuleBook, mt: MonthTime
+) -> tuple[MonthFacts, dict[tuple[str, str], dict[Basis, int]]]:
+    """The facts of ``mt.month`` for ``ctx``'s patient, and each time pool's seconds."""
+    month = mt.month
+    concurrent = book.policy.concurrent_staff_time
+    seconds: dict[tuple[str, str], dict[Basis, int]] = {}
+    pools: list[PoolFacts] = []
+    gates: list[tuple[str, str | None, tuple[str, ...]]] = []
+    pos = book.position
+    for (program, who), pool in sorted(mt.pools.items()):
+        if program not in TIME_FAMILIES:
+            continue
+        p_s, s_s, t_s, _ = pool.seconds(concurrent)
+        seconds[(program, who)] = {"personal": p_s, "staff": s_s, "pooled": t_s}
+        pools.append(
+            PoolFacts(
+                program,
+                who,
+                pool.interactive,
+                pos(program, p_s),
+                pos(program, s_s),
+                pos(program, t_s),
+            )
+        )
+        gates.append((program, who, ctx.gate(book, month, program, who)))
+    facts = MonthFacts(ctx.doc_facts(book, month), frozenset(mt.flags), tuple(pools), tuple(gates))
+    return facts, seconds
+
+
+def doc_facts(ctx: PatientContext, book: RuleBook, month: str) -> DocFacts:
+    """The facts of ``month`` that documentation and readings decide."""
+    patient, tz = ctx.patient, ctx.tz
+    wanted: set[tuple[str, str | None]] = set()
+    devices: list[tuple[str, tuple[tuple[bool, tuple[bool, ...], str | None], ...]]] = []
+    lo, hi = first_day(month), last_day(month)
+    for family in DEVICE_FAMILIES:
+        rows: list[tuple[bool, tuple[bool, ...], str | None]] = []
+        for start, end, index, n in ctx.periods.get(family, ()):
+            if not lo <= end <= hi:
+                continue
+            enr = enrollment_of_record(patient, (family,), month_of_date(start))
+            who_dev = enr.practitioner_id if enr is not None and enr.on <= start else None
+            rows.append((index == 0, book.qualifies(family, n), who_dev))
+            wanted.add((family, who_dev))
+        if rows:
+            devices.append((family, tuple(rows)))
+    apcm: tuple[str, bool, int] | None = None
+    enr = enrollment_of_record(patient, ("apcm",), month)
+    if enr is not None and lo >= book.effective_from:
+        apcm = (enr.practitioner_id, enr.qmb, condition_count(patient, month, tz))
+        wanted.add(("apcm", enr.practitioner_id))
+    pol = book.policy
+    return DocFacts(
+        year=book.year,
+        extrapolated=ctx.catalog.extrapolated(month),
+        complex_month=complex_month(patient, month),
+        devices=tuple(devices),
+        apcm=apcm,
+        records=_records(patient, month),
+        transition_window=(
+            ctx.practice.facility_type in ("fqhc", "rhc")
+            and pol.g0511_transition_from is not None
+            and pol.g0511_transition_to is not None
+            and pol.g0511_transition_from <= lo <= pol.g0511_transition_to
+        ),
+        gates=tuple(
+            (family, who, ctx.gate(book, month, family, who))
+            for family, who in sorted(wanted, key=lambda k: (k[0], k[1] or ""))
+        ),
+    )
+
+
+def _fields(ln: Line) -> tuple[str, int, str | None, str]:
+    return ln.code, ln.units, ln.practitioner_id, ln.family
+
+
+def _records(patient: PatientState, month: str) -> tuple[tuple[str, str], ...]:
+    """(program, practitioner) of the latest enrollment of each pair on or before the
+    month's end, latest first: ``enrollment_of_record`` of any programs and practitioner
+    is the first entry that matches."""
+    end = last_day(month)
+    best: dict[tuple[str, str], tuple[date, int]] = {}
+    for e in patient.enrollments:
+        if e.on > end:
+            continue
+        key = (e.program, e.practitioner_id)
+        if key not in best or (e.on, e.seq) > best[key]:
+            best[key] = (e.on, e.seq)
+    return tuple(sorted(best, key=best.__getitem__, reverse=True))
+
+
+def _gate(
+    ctx: PatientContext, book: RuleBook, month: str, family: str, practitioner: str | None
+) -> list[str]:
+    """Step 6: what the family's documentation gate finds missing in the month."""
+    gate = book.gates.get(family)
+    if gate is None:
+        return []
+    p, m, reasons = ctx.patient, month, []
+    lo, hi = month_bounds(month, ctx.tz)
+    if gate.consent:
+        if practitioner is not None:
+            periods = ctx.consent_periods(family, practitioner)
+            ok = periods is not None and any(a < hi and b > lo for a, b in periods)
+        else:  # device lines with no practitioner of record: anyone's consent
+            ok = any(
+                a < hi and b > lo
+                for pr in {c.practitioner_id for c in p.consents if c.program == family}
+                for a, b in ctx.consent_periods(family, pr) or ()
+            )
+        if not ok:
+            reasons.append("missing_consent")
+    if gate.min_conditions and condition_count(p, m, ctx.tz) < gate.min_conditions:
+        reasons.append("insufficient_chronic_conditions")
+    if gate.care_plan and not has_care_plan(p, family, m):
+        reasons.append("missing_care_plan")
+    if gate.established_patient and not established(p, m, book.policy.established_patient_years):
+        reasons.append("rpm_not_established_patient")
+    return reasons
 
 
 class _MonthEval:
-    def __init__(self, ctx: PatientContext, book: RuleBook, mt: MonthTime) -> None:
-        self.ctx = ctx
-        self.patient = ctx.patient
+    """Steps 6-13 of one month from its facts (and, for the comparisons, its seconds)."""
+
+    def __init__(
+        self,
+        book: RuleBook,
+        facts: MonthFacts,
+        seconds: dict[tuple[str, str], dict[Basis, int]],
+    ) -> None:
         self.book = book
         self.policy = book.policy
-        self.mt = mt
-        self.month = mt.month
-        self.tz = ctx.tz
-        self.flags: set[str] = set(mt.flags)
+        self.facts = facts
+        self.seconds = seconds
+        self.flags: set[str] = set(facts.flags)
         self.lines: list[Line] = []
         self.blocked: list[Blocked] = []
-        self.progress: list[Progress] = []
-        self._gates: dict[tuple[str, str | None], list[str]] = {}
+        self.progress: list[tuple[str, str, str, Basis, int]] = []
+        self._gates = {(f, who): r for f, who, r in (*facts.docs.gates, *facts.gates)}
 
     # -- driver --------------------------------------------------------------
 
-    def run(self) -> MonthBilling:
-        for (program, practitioner), pool in sorted(self.mt.pools.items()):
-            if program in TIME_FAMILIES:
-                self._time_family(program, practitioner, pool)
-        for family in DEVICE_FAMILIES:
-            self._device_family(family)
+    def run(self) -> Verdict:
+        for pool in self.facts.pools:
+            self._time_family(pool)
+        for family, periods in self.facts.docs.devices:
+            self._device_family(family, periods)
         self._apcm()
         self._one_practitioner("ccm")
         self._exclusive_pairs()
         self._transition_flag()
-        if self.ctx.catalog.extrapolated(self.month):
+        if self.facts.docs.extrapolated:
             self.flags.add(f"rules_extrapolated:{self.book.year}")
-        minutes: dict[str, float] = {}
-        for (program, _), pool in self.mt.pools.items():
-            t = pool.seconds(self.policy.concurrent_staff_time)[2]
-            minutes[program] = minutes.get(program, 0.0) + t
         payment = 0.0
         for ln in self.lines:
             fee = self.book.fee(ln.code)
             if fee is not None:
                 payment += fee * ln.units
-        return MonthBilling(
-            org_id=self.patient.org_id,
-            patient_id=self.patient.patient_id,
-            month=self.month,
-            rule_year=self.book.year,
-            minutes={k: round(v / 60, 2) for k, v in minutes.items()},
-            billable=sorted(self.lines, key=lambda ln: (ln.code, ln.practitioner_id or "")),
-            blocked=self.blocked,
-            flags=self.flags,
+        return Verdict(
+            billable=tuple(sorted(self.lines, key=lambda ln: (ln.code, ln.practitioner_id or ""))),
+            blocked=tuple(self.blocked),
+            flags=frozenset(self.flags),
             estimated_payment=round(payment, 2),
-            progress=self.progress,
-            pairs=self.mt.pairs,
-            time=self.mt,
+            progress=tuple(self.progress),
         )
+
+    def _record(
+        self, programs: tuple[str, ...], practitioner: str | None = None
+    ) -> tuple[str, str] | None:
+        """(program, practitioner) of the enrollment of record among ``programs``."""
+        for program, who in self.facts.docs.records:
+            if program in programs and (practitioner is None or who == practitioner):
+                return program, who
+        return None
 
     # -- earning units on a track ---------------------------------------------
 
@@ -350,7 +660,7 @@ class _MonthEval:
         base = self.book.code(track.base)
         thr = base.threshold_minutes * 60
         if seconds < thr:
-            progress.append(Progress(track.family, practitioner, base.code, seconds, thr))
+            progress.append((track.family, practitioner, base.code, track.basis, thr))
             return []
         if base.band_max_minutes is not None and seconds >= (base.band_max_minutes + 1) * 60:
             return []
@@ -368,7 +678,7 @@ class _MonthEval:
                 earned.append((addon.code, units))
             if addon.cap is None or units < addon.cap:
                 need = thr + (units + 1) * step
-                progress.append(Progress(track.family, practitioner, addon.code, seconds, need))
+                progress.append((track.family, practitioner, addon.code, track.basis, need))
         if option is not None:
             option.earned = earned
         return earned
@@ -379,40 +689,10 @@ class _MonthEval:
     # -- step 6: documentation gates --------------------------------------------
 
     def _gate_reasons(self, family: str, practitioner: str | None) -> list[str]:
-        key = (family, practitioner)
-        cached = self._gates.get(key)
-        if cached is None:
-            cached = self._gates[key] = self._check_gate(family, practitioner)
-        return list(cached)
-
-    def _check_gate(self, family: str, practitioner: str | None) -> list[str]:
-        gate = self.book.gates.get(family)
-        if gate is None:
-            return []
-        p, m, reasons = self.patient, self.month, []
-        if gate.consent:
-            if practitioner is not None:
-                periods = self.ctx.consent_periods(family, practitioner)
-                lo, hi = self.mt.start, self.mt.end
-                ok = periods is not None and any(a < hi and b > lo for a, b in periods)
-            else:  # device lines with no practitioner of record: anyone's consent
-                lo, hi = self.mt.start, self.mt.end
-                ok = any(
-                    a < hi and b > lo
-                    for pr in {c.practitioner_id for c in p.consents if c.program == family}
-                    for a, b in self.ctx.consent_periods(family, pr) or ()
-                )
-            if not ok:
-                reasons.append("missing_consent")
-        if gate.min_conditions and condition_count(p, m, self.tz) < gate.min_conditions:
-            reasons.append("insufficient_chronic_conditions")
-        if gate.care_plan and not has_care_plan(p, family, m):
-            reasons.append("missing_care_plan")
-        if gate.established_patient and not established(
-            p, m, self.policy.established_patient_years
-        ):
-            reasons.append("rpm_not_established_patient")
-        return reasons
+        reasons = self._gates.get((family, practitioner))
+        if reasons is None:  # month_facts judges every gate a line can meet
+            raise KeyError(f"no gate facts for {family} by {practitioner}")
+        return list(reasons)
 
     def _emit(
         self,
@@ -442,9 +722,9 @@ class _MonthEval:
 
     # -- steps 7, 9, 10, 11: time families -----------------------------------
 
-    def _time_family(self, family: str, practitioner: str, pool: Pool) -> None:
-        p_s, s_s, t_s, _ = pool.seconds(self.policy.concurrent_staff_time)
-        secs: dict[Basis, int] = {"personal": p_s, "staff": s_s, "pooled": t_s}
+    def _time_family(self, pool: PoolFacts) -> None:
+        family, practitioner = pool.program, pool.practitioner_id
+        secs = self.seconds[(family, practitioner)]
         if family == "ccm":
             earned = self._ccm(practitioner, secs)
         elif family == "pcm":
@@ -477,7 +757,7 @@ class _MonthEval:
         if requirement is None:
             return True
         if requirement == "complex_month":  # G12
-            return complex_month(self.patient, self.month)
+            return self.facts.docs.complex_month
         assert_never(requirement)
 
     def _ccm(self, practitioner: str, secs: dict[Basis, int]) -> list[tuple[str, int]]:
@@ -499,12 +779,10 @@ class _MonthEval:
             self.flags.add("complex_criteria_not_met")
         if qualifies and cx_s < self._threshold(cx.base):
             self.flags.add(f"below_threshold:{cx.base}")
-            self.progress.append(
-                Progress("ccm", practitioner, cx.base, cx_s, self._threshold(cx.base))
-            )
+            self.progress.append(("ccm", practitioner, cx.base, cx.basis, self._threshold(cx.base)))
         if 0 < phys_s < self._threshold(phys.base):
             self.progress.append(
-                Progress("ccm", practitioner, phys.base, phys_s, self._threshold(phys.base))
+                ("ccm", practitioner, phys.base, phys.basis, self._threshold(phys.base))
             )
         if phys_s >= self._threshold(phys.base):
             opt = _Option(set())
@@ -535,7 +813,7 @@ class _MonthEval:
         if phys_s > 0:
             self.flags |= {"physician_time_pooled", f"below_threshold:{phys.base}"}
             self.progress.append(
-                Progress("pcm", practitioner, phys.base, phys_s, self._threshold(phys.base))
+                ("pcm", practitioner, phys.base, phys.basis, self._threshold(phys.base))
             )
         if staff_s < self._threshold(staff.base):
             self.flags.add(f"below_threshold:{staff.base}")
@@ -557,30 +835,25 @@ class _MonthEval:
 
     # -- step 10/11: device periods ---------------------------------------------
 
-    def _device_family(self, family: str) -> None:
-        days = self.ctx.days.get(family)
-        if not days:
-            return
-        lo, hi = first_day(self.month), last_day(self.month)
-        codes = [r for r in self.book.device_codes(family)]
+    def _device_family(
+        self, family: str, periods: tuple[tuple[bool, tuple[bool, ...], str | None], ...]
+    ) -> None:
+        """Device codes for each 30-day period ending in the month, from the codes its
+        transmission days qualify for (:meth:`RuleBook.qualifies`)."""
+        rules, setup = self.book.day_codes(family)
+        wanted = None
         if family == "rtm":
             wanted = {self.policy.rtm_device_code, self.policy.rtm_device_code_low_days}
-            codes = [r for r in codes if r.code in wanted]
-        setup = [r for r in self.book.codes.values() if r.family == family and r.kind == "setup"]
-        for start, end, index, n in self.ctx.periods[family]:
-            if not lo <= end <= hi:
-                continue
-            enr = enrollment_of_record(self.patient, (family,), month_of_date(start))
-            practitioner = enr.practitioner_id if enr is not None and enr.on <= start else None
-            chosen = [
-                r for r in codes if r.min_days <= n and (r.max_days is None or n <= r.max_days)
-            ]
+        for first, qualified, practitioner in periods:
+            ok = zip(rules, qualified[: len(rules)], strict=True)
+            chosen = [r for r, q in ok if q and (wanted is None or r.code in wanted)]
             if not chosen:
                 self.flags.add("rpm_insufficient_days")
                 continue
             earned = [(chosen[-1].code, 1)]
-            if index == 0:
-                earned += [(r.code, 1) for r in setup if n >= r.min_days]
+            if first:
+                extra = zip(setup, qualified[len(rules) :], strict=True)
+                earned += [(r.code, 1) for r, q in extra if q]
             self._emit(family, practitioner, earned)
 
     # -- step 12: APCM -----------------------------------------------------------
@@ -589,15 +862,14 @@ class _MonthEval:
         """Step 12: an APCM enrollment naming X makes CCM/PCM by X not billable that month,
         whether or not the APCM code itself is billable (the book's level for the
         condition count and QMB status, G13)."""
-        enr = enrollment_of_record(self.patient, ("apcm",), self.month)
-        if enr is None or first_day(self.month) < self.book.effective_from:
+        if self.facts.docs.apcm is None:
             return
-        n = condition_count(self.patient, self.month, self.tz)
-        rule = self.book.monthly_code("apcm", n, enr.qmb)
+        who, qmb, n = self.facts.docs.apcm
+        rule = self.book.monthly_code("apcm", n, qmb)
         if rule is None:
             return
         code = rule.code
-        self._emit("apcm", enr.practitioner_id, [(code, 1)])
+        self._emit("apcm", who, [(code, 1)])
         barred = {
             self.book.code(other).family
             for pair in self.book.exclusives
@@ -605,11 +877,7 @@ class _MonthEval:
             if self.book.code(mine).family == "apcm" and self.book.code(other).family != "apcm"
         }
         for family in sorted(barred):
-            mine = [
-                ln
-                for ln in self.lines
-                if ln.family == family and ln.practitioner_id == enr.practitioner_id
-            ]
+            mine = [ln for ln in self.lines if ln.family == family and ln.practitioner_id == who]
             base = next((ln.code for ln in mine if self.book.code(ln.code).role == "base"), None)
             if base is None:
                 continue
@@ -627,8 +895,8 @@ class _MonthEval:
         if len(billing) < 2:
             return
         self.flags.add(f"multiple_practitioners:{family}")
-        rec = enrollment_of_record(self.patient, (family,), self.month)
-        keep = rec.practitioner_id if rec is not None and rec.practitioner_id in billing else None
+        rec = self._record((family,))
+        keep = rec[1] if rec is not None and rec[1] in billing else None
         kept_base = next(
             (
                 ln.code
@@ -715,10 +983,10 @@ class _MonthEval:
             return
         flag = self.book.conflict_flag(_base_of(self.book, la), _base_of(self.book, lb))
         self.flags.add(flag)
-        rec = enrollment_of_record(self.patient, (fa, fb), self.month, who)
-        if rec is not None and rec.program == fa:
+        rec = self._record((fa, fb), who)
+        if rec is not None and rec[0] == fa:
             losers = lb
-        elif rec is not None and rec.program == fb:
+        elif rec is not None and rec[0] == fb:
             losers = la
         else:
             losers = la + lb
@@ -728,14 +996,7 @@ class _MonthEval:
     # -- step 13 -----------------------------------------------------------------
 
     def _transition_flag(self) -> None:
-        pol = self.policy
-        if (
-            self.ctx.practice.facility_type in ("fqhc", "rhc")
-            and pol.g0511_transition_from is not None
-            and pol.g0511_transition_to is not None
-            and pol.g0511_transition_from <= first_day(self.month) <= pol.g0511_transition_to
-            and self.lines
-        ):
+        if self.facts.docs.transition_window and self.lines:
             self.flags.add("g0511_transition_option")
 
 

@@ -298,12 +298,13 @@ class _DateOfService:
 
     def _time(self, ln: Line) -> tuple[date, str]:
         mt = self.billing.time
+        if mt is None:  # e.g. a view restored from a snapshot keeps no accounting detail
+            raise ValueError(
+                f"claim dates of service for {self.month} need the month's accounted time; "
+                "evaluate the month with the core (PatientContext.month), not a stored view"
+            )
         track = self._track(ln)
-        pool = (
-            None
-            if mt is None or ln.practitioner_id is None
-            else mt.pools.get((ln.family, ln.practitioner_id))
-        )
+        pool = None if ln.practitioner_id is None else mt.pools.get((ln.family, ln.practitioner_id))
         if track is None or pool is None:
             return self.month_end, "month_end"
         need = self.book.code(track.base).threshold_minutes * 60
@@ -324,8 +325,10 @@ class _DateOfService:
             intervals = list(pool.personal) + staff
         once = self.book.policy.concurrent_staff_time == "once"
         met = reach(intervals, need, once)
-        if met is None:  # the time is not in the pools (accounted elsewhere): be safe
-            return self.month_end, "month_end"
+        if met is None:  # every billed unit's time is in its pool: this is a defect
+            raise ValueError(
+                f"{ln.code} in {self.month}: the pool's counted time never reaches {need} s"
+            )
         dos, basis = local_date(met - 1, self.ctx.tz), "time_met"
         plan = self._care_plan_start(ln.family)
         if plan is not None and plan > dos:

@@ -11,36 +11,34 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import datetime
 
 from projections.alerts import alert_id, diff
-from projections.billing import (
-    MonthBilling,
-    PatientContext,
-    activities_by_month,
-    evaluate,
-    reading_days,
-)
+from projections.billing import MonthBilling, Verdicts, evaluate
 from projections.calendar import (
     epoch,
-    local_day,
     month_bounds,
-    month_of,
     months_spanned,
-    next_month,
 )
 from projections.claims import ClaimRef, claim_refs
+from projections.kernel import PatientKernel
 from projections.ledger import QUARTER_HOUR, Activity, Ledger, Outcome, Status
 from projections.rules import SHIPPED_CATALOG, RuleCatalog
 from schemas.events import (
     ActivityLogged,
     ActivityVoided,
+    ConsentRecorded,
+    ConsentRevoked,
     DeviceReading,
     Event,
     MonthClosed,
     PracticeConfigured,
+    StayRecorded,
 )
 from schemas.views import Alert
+
+CUTS_TIME = (ConsentRecorded, ConsentRevoked, StayRecorded)
+"""Documentation that changes counted time (consent windows, inpatient stays)."""
 
 
 def fold(
@@ -65,10 +63,11 @@ def billing(
     nothing in them was known yet.
     """
     cutoff = None if as_of is None else epoch(as_of)
+    memo = Verdicts()
     for key in sorted(ledger.patients):
         patient = ledger.patients[key]
         practice = ledger.practice(key[0])
-        months = evaluate(patient, practice, catalog=catalog)
+        months = evaluate(patient, practice, catalog=catalog, memo=memo)
         for m in sorted(months):
             if cutoff is not None and month_bounds(m, practice.timezone)[0] > cutoff:
                 continue
@@ -103,33 +102,32 @@ class Projector:
         self.catalog = catalog
         self.views: dict[tuple[str, str, str], MonthBilling] = {}
         self._months: dict[tuple[str, str], set[str]] = {}  # months in ``views`` per patient
-        # per patient, kept between events instead of recomputed from the whole record
-        # (both are keyed by the zone they were computed in; a new zone recomputes them)
-        self._days: dict[tuple[str, str], tuple[str, dict[str, set[date]]]] = {}
-        self._by_month: dict[tuple[str, str], tuple[str, dict[str, list[Activity]]]] = {}
+        # per patient, what its evaluation needs, kept between events (a cache of the
+        # ledger: rebuilt when missing or when the practice's zone changed)
+        self._kernels: dict[tuple[str, str], PatientKernel] = {}
+        self.verdicts = Verdicts()  # month facts -> verdict, shared by every patient
         # (org, patient, month) -> the claim lines billed when the month was (last) closed,
         # their ids keyed by that close's event_id; plain tuples, as the worker's JSON
         # snapshots keep them
         self.closed_claims: dict[tuple[str, str, str], tuple[ClaimRef, ...]] = {}
 
-    def step(self, event: Event, raw: bytes | None = None) -> StepResult:
-        """Fold one event (``raw``: its wire bytes, if the caller has them)."""
+    def step(
+        self, event: Event, raw: bytes | None = None, digests: tuple[int, int] | None = None
+    ) -> StepResult:
+        """Fold one event (``raw``: its wire bytes, ``digests``: its idempotency and body
+        digests, if the caller has them) and say what it changed."""
         ledger = self.ledger
         org = event.org_id
-        earliest = self._earliest_reading(event) if isinstance(event, DeviceReading) else None
         settings = _settings(ledger, org) if isinstance(event, PracticeConfigured) else None
-        outcome = ledger.apply(event, raw)
+        outcome = ledger.apply(event, raw, digests)
         if outcome.status is not Status.APPLIED:
             return StepResult(outcome)
-        tz = ledger.practice(org).timezone
         result = StepResult(outcome)
-        if isinstance(event, DeviceReading) and not self._new_reading_day(event, tz):
-            return result  # another reading on a day that had one: nothing can change
-        if isinstance(event, ActivityLogged | ActivityVoided):
-            self._move_activity(event, outcome.previous, tz)
         if isinstance(event, PracticeConfigured):
             if settings == _settings(ledger, org):
                 return result  # the same settings again: no evaluation can change
+            for key in [k for k in self._kernels if k[0] == org]:
+                del self._kernels[key]
             for o, pid in sorted(k for k in ledger.patients if k[0] == org):
                 self._refresh(o, pid, None, event, result)
             return result
@@ -138,16 +136,21 @@ class Projector:
             return result
         pid = event.patient_id
         assert pid is not None
+        tz = ledger.practice(org).timezone
+        kernel, fresh = self._kernel(org, pid)
         months: set[str] | None = None  # None: every month of the patient
         late: dict[str, MonthBilling | None] = {}  # closed month -> its billing before
         versions: list[Activity] = []
         if isinstance(event, ActivityLogged | ActivityVoided):
+            current = (
+                ledger.patients[(org, pid)].activities.get(event.data.activity_id)
+                if isinstance(event, ActivityLogged)
+                else None
+            )
+            if not fresh:
+                kernel.activity(outcome.previous, current)
             months = set()
-            current = ledger.patients[(org, pid)].activities.get(event.data.activity_id)
-            for version in (
-                outcome.previous,
-                current if isinstance(event, ActivityLogged) else None,
-            ):
+            for version in (outcome.previous, current):
                 if version is not None:
                     versions.append(version)
                     months.update(months_spanned(version.start, version.end, tz))
@@ -155,70 +158,28 @@ class Projector:
             late = {m: self.views.get((org, pid, m)) for m in sorted(months & closed)}
         elif isinstance(event, DeviceReading):
             quarter = epoch(event.data.taken_at) // QUARTER_HOUR
-            if earliest is not None and quarter >= earliest:
-                # the reading lands in the period containing it, which ends at most 29
-                # days later: in its month, the next, or (Jan 31 -> Mar 1) the one after;
-                # an earlier first reading can move every period (None)
-                m = month_of(quarter * QUARTER_HOUR, tz)
-                months = {m, next_month(m), next_month(next_month(m))}
+            if not fresh:  # (a fresh kernel holds the reading: every month, None)
+                months = kernel.reading(event.data.program, quarter)
+                if months is not None and not months:
+                    return result  # another reading on a day that had one: nothing changes
+        elif not fresh:
+            kernel.documentation(isinstance(event, CUTS_TIME))
         self._refresh(org, pid, months, event, result)
         if late:
             assert isinstance(event, ActivityLogged | ActivityVoided)
             result.alerts[:0] = self._late(event, late, versions)
         return result
 
-    def _new_reading_day(self, event: DeviceReading, tz: str) -> bool:
-        """Record the reading's local day in the cache; False when the day had one."""
-        cached = self._days.get((event.org_id, event.patient_id))  # type: ignore[arg-type]
-        if cached is None or cached[0] != tz:
-            return True  # computed afresh from the record at the refresh
-        day = local_day(epoch(event.data.taken_at) // QUARTER_HOUR * QUARTER_HOUR, tz)
-        days = cached[1].setdefault(event.data.program, set())
-        if day in days:
-            return False
-        days.add(day)
-        return True
-
-    def _move_activity(
-        self, event: ActivityLogged | ActivityVoided, previous: Activity | None, tz: str
-    ) -> None:
-        key = (event.org_id, event.patient_id)
-        cached = self._by_month.get(key)  # type: ignore[arg-type]
-        if cached is None or cached[0] != tz:
-            return
-        by_month = cached[1]
-        if previous is not None:
-            for m in months_spanned(previous.start, previous.end, tz):
-                acts = by_month.get(m, [])
-                acts[:] = [a for a in acts if a is not previous]
-                if not acts:
-                    by_month.pop(m, None)
-        if isinstance(event, ActivityLogged):
-            current = self.ledger.patients[key].activities[event.data.activity_id]  # type: ignore[index]
-            for m in months_spanned(current.start, current.end, tz):
-                by_month.setdefault(m, []).append(current)
-
-    def _context(self, org: str, pid: str) -> PatientContext | None:
-        patient = self.ledger.patients.get((org, pid))
-        if patient is None:
-            return None
+    def _kernel(self, org: str, pid: str) -> tuple[PatientKernel, bool]:
+        """The patient's kernel, and whether it was just built (from a ledger that
+        already holds the event being stepped)."""
         practice = self.ledger.practice(org)
-        tz = practice.timezone
-        key = (org, pid)
-        days = self._days.get(key)
-        if days is None or days[0] != tz:
-            days = self._days[key] = (tz, reading_days(patient, tz))
-        by_month = self._by_month.get(key)
-        if by_month is None or by_month[0] != tz:
-            by_month = self._by_month[key] = (tz, activities_by_month(patient, tz))
-        return PatientContext(
-            patient, practice, days=days[1], by_month=by_month[1], catalog=self.catalog
-        )
-
-    def _earliest_reading(self, event: DeviceReading) -> int | None:
-        patient = self.ledger.patients.get((event.org_id, event.patient_id))
-        quarters = patient.readings.get(event.data.program) if patient is not None else None
-        return min(quarters) if quarters else None
+        kernel = self._kernels.get((org, pid))
+        if kernel is not None and kernel.tz == practice.timezone:
+            return kernel, False
+        patient = self.ledger.patients[(org, pid)]
+        kernel = self._kernels[(org, pid)] = PatientKernel(patient, practice, self.catalog)
+        return kernel, True
 
     def _remember_claims(self, org: str, month: str, close_id: str) -> None:
         """Keep the claim lines of ``org``'s patient-months in ``month`` as billed at its
@@ -299,15 +260,15 @@ class Projector:
     def _refresh(
         self, org: str, pid: str, months: set[str] | None, event: Event, result: StepResult
     ) -> None:
-        ctx = self._context(org, pid)
-        if ctx is None:
+        if (org, pid) not in self.ledger.patients:
             return
-        valid = set(ctx.months())
+        kernel, _ = self._kernel(org, pid)
+        valid = set(kernel.months())
         known = self._months.setdefault((org, pid), set())
         # besides the months the event touches, any month that appeared or vanished (APCM
         # months span enrollment to the last month the record speaks of, activities included)
         wanted = (valid | known) if months is None else (months & (valid | known)) | (valid ^ known)
-        fresh = {m: ctx.month(m) for m in sorted(wanted & valid)}
+        fresh = {m: kernel.month(m, self.verdicts) for m in sorted(wanted & valid)}
         for m in sorted(wanted):
             key = (org, pid, m)
             before = self.views.get(key)
@@ -320,7 +281,7 @@ class Projector:
                     result.alerts.extend(diff(before, empty, event.event_id))
                     result.changed.append(empty)
                 continue
-            if before is not None and before.view() == after.view() and _same_pairs(before, after):
+            if before is not None and before.same_view(after) and _same_pairs(before, after):
                 self.views[key] = after
                 continue
             self.views[key] = after

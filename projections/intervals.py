@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 
 Interval = tuple[int, int]
@@ -60,3 +61,40 @@ def intersect_all(pieces: list[Interval], allowed: list[Interval]) -> tuple[list
             if lo < hi:
                 kept.append((lo, hi))
     return kept, total(pieces) - total(kept)
+
+
+class Cover:
+    """A growing union of intervals and its measure, kept as sorted disjoint intervals.
+
+    ``add`` costs O(log n) plus the intervals it merges, so a month's pooled seconds
+    grow with each activity instead of being re-unioned from all of them.
+    """
+
+    __slots__ = ("ends", "measure", "starts")
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+        self.measure = 0
+
+    def add(self, s: int, e: int) -> int:
+        """Cover [s, e); returns the seconds newly covered."""
+        if e <= s:
+            return 0
+        starts, ends = self.starts, self.ends
+        i = bisect_left(ends, s)  # first interval that ends at or after s (may touch)
+        j = bisect_right(starts, e)  # intervals before j start at or before e
+        if i == j:  # touches nothing: insert
+            starts.insert(i, s)
+            ends.insert(i, e)
+            self.measure += e - s
+            return e - s
+        lo, hi = min(s, starts[i]), max(e, ends[j - 1])
+        before = 0
+        for k in range(i, j):
+            before += ends[k] - starts[k]
+        starts[i:j] = [lo]
+        ends[i:j] = [hi]
+        gained = (hi - lo) - before
+        self.measure += gained
+        return gained

@@ -76,12 +76,47 @@ class RuleBook:
         return self.codes[code].fee(self.conversion_factor)
 
     def device_codes(self, family: str) -> tuple[CodeRule, ...]:
-        return tuple(
-            sorted(
-                (r for r in self.codes.values() if r.family == family and r.kind == "device"),
-                key=lambda r: r.min_days,
-            )
+        """The family's device supply codes, by the fewest days they need."""
+        return self._device_codes.get(family, ())
+
+    @cached_property
+    def _device_codes(self) -> dict[str, tuple[CodeRule, ...]]:
+        devices = sorted(
+            (r for r in self.codes.values() if r.kind == "device"), key=lambda r: r.min_days
         )
+        return {f: tuple(r for r in devices if r.family == f) for f in {r.family for r in devices}}
+
+    def day_codes(self, family: str) -> tuple[tuple[CodeRule, ...], tuple[CodeRule, ...]]:
+        """The family's device codes (by the fewest days they need) and set-up codes."""
+        codes = self._day_codes.get(family)
+        if codes is None:
+            setup = tuple(
+                r for r in self.codes.values() if r.family == family and r.kind == "setup"
+            )
+            codes = self._day_codes[family] = (self.device_codes(family), setup)
+        return codes
+
+    @cached_property
+    def _day_codes(self) -> dict[str, tuple[tuple[CodeRule, ...], tuple[CodeRule, ...]]]:
+        return {}
+
+    @cached_property
+    def _qualified(self) -> dict[tuple[str, int], tuple[bool, ...]]:
+        return {}
+
+    def qualifies(self, family: str, days: int) -> tuple[bool, ...]:
+        """Which of :meth:`day_codes` a 30-day period with ``days`` transmission days
+        qualifies for: each device code whose day range holds them, then each set-up
+        code whose minimum they reach. A period's device and set-up lines depend on its
+        days only through this."""
+        found = self._qualified.get((family, days))
+        if found is None:
+            devices, setup = self.day_codes(family)
+            found = self._qualified[(family, days)] = tuple(
+                [r.min_days <= days and (r.max_days is None or days <= r.max_days) for r in devices]
+                + [days >= r.min_days for r in setup]
+            )
+        return found
 
     def monthly_code(self, family: str, conditions: int, qmb: bool) -> CodeRule | None:
         """The monthly code of ``family`` whose level fits (APCM G0556-G0558 by chronic
@@ -106,6 +141,43 @@ class RuleBook:
     @cached_property
     def _flag_rank(self) -> dict[str, int]:
         return {code: i for i, code in enumerate(self.flag_order)}
+
+    def position(self, family: str, seconds: int) -> tuple[int, ...]:
+        """Where ``seconds`` stand against every comparison the family's tracks make:
+        more than zero, each base threshold and band limit reached, and each add-on's
+        whole steps past its base (up to one past the larger of its cap and its common
+        payer edit, beyond which nothing changes). Two counts of seconds at the same
+        position earn the same units, flags and progress targets on every track."""
+        out: list[int] = [seconds > 0]
+        for thr, band, step, clip in self._breakpoints(family):
+            out.append(seconds >= thr)
+            if band is not None:
+                out.append(seconds >= band)
+            if step and seconds >= thr:
+                raw = (seconds - thr) // step
+                out.append(raw if clip is None else min(raw, clip))
+        return tuple(out)
+
+    @cached_property
+    def _breakpoint_table(self) -> dict[str, tuple[tuple[int, int | None, int, int | None], ...]]:
+        table: dict[str, tuple[tuple[int, int | None, int, int | None], ...]] = {}
+        for family in {t.family for t in self.tracks}:
+            rows = []
+            for track in self.tracks_for(family):
+                base = self.codes[track.base]
+                band = None if base.band_max_minutes is None else (base.band_max_minutes + 1) * 60
+                step, clip = 0, None
+                if track.addon is not None:
+                    addon = self.codes[track.addon]
+                    step = addon.step_minutes * 60
+                    if addon.cap is not None:
+                        clip = max(addon.cap, addon.flag_above or 0) + 1
+                rows.append((base.threshold_minutes * 60, band, step, clip))
+            table[family] = tuple(rows)
+        return table
+
+    def _breakpoints(self, family: str) -> tuple[tuple[int, int | None, int, int | None], ...]:
+        return self._breakpoint_table.get(family, ())
 
     @cached_property
     def pair_families(self) -> tuple[tuple[Exclusive, str, str], ...]:

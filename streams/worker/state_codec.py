@@ -345,12 +345,12 @@ def _register_all() -> None:
         register_dataclass(cls)
     # a month's accounting detail: made with the billing for the audit and claim files,
     # never read back from the fold's views (about 85 % of the encoding work if kept)
-    register_dataclass(billing.MonthBilling, transient=("time",))
+    register_dataclass(billing.MonthBilling, transient=("time", "verdict"))
     register_custom(DigestIndex, ("keys", "bodies"), _digest_index_dump, _digest_index_build)
     register_plain(ledger.Ledger, transient=("_handlers",))  # bound methods, made by __init__
-    # per-patient caches keyed by time zone, recomputed when absent (Projector._context);
+    # per-patient kernels and the verdict memo, rebuilt when absent (Projector._kernel);
     # the rule catalog is configuration, not state: a restored Projector has the default
-    register_plain(engine.Projector, transient=("_days", "_by_month", "catalog"))
+    register_plain(engine.Projector, transient=("_kernels", "verdicts", "catalog"))
     register_plain(staff.StaffProjector)
 
 
