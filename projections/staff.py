@@ -79,7 +79,8 @@ class StaffProjector:
     """Folds :class:`StaffInterval` / :class:`StaffVoid` items into ``staff_overlap`` alerts.
 
     State is plain dicts and lists (picklable as a snapshot). An item whose
-    ``event_id`` was already applied to its activity is a redelivery: a no-op.
+    ``event_id`` was already applied to its activity (as an interval, or as a void) is a
+    redelivery: a no-op.
     """
 
     def __init__(self) -> None:
@@ -95,10 +96,13 @@ class StaffProjector:
     def apply(self, item: StaffInterval | StaffVoid) -> list[Alert]:
         """Fold one item; the alerts it raises (``[]`` for a redelivery or a void)."""
         ident = item.identity
+        # an amendment that moves an activity to another staff member sends a void (old
+        # staff) and an interval (new staff) under one event id: each is seen apart
+        mark = f"void:{item.event_id}" if isinstance(item, StaffVoid) else item.event_id
         seen = self._seen.setdefault(ident, [])
-        if item.event_id in seen:
+        if mark in seen:
             return []
-        seen.append(item.event_id)
+        seen.append(mark)
         old = self._current.pop(ident, None)
         before = self._remove(old) if old is not None else {}
         if isinstance(item, StaffVoid):

@@ -417,3 +417,18 @@ def test_many_intervals_per_staff_member_stay_consistent(n: int) -> None:
     truth = brute_force(items)["RN-1"]
     assert proj.alerted_pairs(ORG, "RN-1") == truth
     assert len(alerts) == 2 * len(truth)
+
+
+def test_an_amendment_moving_an_activity_to_another_staff_member_is_not_a_redelivery() -> None:
+    """The worker sends the void (old staff) and the new interval (new staff) under the
+    amendment's one event id; on one partition both must apply."""
+    proj = StaffProjector()
+    feed(proj, [iv(PATIENTS[0], "a", BASE, BASE + 600, event="e1", staff="RN-2")])
+    feed(proj, [iv(PATIENTS[1], "b", BASE, BASE + 600, event="e2", staff="RN-1")])
+    moved = [
+        StaffVoid(ORG, "RN-2", PATIENTS[0], "a", "e3"),
+        iv(PATIENTS[0], "a", BASE, BASE + 600, event="e3", staff="RN-1"),
+    ]
+    alerts = feed(proj, moved)
+    assert len(alerts) == 2  # one per patient of the new overlapping pair
+    assert proj.alerted_pairs(ORG, "RN-1")
