@@ -221,10 +221,16 @@ class Ledger:
             p = self.patients[key] = PatientState(org_id, patient_id)
         return p
 
-    def apply(self, event: Event, raw: bytes | None = None) -> Outcome:
-        """Fold one validated event; ``raw`` is its wire bytes when the caller has them."""
-        key = idempotency_digest(event.org_id, event.event_id)
-        body = body_digest(event, raw)
+    def apply(
+        self, event: Event, raw: bytes | None = None, digests: tuple[int, int] | None = None
+    ) -> Outcome:
+        """Fold one validated event; ``raw`` is its wire bytes when the caller has them, and
+        ``digests`` its (idempotency, body) digests when the log's headers carry them."""
+        if digests is not None:
+            key, body = digests
+        else:
+            key = idempotency_digest(event.org_id, event.event_id)
+            body = body_digest(event, raw)
         prior = self.seen.get(key)
         if prior is not None:
             return _DUPLICATE if prior == body else _CONFLICT

@@ -69,6 +69,7 @@ from streams.worker.gate import (
     Write,
     deadletter_write,
 )
+from streams.worker.heap import tune_for_large_heap
 from streams.worker.partition import (
     ALERTS,
     BILLING,
@@ -501,7 +502,7 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str]) -> Any:
     pause = LoopPause()
 
     async def fold_record(slot: Slot, record: Any, pending: list[Any]) -> None:
-        for out in slot.state.apply(record.value or b""):
+        for out in slot.state.apply(record.value or b"", log_digests(record.headers)):
             await send(out, pending, record)
         slot.next_offset = record.offset + 1
         slot.dirty = True
@@ -696,6 +697,7 @@ def run(cfg: WorkerConfig, loglevel: str = "warning") -> None:
 
     ensure_topics(cfg.kafka, cfg.topics, cfg.partitions)
     app = build_app(cfg, checked_topics(cfg))
+    tune_for_large_heap()
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     # Faust's startup spinner sets the root logger to DEBUG, so every aiokafka and faust
     # debug call built a record that was then dropped (4 % of the worker's time)

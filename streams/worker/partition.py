@@ -24,6 +24,7 @@ from schemas.events import (
     EventRejected,
     parse_event,
 )
+from schemas.trusted import decode_trusted
 from schemas.views import Alert
 from streams.kafka.records import (
     alert_value,
@@ -64,16 +65,22 @@ class FoldPartition:
     swept: dict[str, date] = field(default_factory=dict)  # org -> last local day swept
     latest: datetime | None = None  # the newest ``recorded_at`` folded (the log's clock)
 
-    def apply(self, raw: bytes) -> list[Output]:
-        """Fold one log record (its raw bytes)."""
+    def apply(self, raw: bytes, digests: tuple[int, int] | None = None) -> list[Output]:
+        """Fold one log record (its raw bytes). ``digests``: the (idempotency, body)
+        digests of its ``idem``/``body`` headers, present when a log writer wrote it; such
+        a record is decoded without the repeated-key scan its writer already did
+        (:mod:`schemas.trusted`) and its digests are not computed again. A record without
+        them is validated in full."""
         try:
-            event = parse_event(raw)
+            event = parse_event(raw) if digests is None else decode_trusted(raw)
         except EventRejected as exc:  # the gate validated it: someone wrote to the log
             return [Output(DEADLETTER, None, raw, (("reason", exc.reason.encode()),))]
-        return self.apply_event(event, raw)
+        return self.apply_event(event, raw, digests)
 
-    def apply_event(self, event: Event, raw: bytes | None = None) -> list[Output]:
-        result = self.projector.step(event, raw)
+    def apply_event(
+        self, event: Event, raw: bytes | None = None, digests: tuple[int, int] | None = None
+    ) -> list[Output]:
+        result = self.projector.step(event, raw, digests)
         if result.outcome.status in _REFUSED:
             return [Output(DEADLETTER, None, raw, (("reason", result.outcome.reason.encode()),))]
         if result.outcome.status is not Status.APPLIED:
