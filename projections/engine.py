@@ -63,7 +63,7 @@ def billing(
     nothing in them was known yet.
     """
     cutoff = None if as_of is None else epoch(as_of)
-    memo = Verdicts()
+    memo = Verdicts(limit=10_000)  # the most recent facts: most repeat within a practice
     for key in sorted(ledger.patients):
         patient = ledger.patients[key]
         practice = ledger.practice(key[0])
