@@ -1,4 +1,4 @@
-"""Benchmark: replay of the Parquet archive (DuckDB + the core's rules) against the fold.
+"""Benchmark: replay of the Parquet archive (DuckDB + the core) against the fold.
 
 Writes JSON with at least:
 
@@ -147,8 +147,7 @@ def duckdb_replay(root: Path, workers: int) -> dict[str, Any]:
         "wall_s": round(wall, 2),
         "patient_months": len(lines),
         "events_applied": stats.applied,
-        "sql_accounted_months": stats.sql_accounted,
-        "core_accounted_months": stats.core_accounted,
+        "patients": stats.patients,
         "peak_rss_mb": round(rss.peak / 2**20, 1),
         "lines": lines,
     }

@@ -1,49 +1,49 @@
-"""Replay of the Parquet archive: DuckDB does the per-event work, the core the rules.
+"""Replay of the Parquet archive: DuckDB reads, orders and groups the events; the core
+accounts and bills them.
 
 The event-by-event fold (:func:`projections.engine.replay`) parses and applies every
-event in Python. Here DuckDB does, in SQL over the archive's typed columns:
+event in Python. Here DuckDB does, in SQL over the archive's typed columns, only what
+the ledger does before any rule of docs/rules.md §6.2 runs:
 
-* idempotency (the first of each ``(org_id, event_id)`` in the archive's canonical
-  order wins, as in the ledger) and the ``--as-of`` cut;
+* the archive's canonical order (``ord``: the ledger's log position), the ``--as-of``
+  cut and idempotency (the first of each ``(org_id, event_id)`` wins, over the whole
+  archive), then the ledger's volume bounds;
 * the current version of every activity (amendments replace, voids remove, an
-  amendment keeps the log position of the first logging);
-* month bucketing in each practice's time zone (local month bounds come from the
-  core's own calendar, so both engines agree on every DST edge), and reading days;
-* the interval accounting of docs/rules.md §6.2 steps 1-5 (face-to-face, non-clinical,
-  before consent, pooled seconds with interval unions, concurrent staff time) for
-  every patient-month with no overlap, no duplicate, no inpatient stay and no revoked
-  consent. The rare months with any of those go through the core's own
-  :func:`projections.accounting.account` (log-order claims are sequential by nature).
+  amendment keeps the position of its first logging after the last void);
+* per patient, in (org, patient) order, three ordered streams: the current activities,
+  the documentation events, and the quarter-hours with a device reading.
 
-The rules then run in Python once per patient-month, through the same
-:class:`projections.billing.PatientContext` as the fold. A hypothesis property test
-holds this path to the fold on random logs.
+Python merges those streams, one patient at a time, into the
+:class:`projections.ledger.PatientState` the ledger would hold after folding the same
+events (``seq`` is ``ord``: another number, the same order, and the core only ever
+compares the seqs of one patient) and evaluates it with the core's
+:class:`projections.billing.PatientContext` as :func:`projections.engine.billing` does
+(with the same ``as_of`` month cut; without its memo of verdicts, which made this
+replay slower and bigger). The accounting (§6.2 steps 1-5) is the core's alone, so
+every month carries its real intervals (claim dates of service read them). A
+hypothesis property test holds this path to the fold on random logs.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import heapq
 import multiprocessing
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import datetime
+from itertools import chain, groupby
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from projections.accounting import MonthTime, Pool
 from projections.billing import MonthBilling, PatientContext
-from projections.calendar import (
-    DEFAULT_TIMEZONE,
-    day_start,
-    epoch,
-    month_bounds,
-    month_key,
-    next_month,
-)
+from projections.calendar import DEFAULT_TIMEZONE, epoch, month_bounds
 from projections.ledger import (
     MAX_ACTIVITY_VERSIONS,
     MAX_READINGS,
@@ -56,17 +56,45 @@ from projections.ledger import (
 from projections.rules import SHIPPED_CATALOG, RuleCatalog
 from streams.archive.store import LOG_TS_SQL, parquet_sources
 
-_FDIV = "CREATE OR REPLACE TEMP MACRO fdiv(a, b) AS (a - (((a % b) + b) % b)) // b"
-_CONSENT_PROGRAMS = ("ccm", "pcm", "rpm", "rtm", "bhi")
-_STAGES = ("_load", "_calendar", "_activities", "_simple_months", "_pools")
+# Tables live in the connection's in-memory database (not TEMP): the patient streams are
+# read through several cursors at once, and a cursor sees no other connection's TEMP.
+_FDIV = "CREATE OR REPLACE MACRO fdiv(a, b) AS (a - (((a % b) + b) % b)) // b"
+_STAGES = ("_load", "_activities", "_streams")
+_FETCH_ROWS = 20_000
+REPLAY_MEMORY_MB = 1024
+"""DuckDB's memory for one ``replay_views`` (its shares split it, 256 MB each at least);
+beyond it DuckDB spills to disk. The 10M-event archive replays in 2 GB this way."""
+_Rows = Iterator[tuple[Any, ...]]
+_Groups = Iterator[tuple[tuple[str, str], _Rows]]  # (org, patient) and that patient's rows
+_Fill = Callable[[PatientState, _Rows], None]
+
+# the typed columns ``ev`` keeps (``rd`` keeps those of readings)
+_EVENT_COLS = (
+    "org_id, patient_id, type, recorded_at, activity_id, staff_id, staff_role, "
+    'practitioner_id, program, started_at, seconds, face_to_face, interactive, "on", '
+    "complexity, chronic_count, qmb, kind, setting, admitted_on, discharged_on, timezone, "
+    "facility_type"
+)
+_READING_COLS_EMPTY = (
+    'NULL::INTEGER AS partition, NULL::BIGINT AS "offset", NULL::VARCHAR AS org_id, '
+    "NULL::VARCHAR AS patient_id, NULL::VARCHAR AS program, NULL::TIMESTAMPTZ AS taken_at"
+)
+_DOCUMENT_TYPES = (
+    "consent.recorded",
+    "consent.revoked",
+    "care_plan.recorded",
+    "conditions.recorded",
+    "enrollment.recorded",
+    "visit.recorded",
+    "stay.recorded",
+)
 
 
 @dataclass(slots=True)
 class ReplayStats:
-    applied: int = 0  # events after --as-of and idempotency
+    applied: int = 0  # events after --as-of, idempotency and the volume bounds
+    patients: int = 0  # patient records evaluated (with an activity, reading or document)
     patient_months: int = 0
-    sql_accounted: int = 0  # patient-months whose time SQL accounted
-    core_accounted: int = 0  # ... and those the core accounted (overlaps, stays, ...)
     practice_events: int = 0  # practice-wide events (every shard reads them)
     over_limit: int = 0  # events refused: their patient-month was at a volume bound
 
@@ -81,10 +109,13 @@ class ArchiveReplay:
         threads: int | None = None,
         shard: tuple[int, int] | None = None,
         catalog: RuleCatalog = SHIPPED_CATALOG,
+        memory_mb: int | None = None,
     ) -> None:
         """``shard`` ``(k, n)``: only patients whose key hashes to ``k`` modulo ``n`` (with
         every practice-wide event), so ``n`` processes can share one replay. ``catalog``:
-        the rule books the months are evaluated with."""
+        the rule books the months are evaluated with. ``memory_mb``: DuckDB's memory
+        limit (default: 70% of physical memory split between the shares); beyond it,
+        DuckDB spills to a private temporary folder (not the current directory)."""
         import duckdb
 
         self.as_of = as_of
@@ -93,13 +124,12 @@ class ArchiveReplay:
         self.stats = ReplayStats()
         self.files = parquet_sources(source)
         shares = 1 if shard is None else shard[1]
+        limit = memory_mb or _memory_mb() * 7 // 10 // shares
         self._spill = tempfile.TemporaryDirectory(prefix="caretally-replay-")
         self.con = duckdb.connect(
             config={
                 "threads": threads or os.cpu_count() or 1,
-                # the shares of one replay split 70% of the memory; beyond it DuckDB spills
-                # to a private temporary folder (not the current directory)
-                "memory_limit": f"{_memory_mb() * 7 // 10 // shares}MB",
+                "memory_limit": f"{limit}MB",
                 "temp_directory": self._spill.name,
             }
         )
@@ -113,55 +143,77 @@ class ArchiveReplay:
     # -- SQL stages ----------------------------------------------------------------
 
     def _load(self) -> None:
+        """The share's events as the ledger applies them: ``ev`` (all but device readings,
+        numbered by ``ord``) and ``rd`` (device readings: their order never matters but
+        for the volume bound), then ``orgs`` (each practice's settings)."""
         sql = self.con.execute
-        cols = (
-            "org_id, patient_id, event_id, type, recorded_at, activity_id, staff_id, "
-            "staff_role, practitioner_id, program, started_at, seconds, face_to_face, "
-            'interactive, "on", complexity, chronic_count, qmb, kind, setting, admitted_on, '
-            "discharged_on, taken_at, timezone, facility_type"
-        )
         known = "TRUE" if self.as_of is None else "recorded_at <= ?"
-        params: list[Any] = [self.files] + ([] if self.as_of is None else [self.as_of])
-        where = known
+        cut: list[Any] = [] if self.as_of is None else [self.as_of]
+        share = "TRUE"
         if self.shard is not None:
             # idempotency is decided over the whole archive (an event id reused by another
             # patient of the org is a conflict there too); only then is the share taken
             k, n = self.shard
-            where += f" AND (patient_id IS NULL OR hash(org_id, patient_id) % {n:d} = {k:d})"
+            share = f"(patient_id IS NULL OR hash(org_id, patient_id) % {n:d} = {k:d})"
         if not self.files:
-            sql(f"CREATE TEMP TABLE ev AS SELECT NULL::BIGINT AS ord, {_empty_cols()} LIMIT 0")
+            sql(f"CREATE TABLE ev AS SELECT NULL::BIGINT AS ord, {_empty_cols()} LIMIT 0")
+            sql(f"CREATE TABLE rd AS SELECT {_READING_COLS_EMPTY} LIMIT 0")
         else:
-            # canonical order -> ord, and the first (org_id, event_id) wins; both windows
-            # run over narrow rows (sorting the wide ones cost 5x more), then the kept
-            # (partition, offset) pairs pick the wide rows
+            # canonical order -> ord, over narrow rows of the whole archive
             sql(
-                f"""CREATE TEMP TABLE keep AS
-                SELECT partition, "offset", ord FROM (
-                  SELECT partition, "offset", org_id, event_id,
-                         row_number() OVER (ORDER BY log_ts, partition, "offset") AS ord
-                  FROM (SELECT partition, "offset", org_id, event_id, patient_id, recorded_at,
-                               {LOG_TS_SQL} FROM read_parquet(?))
-                  WHERE {known})
-                QUALIFY row_number() OVER (PARTITION BY org_id, event_id ORDER BY ord) = 1""",
-                params,
+                f"""CREATE TABLE lt AS
+                SELECT partition, "offset",
+                       row_number() OVER (ORDER BY log_ts, partition, "offset") AS ord
+                FROM (SELECT partition, "offset", recorded_at, {LOG_TS_SQL} FROM read_parquet(?))
+                WHERE {known}""",
+                [self.files, *cut],
+            )
+            # the first (org_id, event_id) wins: the rest are ``losers``. Only keys whose
+            # 64-bit hash comes twice are candidates; among them the ids themselves decide
+            sql(
+                f"""CREATE TABLE losers AS
+                WITH twice AS (
+                  SELECT hash(org_id, event_id) AS h FROM read_parquet(?) WHERE {known}
+                  GROUP BY ALL HAVING count(*) > 1)
+                SELECT partition, "offset" FROM (
+                  SELECT p.partition, p."offset", p.org_id, p.event_id, lt.ord
+                  FROM (SELECT partition, "offset", org_id, event_id FROM read_parquet(?)
+                        WHERE hash(org_id, event_id) IN (SELECT h FROM twice)) p
+                  JOIN lt USING (partition, "offset"))
+                QUALIFY row_number() OVER (PARTITION BY org_id, event_id ORDER BY ord) > 1""",
+                [self.files, *cut, self.files],
             )
             sql(
-                f"""CREATE TEMP TABLE ev AS
-                SELECT k.ord, {", ".join("p." + c.strip() for c in cols.split(","))}
-                FROM (SELECT partition, "offset", {cols} FROM read_parquet(?) WHERE {where}) p
-                JOIN keep k USING (partition, "offset")""",
-                params,
+                f"""CREATE TABLE ev AS
+                SELECT lt.ord, {", ".join("p." + c.strip() for c in _EVENT_COLS.split(","))}
+                FROM (SELECT partition, "offset", {_EVENT_COLS} FROM read_parquet(?)
+                      WHERE type <> 'device.reading' AND {share}) p
+                JOIN lt USING (partition, "offset")
+                ANTI JOIN losers USING (partition, "offset")""",
+                [self.files],
             )
-            sql("DROP TABLE keep")
+            sql(
+                f"""CREATE TABLE rd AS
+                SELECT p.partition, p."offset", p.org_id, p.patient_id, p.program, p.taken_at
+                FROM (SELECT partition, "offset", org_id, patient_id, program, taken_at
+                      FROM read_parquet(?)
+                      WHERE type = 'device.reading' AND {known} AND {share}) p
+                ANTI JOIN losers USING (partition, "offset")""",
+                [self.files, *cut],
+            )
             self._bound_volume()
+            sql("DROP TABLE lt")
+            sql("DROP TABLE losers")
         self.stats.applied, self.stats.practice_events = sql(  # type: ignore[misc]
-            "SELECT count(*), count(*) FILTER (WHERE patient_id IS NULL) FROM ev"
+            """SELECT count(*) + (SELECT count(*) FROM rd),
+                      count(*) FILTER (WHERE patient_id IS NULL) FROM ev"""
         ).fetchone()
+        # the practice as the ledger keeps it: its latest settings, else the defaults
         sql(
-            f"""CREATE TEMP TABLE orgs AS
+            f"""CREATE TABLE orgs AS
             SELECT o.org_id, coalesce(p.tz, '{DEFAULT_TIMEZONE}') AS tz,
                    coalesce(p.facility, 'office') AS facility
-            FROM (SELECT DISTINCT org_id FROM ev) o
+            FROM (SELECT org_id FROM ev UNION SELECT org_id FROM rd) o
             LEFT JOIN (SELECT org_id, arg_max(timezone, ord) AS tz,
                               arg_max(facility_type, ord) AS facility
                        FROM ev WHERE type = 'practice.configured' GROUP BY org_id) p
@@ -172,86 +224,48 @@ class ArchiveReplay:
         """Drop what the ledger refuses as ``over_limit``: a patient's activity versions
         (readings) past ``MAX_ACTIVITY_VERSIONS`` (``MAX_READINGS``) in a UTC month, in
         log order. The ledger counts only events it applied, and once a month is at its
-        bound it refuses every later one, so the refused are exactly those numbered past it."""
-        n = self.con.execute(
+        bound it refuses every later one, so the refused are exactly those numbered past
+        it. Only the patient-months over a bound are numbered (there are rarely any)."""
+        utc_month = "strftime(make_timestamp(epoch_us({})), '%Y-%m')"
+        refused = self.con.execute(
             f"""DELETE FROM ev WHERE ord IN (
+              WITH a AS (
+                SELECT ord, org_id, patient_id, {utc_month.format("started_at")} AS m
+                FROM ev WHERE type = 'activity.logged'),
+              heavy AS (
+                SELECT org_id, patient_id, m FROM a
+                GROUP BY ALL HAVING count(*) > {MAX_ACTIVITY_VERSIONS:d})
               SELECT ord FROM (
-                SELECT ord, type, row_number() OVER (
-                  PARTITION BY org_id, patient_id, type, strftime(
-                    make_timestamp(epoch_us(coalesce(started_at, taken_at))), '%Y-%m')
-                  ORDER BY ord) AS n
-                FROM ev WHERE type IN ('activity.logged', 'device.reading'))
-              WHERE n > CASE type WHEN 'activity.logged' THEN {MAX_ACTIVITY_VERSIONS:d}
-                              ELSE {MAX_READINGS:d} END)"""
+                SELECT ord, row_number() OVER (PARTITION BY org_id, patient_id, m ORDER BY ord)
+                       AS n
+                FROM a SEMI JOIN heavy USING (org_id, patient_id, m))
+              WHERE n > {MAX_ACTIVITY_VERSIONS:d})"""
         ).fetchone()
-        self.stats.over_limit = int(n[0]) if n else 0
-
-    def _calendar(self) -> None:
-        """Local month and day bounds per zone, from the core's calendar (no ICU)."""
-        sql = self.con.execute
-        zones = [r[0] for r in sql("SELECT DISTINCT tz FROM orgs").fetchall()]
-        span = sql(
-            """SELECT min(least(started_at, taken_at, recorded_at)),
-                      max(greatest(started_at, taken_at, recorded_at))
-               FROM ev"""
+        readings = self.con.execute(
+            f"""DELETE FROM rd USING (
+              WITH r AS (
+                SELECT partition, "offset", org_id, patient_id,
+                       {utc_month.format("taken_at")} AS m
+                FROM rd),
+              heavy AS (
+                SELECT org_id, patient_id, m FROM r
+                GROUP BY ALL HAVING count(*) > {MAX_READINGS:d})
+              SELECT partition, "offset" FROM (
+                SELECT r.partition, r."offset", row_number() OVER (
+                         PARTITION BY r.org_id, r.patient_id, r.m ORDER BY lt.ord) AS n
+                FROM r SEMI JOIN heavy USING (org_id, patient_id, m)
+                JOIN lt USING (partition, "offset"))
+              WHERE n > {MAX_READINGS:d}) x
+            WHERE rd.partition = x.partition AND rd."offset" = x."offset"
+            """
         ).fetchone()
-        stay_span = sql(  # dates that need local midnights: stays and consents
-            """SELECT min(least(admitted_on, "on")), max(greatest(discharged_on, "on"))
-               FROM ev WHERE type IN ('stay.recorded', 'consent.recorded')"""
-        ).fetchone()
-        months: list[tuple[Any, ...]] = []
-        days: list[tuple[Any, ...]] = []
-        if span is not None and span[0] is not None:
-            lo_d = span[0].date() - timedelta(days=2)
-            hi_d = span[1].date() + timedelta(days=3)
-            if stay_span is not None and stay_span[0] is not None:
-                lo_d, hi_d = min(lo_d, stay_span[0]), max(hi_d, stay_span[1] + timedelta(days=2))
-            for tz in zones:
-                m, last = month_key(lo_d.year, lo_d.month), month_key(hi_d.year, hi_d.month)
-                i = 0
-                while m <= last:
-                    lo, hi = month_bounds(m, tz)
-                    book = self.catalog.for_month(m)
-                    months.append(
-                        (
-                            tz,
-                            i,
-                            m,
-                            lo,
-                            hi,
-                            book.policy.exclude_face_to_face,
-                            list(book.policy.inpatient_excluded_programs),
-                            book.policy.concurrent_staff_time,
-                        )
-                    )
-                    m, i = next_month(m), i + 1
-                d = lo_d
-                while d <= hi_d:
-                    days.append((tz, d, day_start(d, tz)))
-                    d += timedelta(days=1)
-        sql(
-            "CREATE TEMP TABLE months (tz VARCHAR, mi INTEGER, month VARCHAR, lo BIGINT, "
-            "hi BIGINT, ex_f2f BOOLEAN, inpatient VARCHAR[], concurrent VARCHAR)"
-        )
-        sql("CREATE TEMP TABLE days (tz VARCHAR, day DATE, lo BIGINT)")
-        if months:
-            self._insert("months", months)
-            self._insert("days", days)
-
-    def _insert(self, table: str, rows: list[tuple[Any, ...]]) -> None:
-        import pyarrow as pa
-
-        names = [d[0] for d in self.con.execute(f"SELECT * FROM {table} LIMIT 0").description]
-        arrow = pa.Table.from_pylist([dict(zip(names, r, strict=True)) for r in rows])
-        self.con.register("_rows", arrow)
-        self.con.execute(f"INSERT INTO {table} SELECT * FROM _rows")
-        self.con.unregister("_rows")
+        self.stats.over_limit = sum(int(r[0]) for r in (refused, readings) if r)
 
     def _activities(self) -> None:
-        """Current versions (``seq``: first logging after the last void) and month pieces."""
-        sql = self.con.execute
-        sql(
-            """CREATE TEMP TABLE cur AS
+        """``cur``: the current version of every activity, as ``Ledger.activities`` holds
+        it (``seq``: the first logging after the last void; times on epoch seconds)."""
+        self.con.execute(
+            """CREATE TABLE cur AS
             WITH a AS (
               SELECT org_id, patient_id, activity_id, ord, type FROM ev
               WHERE type IN ('activity.logged', 'activity.voided')),
@@ -271,135 +285,29 @@ class ArchiveReplay:
                    e.practitioner_id, e.program,
                    fdiv(epoch_us(e.started_at), 1000000) AS start_s,
                    fdiv(epoch_us(e.started_at), 1000000) + e.seconds AS end_s,
-                   e.face_to_face AS f2f, e.interactive, o.tz
-            FROM live l JOIN ev e ON e.ord = l.cur_ord JOIN orgs o ON o.org_id = l.org_id"""
-        )
-        # one piece per local month touched (an activity lasts at most 24 h: two months)
-        sql(
-            """CREATE TEMP TABLE spans AS
-            WITH first AS (
-              SELECT c.*, m.mi FROM cur c
-              ASOF JOIN months m ON c.tz = m.tz AND c.start_s >= m.lo)
-            SELECT f.*, m.month, m.lo, m.hi, m.ex_f2f, m.inpatient, m.concurrent
-            FROM first f JOIN months m
-              ON m.tz = f.tz AND m.mi >= f.mi AND m.lo < greatest(f.end_s, f.start_s + 1)
-              AND m.hi > f.start_s"""
-        )
-        # ... of which the month's accounting sees those with time after its start (a
-        # zero-second activity at local midnight belongs to the month, with no piece)
-        sql(
-            """CREATE TEMP TABLE pieces AS
-            SELECT *, greatest(start_s, lo) AS s, least(end_s, hi) AS e,
-                   (start_s < lo OR end_s > hi) AS cross_month,
-                   role IN ('physician', 'qhp') AND staff_id = practitioner_id AS personal,
-                   NOT (ex_f2f AND f2f) AND role <> 'non_clinical' AS claims
-            FROM spans WHERE end_s > lo"""
+                   e.face_to_face AS f2f, e.interactive
+            FROM live l JOIN ev e ON e.ord = l.cur_ord"""
         )
 
-    def _simple_months(self) -> None:
-        """Mark the patient-months SQL accounts: no same-person overlap, no re-sent
-        duplicate, no inpatient stay in the month, no revoked consent in play."""
+    def _streams(self) -> None:
+        """``docs`` (documentation events, narrow) and ``quarters`` (per patient and device
+        program, the epoch quarter-hours with a reading: ``Ledger.readings``)."""
         sql = self.con.execute
         sql(
-            f"""CREATE TEMP TABLE consent_state AS
-            SELECT e.org_id, e.patient_id, e.program, e.practitioner_id,
-                   count(*) FILTER (WHERE e.type = 'consent.recorded') AS n_consent,
-                   count(*) FILTER (WHERE e.type = 'consent.revoked') AS n_revoked,
-                   min(d.lo) FILTER (WHERE e.type = 'consent.recorded') AS opens
-            FROM ev e JOIN orgs o USING (org_id)
-            LEFT JOIN days d ON d.tz = o.tz AND d.day = e."on"
-            WHERE e.type IN ('consent.recorded', 'consent.revoked')
-              AND e.program IN {_CONSENT_PROGRAMS}
-            GROUP BY ALL"""
+            f"""CREATE TABLE docs AS
+            SELECT org_id, patient_id, ord, type, program, practitioner_id, "on", kind, qmb,
+                   complexity, fdiv(epoch_us(recorded_at), 1000000) AS recorded_s,
+                   chronic_count, setting, admitted_on, discharged_on
+            FROM ev WHERE type IN {_DOCUMENT_TYPES}"""
         )
         sql(
-            """CREATE TEMP TABLE stays AS
-            SELECT e.org_id, e.patient_id, a.lo AS s, d.lo AS e
-            FROM ev e JOIN orgs o USING (org_id)
-            JOIN days a ON a.tz = o.tz AND a.day = e.admitted_on
-            JOIN days d ON d.tz = o.tz AND d.day = e.discharged_on + 1
-            WHERE e.type = 'stay.recorded'"""
-        )
-        sql(
-            """CREATE TEMP TABLE hard AS
-            SELECT DISTINCT org_id, patient_id, month FROM (
-              SELECT org_id, patient_id, month FROM pieces
-              GROUP BY org_id, patient_id, month, staff_id, start_s, end_s - start_s, program
-              HAVING count(*) > 1
-              UNION ALL
-              SELECT org_id, patient_id, month FROM (
-                SELECT org_id, patient_id, month, s,
-                       max(e) OVER (PARTITION BY org_id, patient_id, month, staff_id
-                                    ORDER BY s, e ROWS BETWEEN UNBOUNDED PRECEDING
-                                    AND 1 PRECEDING) AS prev_e
-                FROM pieces WHERE role <> 'non_clinical')
-              WHERE s < prev_e
-              UNION ALL
-              SELECT p.org_id, p.patient_id, p.month FROM pieces p
-              JOIN stays st ON st.org_id = p.org_id AND st.patient_id = p.patient_id
-                AND st.s < p.hi AND st.e > p.lo
-              UNION ALL
-              SELECT p.org_id, p.patient_id, p.month FROM pieces p
-              JOIN consent_state c ON c.org_id = p.org_id AND c.patient_id = p.patient_id
-                AND c.program = p.program AND c.practitioner_id = p.practitioner_id
-              WHERE p.claims AND c.n_consent > 0 AND c.n_revoked > 0)"""
+            """CREATE TABLE quarters AS
+            SELECT org_id, patient_id, program,
+                   list(DISTINCT fdiv(epoch_us(taken_at), 900000000)) AS qs
+            FROM rd GROUP BY ALL"""
         )
 
-    def _pools(self) -> None:
-        """Steps 3-5 for the simple months: consent cut, then pooled seconds with unions."""
-        sql = self.con.execute
-        sql(
-            """CREATE TEMP TABLE counted AS
-            SELECT p.org_id, p.patient_id, p.month, p.program, p.practitioner_id, p.staff_id,
-                   p.personal, p.interactive, p.concurrent, p.s,
-                   CASE WHEN c.n_consent > 0 AND c.n_revoked = 0 THEN greatest(p.s, c.opens)
-                        ELSE p.s END AS ks,
-                   p.e
-            FROM pieces p
-            ANTI JOIN hard h USING (org_id, patient_id, month)
-            LEFT JOIN consent_state c ON c.org_id = p.org_id AND c.patient_id = p.patient_id
-              AND c.program = p.program AND c.practitioner_id = p.practitioner_id
-            WHERE p.claims"""
-        )
-        sql(
-            """CREATE TEMP TABLE pool_time AS
-            WITH k AS (
-              SELECT *, greatest(e - ks, 0) AS kept FROM counted),
-            t AS (
-              SELECT *, max(e) OVER w_all AS prev_all FROM k WHERE kept > 0
-              WINDOW w_all AS (PARTITION BY org_id, patient_id, month, program, practitioner_id
-                               ORDER BY ks, e ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)),
-            s AS (
-              SELECT *, max(e) OVER w_staff AS prev_staff FROM k
-              WHERE kept > 0 AND NOT personal
-              WINDOW w_staff AS (PARTITION BY org_id, patient_id, month, program,
-                                 practitioner_id ORDER BY ks, e
-                                 ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)),
-            tu AS (
-              SELECT org_id, patient_id, month, program, practitioner_id,
-                     sum(greatest(0, e - greatest(ks, coalesce(prev_all, ks)))) AS t_union
-              FROM t GROUP BY ALL),
-            su AS (
-              SELECT org_id, patient_id, month, program, practitioner_id,
-                     sum(greatest(0, e - greatest(ks, coalesce(prev_staff, ks)))) AS s_union
-              FROM s GROUP BY ALL),
-            base AS (
-              SELECT org_id, patient_id, month, program, practitioner_id,
-                     any_value(concurrent) AS concurrent,
-                     coalesce(sum(kept) FILTER (WHERE personal), 0) AS p,
-                     coalesce(sum(kept) FILTER (WHERE NOT personal), 0) AS s_sum,
-                     bool_or(interactive) AS interactive,
-                     bool_or(least(ks, e) > s) AS cut
-              FROM k GROUP BY ALL)
-            SELECT b.*, coalesce(su.s_union, 0) AS s_union, coalesce(tu.t_union, 0) AS t_union
-            FROM base b
-            LEFT JOIN su USING (org_id, patient_id, month, program, practitioner_id)
-            LEFT JOIN tu USING (org_id, patient_id, month, program, practitioner_id)"""
-        )
-
-    # -- Python: the rules, once per patient-month -----------------------------------
-
-    def prepare(self, upto: str = "_pools") -> None:
+    def prepare(self, upto: str = _STAGES[-1]) -> None:
         """Run the SQL stages up to and including ``upto`` (each at most once)."""
         for stage in _STAGES:
             if stage not in self._done:
@@ -408,89 +316,131 @@ class ArchiveReplay:
             if stage == upto:
                 return
 
+    # -- Python: one patient at a time -------------------------------------------------
+
+    def practices(self) -> dict[str, Practice]:
+        """Each org's practice settings, as the ledger holds them (closed months aside:
+        billing does not read them)."""
+        self.prepare("_load")
+        rows = self.con.execute("SELECT org_id, tz, facility FROM orgs").fetchall()
+        return {org: Practice(tz, facility) for org, tz, facility in rows}
+
+    def patients(self) -> Iterator[PatientState]:
+        """Every patient's state, in (org, patient) order, one at a time: the activities,
+        documentation and reading quarters the ledger would hold after the same events
+        (``volume``, the ledger's own count for the bounds, is left empty: SQL applied them)."""
+        self.prepare()
+        streams: list[tuple[_Groups, _Fill]] = [
+            (
+                self._grouped(
+                    """SELECT org_id, patient_id, activity_id, seq, staff_id, role,
+                              practitioner_id, program, start_s, end_s, f2f, interactive
+                       FROM cur ORDER BY org_id, patient_id, seq"""
+                ),
+                _add_activities,
+            ),
+            (
+                self._grouped(
+                    "SELECT * FROM docs ORDER BY org_id, patient_id, ord",
+                ),
+                _add_documents,
+            ),
+            (
+                self._grouped(
+                    "SELECT org_id, patient_id, program, qs FROM quarters "
+                    "ORDER BY org_id, patient_id, program"
+                ),
+                _add_readings,
+            ),
+        ]
+        heads = [next(it, None) for it, _ in streams]
+        while True:
+            keys = [h[0] for h in heads if h is not None]
+            if not keys:
+                return
+            key = min(keys)
+            state = PatientState(key[0], key[1])
+            for i, (it, fill) in enumerate(streams):
+                head = heads[i]
+                if head is not None and head[0] == key:
+                    fill(state, head[1])
+                    nxt = next(it, None)
+                    if nxt is not None and nxt[0] <= key:
+                        # DuckDB and Python must agree on the order of ids, or one
+                        # patient's records would be split in two: never silently
+                        raise RuntimeError("archive replay: patient streams out of order")
+                    heads[i] = nxt
+            self.stats.patients += 1
+            yield state
+
+    def _grouped(self, query: str) -> _Groups:
+        """The rows of ``query`` (ordered by org and patient first), grouped by patient,
+        fetched in batches on a cursor of their own."""
+        cursor = self.con.cursor()
+        cursor.execute(query)
+        rows = chain.from_iterable(iter(lambda: cursor.fetchmany(_FETCH_ROWS), []))
+        try:
+            yield from groupby(rows, key=itemgetter(0, 1))  # type: ignore[misc]
+        finally:
+            cursor.close()
+
+    def bill(self, patient: PatientState, practice: Practice) -> Iterator[MonthBilling]:
+        """The patient's months, as :func:`projections.engine.billing` evaluates them: every
+        month of the record but those that had not begun at ``as_of`` (practice time)."""
+        ctx = PatientContext(patient, practice, catalog=self.catalog)
+        cutoff = None if self.as_of is None else epoch(self.as_of)
+        for m in ctx.months():
+            if cutoff is not None and month_bounds(m, practice.timezone)[0] > cutoff:
+                continue
+            self.stats.patient_months += 1
+            # no memo of verdicts: here it cost time and memory (docs/performance.md)
+            yield ctx.month(m)
+
     def billing(self) -> Iterator[MonthBilling]:
         """Every patient-month's billing, sorted by org, patient, month (as ``replay``)."""
-        self.prepare()
-        fetch = self.con.execute
-        practices = {
-            org: Practice(tz, facility)
-            for org, tz, facility in fetch("SELECT org_id, tz, facility FROM orgs").fetchall()
-        }
-        patients = _PatientTable(self.con)
-        month_flags: dict[tuple[str, str, str], set[str]] = {}
-        for org, pid, month, flags in fetch(
-            """SELECT org_id, patient_id, month, list(DISTINCT flag) FROM (
-                 SELECT org_id, patient_id, month, unnest([
-                   CASE WHEN cross_month THEN 'cross_month_split' END,
-                   CASE WHEN ex_f2f AND f2f THEN 'face_to_face_excluded' END,
-                   CASE WHEN NOT (ex_f2f AND f2f) AND role = 'non_clinical'
-                        THEN 'non_clinical_staff_excluded' END]) AS flag
-                 FROM pieces ANTI JOIN hard USING (org_id, patient_id, month))
-               WHERE flag IS NOT NULL GROUP BY ALL"""
-        ).fetchall():
-            month_flags[(org, pid, month)] = set(flags)
-        simple: dict[tuple[str, str, str], list[tuple[Any, ...]]] = {}
-        for row in fetch(
-            """SELECT org_id, patient_id, month, program, practitioner_id, concurrent, p, s_sum,
-                      s_union, t_union, interactive, cut FROM pool_time"""
-        ).fetchall():
-            simple.setdefault((row[0], row[1], row[2]), []).append(row[3:])
-        hard_acts: dict[tuple[str, str], dict[str, list[Activity]]] = {}
-        for row in fetch(
-            """SELECT DISTINCT p.org_id, p.patient_id, p.month, p.activity_id, p.seq,
-                      p.staff_id, p.role, p.practitioner_id, p.program, p.start_s, p.end_s,
-                      p.f2f, p.interactive
-               FROM pieces p SEMI JOIN hard USING (org_id, patient_id, month)"""
-        ).fetchall():
-            act = Activity(
-                activity_id=row[3],
-                seq=row[4],
-                staff_id=row[5],
-                role=row[6],
-                practitioner_id=row[7],
-                program=row[8],
-                start=row[9],
-                end=row[10],
-                face_to_face=row[11],
-                interactive=row[12],
-            )
-            hard_acts.setdefault((row[0], row[1]), {}).setdefault(row[2], []).append(act)
-        activity_months: dict[tuple[str, str], list[str]] = {}
-        for org, pid, month in fetch(
-            "SELECT DISTINCT org_id, patient_id, month FROM spans"
-        ).fetchall():
-            activity_months.setdefault((org, pid), []).append(month)
+        practices = self.practices()
+        for patient in self.patients():
+            yield from self.bill(patient, practices.get(patient.org_id) or Practice())
 
-        cutoff = None if self.as_of is None else epoch(self.as_of)
-        for key, patient, days in patients:
-            practice = practices.get(key[0]) or Practice()
-            tz = practice.timezone
-            hard = hard_acts.get(key, {})
-            by_month: dict[str, list[Activity]] = {m: [] for m in activity_months.get(key, ())}
-            by_month.update(hard)
-            ctx = PatientContext(
-                patient, practice, days=days, by_month=by_month, catalog=self.catalog
-            )
-            for m in ctx.months():
-                if cutoff is not None and month_bounds(m, tz)[0] > cutoff:
-                    continue
-                self.stats.patient_months += 1
-                if m in hard:
-                    self.stats.core_accounted += 1
-                    yield ctx.month(m)
-                elif m in by_month:  # activity in the month, accounted in SQL
-                    self.stats.sql_accounted += 1
-                    pm = (key[0], key[1], m)
-                    yield ctx.month_from_time(
-                        _month_time(m, tz, simple.get(pm, []), month_flags.get(pm, set()))
-                    )
-                else:  # readings, periods or APCM only: no time to account
-                    yield ctx.month(m)
+
+def _add_activities(state: PatientState, rows: _Rows) -> None:
+    """In ``seq`` order, the order of the ledger's dict (a first logging inserts, an
+    amendment replaces in place, a void removes so that the next logging inserts anew)."""
+    acts = state.activities
+    for _, _, aid, seq, staff, role, pract, program, start, end, f2f, interactive in rows:
+        acts[aid] = Activity(aid, seq, staff, role, pract, program, start, end, f2f, interactive)
+
+
+def _add_documents(state: PatientState, rows: _Rows) -> None:
+    """In log order, each type into its list as the ledger's handler appends it."""
+    for _, _, seq, typ, program, pract, on, kind, qmb, cx, recorded, n, setting, adm, dis in rows:
+        if typ == "consent.recorded" or typ == "consent.revoked":
+            state.consents.append(ConsentEntry(seq, program, pract, typ == "consent.revoked", on))
+        elif typ == "care_plan.recorded":
+            state.care_plans.append((seq, program, on, cx))
+        elif typ == "conditions.recorded":
+            state.conditions.append((seq, recorded, n))
+        elif typ == "enrollment.recorded":
+            state.enrollments.append(EnrollmentEntry(seq, program, pract, on, bool(qmb)))
+        elif typ == "visit.recorded":
+            state.visits.append((pract, on, kind))
+        else:  # stay.recorded
+            state.stays.append((setting, adm, dis))
+
+
+def _add_readings(state: PatientState, rows: _Rows) -> None:
+    for _, _, program, quarters in rows:
+        state.readings[program] = set(quarters)
 
 
 def stages() -> tuple[str, ...]:
     """The SQL stages of a replay, in order (for :meth:`ArchiveReplay.prepare`)."""
     return _STAGES
+
+
+def share_memory_mb(shares: int) -> int:
+    """DuckDB's memory limit for one of ``shares`` shares of a ``replay_views``."""
+    return min(_memory_mb() * 7 // 10, max(REPLAY_MEMORY_MB // shares, 256))
 
 
 def _memory_mb() -> int:
@@ -499,94 +449,6 @@ def _memory_mb() -> int:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2**20
     except (ValueError, OSError, AttributeError):
         return 4096
-
-
-def _month_time(month: str, tz: str, pools: list[tuple[Any, ...]], flags: set[str]) -> MonthTime:
-    """The accounted time of a month SQL accounted: pools carry their seconds (memoised)
-    but no intervals and no per-activity detail, which is all billing needs; anything
-    that reads intervals (claim dates of service, the audit) must use the core's
-    :func:`projections.accounting.account` instead."""
-    lo, hi = month_bounds(month, tz)
-    mt = MonthTime(month, lo, hi, set(flags))
-    for program, practitioner, concurrent, p, s_sum, s_union, t_union, interactive, cut in pools:
-        pool = Pool(program, practitioner, interactive=bool(interactive))
-        individual = p + s_sum
-        if concurrent == "sum":
-            pool._memo = (concurrent, (p, s_sum, individual, False))
-        else:
-            pool._memo = (concurrent, (p, s_union, t_union, individual > t_union))
-            if individual > t_union:
-                mt.flags.add("concurrent_staff_time")
-        if cut:
-            mt.flags.add("consent_after_activity")
-        mt.pools[(program, practitioner)] = pool
-    return mt
-
-
-class _PatientTable:
-    """Per patient, in (org, patient) order: documentation and reading days from SQL."""
-
-    def __init__(self, con: Any) -> None:
-        self.con = con
-
-    def __iter__(self) -> Iterator[tuple[tuple[str, str], PatientState, dict[str, set[date]]]]:
-        fetch = self.con.execute
-        keys = fetch(
-            "SELECT DISTINCT org_id, patient_id FROM ev WHERE patient_id IS NOT NULL "
-        ).fetchall()
-        keys.sort()
-        docs: dict[tuple[str, str], PatientState] = {}
-
-        def state(org: str, pid: str) -> PatientState:
-            p = docs.get((org, pid))
-            if p is None:
-                p = docs[(org, pid)] = PatientState(org, pid)
-            return p
-
-        for org, pid, seq, typ, program, pract, on, kind, qmb in fetch(
-            """SELECT org_id, patient_id, ord, type, program, practitioner_id, "on", kind, qmb
-               FROM ev WHERE type IN ('consent.recorded', 'consent.revoked',
-                                      'enrollment.recorded', 'visit.recorded')
-               ORDER BY ord"""
-        ).fetchall():
-            p = state(org, pid)
-            if typ == "enrollment.recorded":
-                p.enrollments.append(EnrollmentEntry(seq, program, pract, on, bool(qmb)))
-            elif typ == "visit.recorded":
-                p.visits.append((pract, on, kind))
-            else:
-                p.consents.append(ConsentEntry(seq, program, pract, typ == "consent.revoked", on))
-        for org, pid, seq, program, on, cx in fetch(
-            """SELECT org_id, patient_id, ord, program, "on", complexity FROM ev
-               WHERE type = 'care_plan.recorded' ORDER BY ord"""
-        ).fetchall():
-            state(org, pid).care_plans.append((seq, program, on, cx))
-        for org, pid, seq, recorded, count in fetch(
-            """SELECT org_id, patient_id, ord, fdiv(epoch_us(recorded_at), 1000000),
-                      chronic_count
-               FROM ev WHERE type = 'conditions.recorded' ORDER BY ord"""
-        ).fetchall():
-            state(org, pid).conditions.append((seq, recorded, count))
-        for org, pid, setting, a, d in fetch(
-            """SELECT org_id, patient_id, setting, admitted_on, discharged_on FROM ev
-               WHERE type = 'stay.recorded' ORDER BY ord"""
-        ).fetchall():
-            state(org, pid).stays.append((setting, a, d))
-        days: dict[tuple[str, str], dict[str, set[date]]] = {}
-        for org, pid, program, ds in fetch(
-            """WITH q AS (
-                 SELECT DISTINCT e.org_id, e.patient_id, e.program,
-                        fdiv(epoch_us(e.taken_at), 900000000) * 900 AS t, o.tz
-                 FROM ev e JOIN orgs o USING (org_id) WHERE e.type = 'device.reading')
-               SELECT q.org_id, q.patient_id, q.program, list(DISTINCT d.day)
-               FROM q ASOF JOIN days d ON d.tz = q.tz AND q.t >= d.lo
-               GROUP BY ALL"""
-        ).fetchall():
-            days.setdefault((org, pid), {})[program] = set(ds)
-            # the fold keeps readings for the device-period bookkeeping only via days
-        for org, pid in keys:
-            key = (org, pid)
-            yield key, docs.get(key) or PatientState(org, pid), days.get(key, {})
 
 
 def _empty_cols() -> str:
@@ -621,15 +483,30 @@ def replay_archive(
 
 
 def _shard_views(
-    source: Path, as_of: datetime | None, shard: tuple[int, int], catalog: RuleCatalog
-) -> tuple[bytes, ReplayStats]:
-    """One worker process's share: its patient-months' views as sorted JSON lines."""
-    run = ArchiveReplay(source, as_of, threads=1, shard=shard, catalog=catalog)
+    source: Path,
+    as_of: datetime | None,
+    shard: tuple[int, int] | None,
+    catalog: RuleCatalog,
+    out: Path,
+) -> ReplayStats:
+    """One worker process's share (``None``: everything, in this process): its
+    patient-months' views as sorted JSON lines in ``out``, written as they come."""
+    shares = 1 if shard is None else shard[1]
+    run = ArchiveReplay(
+        source,
+        as_of,
+        threads=1 if shard else None,
+        shard=shard,
+        catalog=catalog,
+        memory_mb=share_memory_mb(shares),
+    )
     try:
-        lines = [orjson.dumps(b.view()) for b in run.billing()]
+        with out.open("wb") as f:
+            for b in run.billing():
+                f.write(orjson.dumps(b.view(), option=orjson.OPT_APPEND_NEWLINE))
     finally:
         run.close()
-    return b"\n".join(lines), run.stats
+    return run.stats
 
 
 def replay_views(
@@ -640,22 +517,45 @@ def replay_views(
 ) -> tuple[Iterator[dict[str, Any]], ReplayStats]:
     """The ``caretally replay`` view of every patient-month, sorted by org, patient and
     month, computed by ``workers`` processes (default: one per CPU), each replaying a
-    share of the patients; practice-wide events go to every share."""
+    share of the patients; practice-wide events go to every share. The shares' views
+    wait in temporary files (removed once the views are read, or with the iterator), so
+    no process holds them all."""
     n = workers or os.cpu_count() or 1
-    if n == 1:
-        billings, stats = replay_archive(source, as_of, catalog=catalog)
-        return (b.view() for b in billings), stats
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(n) as pool:
-        parts = pool.starmap(_shard_views, [(source, as_of, (k, n), catalog) for k in range(n)])
-    stats = ReplayStats(practice_events=parts[0][1].practice_events)
-    for _, st in parts:
-        for name in ("applied", "patient_months", "sql_accounted", "core_accounted", "over_limit"):
-            setattr(stats, name, getattr(stats, name) + getattr(st, name))
+    tmp = tempfile.TemporaryDirectory(prefix="caretally-views-")
+    paths = [Path(tmp.name) / f"share-{k}.jsonl" for k in range(n)]
+    try:
+        if n == 1:
+            parts = [_shard_views(source, as_of, None, catalog, paths[0])]
+        else:
+            with multiprocessing.get_context("spawn").Pool(n) as pool:
+                parts = pool.starmap(
+                    _shard_views,
+                    [(source, as_of, (k, n), catalog, paths[k]) for k in range(n)],
+                )
+    except BaseException:
+        tmp.cleanup()
+        raise
+    stats = ReplayStats(practice_events=parts[0].practice_events)
+    for st in parts:
+        for f in dataclasses.fields(ReplayStats):
+            if f.name != "practice_events":
+                setattr(stats, f.name, getattr(stats, f.name) + getattr(st, f.name))
     stats.applied -= (n - 1) * stats.practice_events  # once, not once per share
-    streams = [(orjson.loads(line) for line in blob.split(b"\n") if line) for blob, _ in parts]
-    merged = heapq.merge(*streams, key=lambda v: (v["org_id"], v["patient_id"], v["month"]))
-    return merged, stats
+    return _merged(tmp, paths), stats
+
+
+def _merged(tmp: tempfile.TemporaryDirectory[str], paths: list[Path]) -> Iterator[dict[str, Any]]:
+    """The shares' sorted views merged in (org, patient, month) order; then ``tmp`` goes."""
+    try:
+        with contextlib.ExitStack() as files:
+            streams = [
+                (orjson.loads(line) for line in files.enter_context(p.open("rb"))) for p in paths
+            ]
+            yield from heapq.merge(
+                *streams, key=lambda v: (v["org_id"], v["patient_id"], v["month"])
+            )
+    finally:
+        tmp.cleanup()
 
 
 __all__ = ["ArchiveReplay", "ReplayStats", "replay_archive", "replay_views"]

@@ -1,13 +1,15 @@
-"""``caretally replay``: billing per patient-month from an NDJSON log or the archive, offline."""
+"""``caretally replay``: billing per patient-month (or, with ``--alerts``, the alerts) from an
+NDJSON or CSV log or the archive, offline."""
 
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
-from collections.abc import Iterable
-from datetime import datetime
+from collections.abc import Iterable, Iterator
+from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import click
 
@@ -23,8 +25,27 @@ from streams.cli.options import (
 from streams.cli.output import output_stream
 from streams.cli.progress import ProgressBar, wanted
 
+if TYPE_CHECKING:
+    from streams.files.logfile import Line
 
-@click.command(short_help="Replay an event log or the archive offline: billing per patient-month.")
+
+def parse_day(_ctx: click.Context, _param: click.Parameter, value: str | None) -> date | None:
+    """``--today DATE``: a calendar day, ``YYYY-MM-DD``."""
+    if value is None:
+        return None
+    try:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+            raise ValueError(value)
+        return date.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not a date; write YYYY-MM-DD, e.g. 2025-03-26"
+        ) from None
+
+
+@click.command(
+    short_help="Replay an event log or the archive offline: billing per patient-month, or alerts."
+)
 @input_option(
     "an NDJSON (one wire-contract event per line) or CSV file in log order, plain or "
     "gzip-compressed, - for stdin; or the Parquet archive written by `caretally archive` "
@@ -35,15 +56,34 @@ from streams.cli.progress import ProgressBar, wanted
 @input_format_option
 @as_of_option
 @format_option(
-    ("json", "table", "csv"), "json", "json: one object per line; csv; table: human-readable."
+    ("json", "table", "csv"),
+    "json",
+    "json: one object per line (with --alerts, each as on care.alerts.v1); csv (with a header "
+    "row); table: human-readable.",
 )
 @output_option
+@click.option(
+    "--alerts",
+    is_flag=True,
+    help="Print the alerts the events raise instead of billing: each exactly as the worker "
+    "puts it on care.alerts.v1 (same alert_id, kind, patient-month, code and text, "
+    "staff_overlap and late_activity included), in log order.",
+)
+@click.option(
+    "--today",
+    callback=parse_day,
+    metavar="DATE",
+    help="With --alerts: after the replay, run the worker's daily threshold_approaching "
+    "sweep as on DATE (YYYY-MM-DD, the practices' local day) over the month containing "
+    "it. Without it no threshold_approaching alert is printed.",
+)
 @click.option(
     "--workers",
     type=click.IntRange(min=1),
     default=None,
     metavar="N",
-    help="Archive only: processes sharing the replay (each takes a share of the patients). "
+    help="Archive only, billing only (not with --alerts): processes sharing the replay "
+    "(each takes a share of the patients). "
     "Default: one per CPU.",
 )
 @no_progress_option
@@ -53,19 +93,29 @@ def replay(
     as_of: datetime | None,
     fmt: str,
     output: Path | None,
+    alerts: bool,
+    today: date | None,
     workers: int | None,
     no_progress: bool,
 ) -> None:
-    """Replay events offline (no broker) and print billing per patient-month.
+    """Replay events offline (no broker) and print billing per patient-month, or alerts.
 
-    One line per patient-month, sorted by org, patient, month:
+    Billing: one line per patient-month, sorted by org, patient, month:
     minutes per program, billable codes and units, blocked codes with reasons,
     flags (docs/rules.md §6.3) and the estimated national payment. With --as-of,
     months that had not begun at TS are left out.
 
-    A file (or stdin) is folded event by event. The Parquet archive is replayed by
-    DuckDB (idempotency, activity versions, months, interval accounting in SQL) with
-    the same rules in Python for every patient-month; both give the same lines.
+    A file (or stdin) is folded event by event. The Parquet archive is scanned by
+    DuckDB (log order, idempotency, current activity versions) and each patient's
+    record goes through the same accounting and rules; both give the same lines.
+
+    With --alerts, the alerts the events raise, in log order, each as the worker sends
+    it to care.alerts.v1 (the same alert_id, kind, patient-month, code and text): which
+    alerts fired, after which event (cause_event_id), and why (detail). The file or
+    the archive (in its canonical order) is folded by the worker's own fold, one
+    event at a time; --as-of leaves out events recorded after TS. The clock-driven
+    threshold_approaching comes only with --today DATE: the worker's daily sweep, run
+    once after the replay as on that day.
 
     Bad lines (or CSV rows) are reported on stderr with their line number and skipped;
     the exit code is 3 if there were any, 0 otherwise.
@@ -78,17 +128,39 @@ def replay(
       caretally replay --input events.csv.gz --format table
       my-ehr-export | caretally replay --input - --as-of 2025-04-01T00:00:00Z
       caretally replay --input data/archive --format table --output billing.txt
+      caretally replay --alerts --input events.ndjson --format table
+      caretally replay --alerts --input data/archive --as-of 2025-04-01T00:00:00Z --format csv
+      caretally replay --alerts --input events.ndjson --today 2025-03-26
     """
     from streams.archive.store import is_archive
 
+    if today is not None and not alerts:
+        raise click.UsageError(
+            "--today is the day of the threshold_approaching sweep, which only --alerts "
+            "runs: add --alerts, or leave --today out"
+        )
+    if alerts and workers is not None:
+        raise click.UsageError(
+            "--workers shares the billing replay of an archive; --alerts folds the events "
+            "in log order in one process: leave --workers out"
+        )
     show = wanted(no_progress)
-    if is_archive(input_path):
-        _replay_archive(input_path, as_of, fmt, output, workers, show)
-        return
-    if input_path.is_dir():
+    archive = is_archive(input_path)
+    if not archive and input_path.is_dir():
         raise click.UsageError(
             f"{input_path} is a directory but not an archive (no _committed/ or org=*/ in it)"
         )
+    if alerts:
+        # json and csv are written as the events are read: no bar over them on a terminal
+        show = show and (output is not None or fmt == "table" or not sys.stdout.isatty())
+        if archive:
+            _alerts_of_archive(input_path, as_of, today, fmt, output, show)
+        else:
+            _alerts_of_log(str(input_path), input_format, as_of, today, fmt, output, show)
+        return
+    if archive:
+        _replay_archive(input_path, as_of, fmt, output, workers, show)
+        return
     _replay_log(str(input_path), input_format, as_of, fmt, output, show)
 
 
@@ -104,6 +176,7 @@ def _replay_log(
     from streams.files.logfile import BadLine, fold_lines, reporting
     from streams.ingest.csv_events import CsvHeaderError
     from streams.ingest.sources import DecompressedTooLarge, event_lines, open_source
+    from streams.worker.heap import tune_for_large_heap
 
     with contextlib.ExitStack() as stack:
         try:
@@ -121,6 +194,7 @@ def _replay_log(
         def report(bad: BadLine) -> None:
             bar.say(f"{source.name}:{bad.line}: rejected: {bad.reason}")
 
+        tune_for_large_heap()
         try:
             ledger, stats = fold_lines(lines, as_of=as_of, on_bad=report)
         except DecompressedTooLarge as exc:
@@ -155,9 +229,8 @@ def _replay_archive(
     if stats.applied == 0:
         click.echo(f"warning: the archive at {path} holds no events", err=True)
     click.echo(
-        f"replayed the archive: {stats.applied} event(s), {stats.patient_months} "
-        f"patient-month(s) ({stats.sql_accounted} accounted in SQL, {stats.core_accounted} "
-        "by the core)",
+        f"replayed the archive: {stats.applied} event(s), {stats.patients} patient(s), "
+        f"{stats.patient_months} patient-month(s)",
         err=True,
     )
     if stats.over_limit:
@@ -179,3 +252,119 @@ def _write_views(views: Iterable[dict[str, Any]], fmt: str, output: Path | None)
             write_csv(views, out)
         else:
             write_table(views, out)
+
+
+def _alerts_of_log(
+    path: str,
+    input_format: str,
+    as_of: datetime | None,
+    today: date | None,
+    fmt: str,
+    output: Path | None,
+    show: bool,
+) -> None:
+    from streams.files.logfile import BadLine, reporting
+    from streams.ingest.csv_events import CsvHeaderError
+    from streams.ingest.sources import DecompressedTooLarge, event_lines, open_source
+    from streams.worker.alert_replay import AlertStats, replay_alerts
+
+    stats = AlertStats()
+    with contextlib.ExitStack() as stack:
+        try:
+            source = open_source(path, stack)
+            lines = event_lines(source, input_format)
+        except CsvHeaderError as exc:
+            raise click.UsageError(f"{path}: CSV header: {exc}") from None
+        except (OSError, EOFError) as exc:
+            raise click.UsageError(f"cannot read {path}: {exc}") from None
+        out = stack.enter_context(output_stream(output, f"{fmt} alerts"))  # closed after the bar
+        label = f"replaying {Path(source.name).name}"
+        bar = stack.enter_context(ProgressBar(label, show, source.size, "bytes"))
+        if show and source.position is not None:
+            lines = reporting(lines, source.position, bar.update)
+
+        def report(bad: BadLine) -> None:
+            bar.say(f"{source.name}:{bad.line}: rejected: {bad.reason}")
+
+        values = replay_alerts(_reading(lines), as_of, today, report, stats)
+        try:
+            _write_alerts(values, fmt, out)  # as the lines are read
+        except _ReadFailed as failed:
+            if isinstance(failed.error, DecompressedTooLarge):
+                fail(f"{source.name}: {failed.error}")
+            fail(f"reading {source.name} failed: {failed.error}")
+    if stats.records == 0:
+        click.echo(f"warning: {source.name} holds no events", err=True)
+    click.echo(
+        f"replayed {stats.records} line(s): {stats.applied} applied, {stats.duplicates} "
+        f"duplicate, {stats.skipped_as_of} after --as-of, {stats.bad} rejected; "
+        f"{stats.alerts} alert(s)",
+        err=True,
+    )
+    if stats.bad:
+        sys.exit(EXIT_BAD_LINES)
+
+
+def _alerts_of_archive(
+    path: Path,
+    as_of: datetime | None,
+    today: date | None,
+    fmt: str,
+    output: Path | None,
+    show: bool,
+) -> None:
+    from streams.archive.store import read_raw
+    from streams.files.logfile import BadLine
+    from streams.worker.alert_replay import AlertStats, replay_alerts
+
+    stats = AlertStats()
+    with (
+        output_stream(output, f"{fmt} alerts") as out,
+        ProgressBar("replaying the archive", show) as bar,  # of unknown length: it pulses
+    ):
+
+        def report(bad: BadLine) -> None:
+            bar.say(f"{path}: archived event {bad.line} (canonical order): rejected: {bad.reason}")
+
+        records = enumerate(read_raw(path, as_of=as_of), 1)  # recorded at or before as_of
+        _write_alerts(replay_alerts(records, as_of, today, report, stats), fmt, out)
+    if stats.records == 0:
+        known = " recorded at or before --as-of" if as_of is not None else ""
+        click.echo(f"warning: the archive at {path} holds no events{known}", err=True)
+    click.echo(
+        f"replayed the archive: {stats.records} event(s): {stats.applied} applied, "
+        f"{stats.duplicates} duplicate, {stats.bad} rejected; {stats.alerts} alert(s)",
+        err=True,
+    )
+    if stats.bad:
+        sys.exit(EXIT_BAD_LINES)
+
+
+class _ReadFailed(Exception):
+    """Reading the input failed (not writing the output, which goes on meanwhile)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _reading(lines: Iterable[Line]) -> Iterator[Line]:
+    """``lines``, with an error in reading them raised as :class:`_ReadFailed`."""
+    from streams.ingest.sources import DecompressedTooLarge
+
+    try:
+        yield from lines
+    except (DecompressedTooLarge, OSError, EOFError) as exc:
+        raise _ReadFailed(exc) from exc
+
+
+def _write_alerts(values: Iterator[bytes], fmt: str, out: TextIO) -> None:
+    """Write the alerts as they come (the table: once all are in)."""
+    from streams.render.alerts import write_csv, write_json_lines, write_table
+
+    if fmt == "json":
+        write_json_lines(values, out)
+    elif fmt == "csv":
+        write_csv(values, out)
+    else:
+        write_table(values, out)
