@@ -5,17 +5,42 @@ log.practice(timezone="America/New_York")
 log.consent("P-1", "ccm", on="2025-03-01")
 log.activity("P-1", "a1", "2025-03-03T10:00:00-05:00", 20)
 views = log.replay()            # {(patient, month): view dict}
+
+``replay``, ``billing`` and ``view`` compute with the current engine (support.engines: the
+fold by default); the ``engine`` fixture of tests/unit/conftest.py switches it per test.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
 import orjson
 
-from projections.engine import Projector, replay
+from projections.billing import MonthBilling
+from projections.engine import Projector
 from schemas.events import Event, parse_event
+from support.engines import FOLD, Engine
+
+_engine: Engine = FOLD
+
+
+def current_engine() -> Engine:
+    return _engine
+
+
+@contextmanager
+def using(engine: Engine) -> Iterator[Engine]:
+    """Make :meth:`Log.replay`, :meth:`Log.billing` and :meth:`Log.view` compute with
+    ``engine`` inside the block (the fold again after it)."""
+    global _engine
+    previous, _engine = _engine, engine
+    try:
+        yield engine
+    finally:
+        _engine = previous
 
 
 class Log:
@@ -56,10 +81,13 @@ class Log:
         return [parse_event(orjson.dumps(e)) for e in self.raw]
 
     def replay(self, as_of: datetime | None = None) -> dict[tuple[str, str], dict[str, Any]]:
-        return {(b.patient_id, b.month): b.view() for b in replay(self.events(), as_of=as_of)}
+        """``{(patient, month): view}`` as the current engine computes it."""
+        return {(b.patient_id, b.month): b.view() for b in self.billing(as_of)}
 
-    def billing(self, as_of: datetime | None = None):  # -> list[MonthBilling]
-        return replay(self.events(), as_of=as_of)
+    def billing(self, as_of: datetime | None = None) -> list[MonthBilling]:
+        """Every patient-month's billing as the current engine computes it."""
+        raws = [orjson.dumps(e) for e in self.raw]
+        return _engine.billing([parse_event(r) for r in raws], raws, as_of)
 
     def view(self, patient: str, month: str) -> dict[str, Any]:
         return self.replay()[(patient, month)]

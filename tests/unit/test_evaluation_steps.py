@@ -4,6 +4,11 @@ Section and rule ids (§6.2 step N, G1, G9, D-7, ...) refer to docs/rules.md.
 Every scenario is built with :class:`support.builders.Log` and checked on the public view
 (``caretally replay`` line): minutes per program, billable and blocked codes with units
 and reasons, and flags named exactly as docs/rules.md §6.3.
+
+Every scenario runs on each engine (the fold, the Projector stepped event by event, the
+archive replay: the ``engine`` fixture, tests/unit/conftest.py). The few tests about one
+engine's internals (the ledger's outcomes, Projector steps, the per-activity accounting
+detail only the fold keeps) are marked ``single_engine`` and run once.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from projections.engine import Projector, replay
 from projections.ledger import Ledger, Status
 from schemas.events import parse_event
 from support.builders import Log
+
+pytestmark = pytest.mark.usefixtures("engine")  # every engine: tests/unit/conftest.py
 
 P = "P-1"
 MARCH = (P, "2025-03")
@@ -45,18 +52,6 @@ def test_step1_same_event_id_same_body_is_a_noop() -> None:
     log = ccm_log()
     log.activity(P, "a1", "2025-03-03T10:00:00-05:00", 25)
     baseline = log.view(*MARCH)
-
-    events = log.events()
-    ledger = Ledger()
-    for ev in events:
-        assert ledger.apply(ev).status is Status.APPLIED
-    seq = ledger.seq
-    again = ledger.apply(parse_event(orjson.dumps(log.raw[-1])))
-    assert again.status is Status.DUPLICATE
-    assert again.reason == ""
-    assert ledger.seq == seq  # nothing was folded
-    assert list(ledger.patients[("o1", P)].activities) == ["a1"]
-
     log.raw.append(copy.deepcopy(log.raw[-1]))  # a redelivery in the log itself
     view = log.view(*MARCH)
     assert view == baseline
@@ -65,6 +60,39 @@ def test_step1_same_event_id_same_body_is_a_noop() -> None:
     assert "duplicate_event" not in view["flags"]
 
 
+@pytest.mark.single_engine
+def test_step1_the_ledger_folds_a_redelivery_as_nothing() -> None:
+    """§6.2 step 1: the ledger's outcome for the same event_id and body is DUPLICATE, with
+    no reason, and nothing is folded (its sequence does not move)."""
+    log = ccm_log()
+    log.activity(P, "a1", "2025-03-03T10:00:00-05:00", 25)
+    ledger = Ledger()
+    for ev in log.events():
+        assert ledger.apply(ev).status is Status.APPLIED
+    seq = ledger.seq
+    again = ledger.apply(parse_event(orjson.dumps(log.raw[-1])))
+    assert again.status is Status.DUPLICATE
+    assert again.reason == ""
+    assert ledger.seq == seq  # nothing was folded
+    assert list(ledger.patients[("o1", P)].activities) == ["a1"]
+
+
+def test_step1_a_conflicting_body_in_the_log_leaves_the_first_standing() -> None:
+    """§6.2 step 1 / DESIGN: a later event with the same event_id and another body changes
+    nothing in the view (the first body stands)."""
+    log = ccm_log()
+    log.activity(P, "a1", "2025-03-03T10:00:00-05:00", 25)
+    baseline = log.view(*MARCH)
+    changed = copy.deepcopy(log.raw[-1])
+    changed["data"]["minutes"] = 45
+    log.raw.append(changed)
+    view = log.view(*MARCH)
+    assert view == baseline
+    assert view["minutes"] == {"ccm": 25.0}  # 45 would earn 99439
+    assert view["billable"] == [{"code": "99490", "units": 1}]
+
+
+@pytest.mark.single_engine
 def test_step1_same_event_id_different_body_is_a_conflict() -> None:
     """§6.2 step 1 / DESIGN: the same event_id with a different body is rejected."""
     log = ccm_log()
@@ -236,9 +264,9 @@ def test_step3_face_to_face_and_non_clinical_time_excluded(
     assert view["flags"] == ["below_threshold:99490", flag]
 
 
-def test_step3_minutes_before_consent_date_excluded() -> None:
-    """§6.2 step 3, G10: minutes on dates before ``consent_on`` do not count
-    (``consent_after_activity``); the consent day itself counts from local midnight."""
+def _consent_on_the_10th() -> Log:
+    """A CCM patient consented on March 10, with minutes on the 9th, across midnight into
+    the 10th, and on the 10th."""
     log = Log()
     log.practice()
     log.conditions(P)
@@ -248,11 +276,25 @@ def test_step3_minutes_before_consent_date_excluded() -> None:
     log.activity(P, "a1", "2025-03-09T10:00:00-04:00", 20)  # the 9th: excluded
     log.activity(P, "a2", "2025-03-09T23:50:00-04:00", 20)  # 10 min on the 9th, 10 on the 10th
     log.activity(P, "a3", "2025-03-10T12:00:00-04:00", 15)  # the 10th: counts
-    [b] = log.billing()
+    return log
+
+
+def test_step3_minutes_before_consent_date_excluded() -> None:
+    """§6.2 step 3, G10: minutes on dates before ``consent_on`` do not count
+    (``consent_after_activity``); the consent day itself counts from local midnight."""
+    [b] = _consent_on_the_10th().billing()
     view = b.view()
     assert view["minutes"] == {"ccm": 25.0}
     assert view["billable"] == [{"code": "99490", "units": 1}]
     assert view["flags"] == ["consent_after_activity"]
+
+
+@pytest.mark.single_engine
+def test_step3_pre_consent_seconds_per_activity() -> None:
+    """§6.2 step 3, G10: the seconds each activity loses before consent, from the
+    accounting's per-activity detail (the fold's; the archive replay keeps no
+    per-activity detail for months SQL accounted, streams/archive/replay.py)."""
+    [b] = replay(_consent_on_the_10th().events())
     assert b.time is not None
     excluded = {at.activity.activity_id: at.excluded for at in b.time.activities}
     assert excluded == {
@@ -679,8 +721,10 @@ def test_step9_different_practitioners_flagged_for_every_code_pair(
     log.care_plan(P, "pcm")
     log.consent(P)
     log.consent(P, "pcm", practitioner="DR-2")
-    ccm_staff = {"staff": "DR-1", "role": "physician"} if ccm_physician else {}
-    pcm_staff = {"staff": "DR-2", "role": "physician"} if pcm_physician else {"staff": "RN-2"}
+    ccm_staff: dict[str, Any] = {"staff": "DR-1", "role": "physician"} if ccm_physician else {}
+    pcm_staff: dict[str, Any] = (
+        {"staff": "DR-2", "role": "physician"} if pcm_physician else {"staff": "RN-2"}
+    )
     log.activity(P, "a1", "2025-03-03T10:00:00-05:00", 35, **ccm_staff)
     log.activity(
         P, "p1", "2025-03-04T10:00:00-05:00", 35, program="pcm", practitioner="DR-2", **pcm_staff
@@ -903,6 +947,15 @@ def test_void_of_unknown_activity_is_harmless() -> None:
     before = log.replay()
     log.void(P, "never-logged")
     assert log.replay() == before
+
+
+@pytest.mark.single_engine
+def test_void_of_unknown_activity_steps_to_nothing() -> None:
+    """DESIGN: the Projector applies a void of an activity never logged with no previous
+    version, no alert and no changed month."""
+    log = ccm_log()
+    log.activity(P, "a1", "2025-03-03T10:00:00-05:00", 25)
+    log.void(P, "never-logged")
     proj = Projector()
     events = log.events()
     for ev in events[:-1]:

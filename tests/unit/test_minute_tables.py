@@ -8,6 +8,9 @@ Section and rule ids (§3.1, G3, D-4, step 7c ...) refer to docs/rules.md.
 Seconds matter (G3 "each unit requires its full time"): 19.99 minutes is 1199 s and
 does not meet a 20-minute threshold; the ``ended_at`` cases pin the same edges with
 start/end instants instead of a minutes figure.
+
+Every case runs on each engine (the fold, the Projector stepped event by event, the archive
+replay: the ``engine`` fixture, tests/unit/conftest.py), all held to the same table.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import pytest
 from projections.billing import evaluate
 from projections.engine import fold
 from support.builders import Log
+
+pytestmark = pytest.mark.usefixtures("engine")  # every engine: tests/unit/conftest.py
 
 TZ = ZoneInfo("America/New_York")
 MARCH_2025 = "2025-03"
@@ -90,7 +95,7 @@ def log_time(
         return
     chunks = split_seconds(round(minutes * 60), parts)
     for i, secs in enumerate(chunks):
-        who = (
+        who: dict[str, Any] = (
             {"staff": practitioner, "role": role}
             if personal
             else {"staff": STAFF[i], "role": "clinical_staff"}
@@ -114,8 +119,9 @@ def new_log() -> Log:
 
 
 def month_view(log: Log, patient: str, month: str) -> dict[str, Any]:
-    """The replayed view. A month with no activity at all is absent from replay (even an
-    APCM month: billing.patient_months), so it is evaluated explicitly."""
+    """The view the engine replays. A month the record says nothing of (no activity, no
+    enrollment in it: billing.patient_months) is absent from every engine's replay, so
+    the core evaluates it explicitly (only the no-activity row of the CCM table)."""
     views = log.replay()
     if (patient, month) in views:
         return views[(patient, month)]
@@ -882,10 +888,11 @@ def test_thresholds_to_the_second_with_ended_at(
 
 
 def apcm_patient(log: Log, conditions: list[str] | None, qmb: bool = False) -> None:
+    """Enrolled on March 1, so March is a month of the record that every engine replays."""
     if conditions is not None:
         log.conditions("P", conditions)
     log.consent("P", "apcm")
-    log.enrollment("P", "apcm", qmb=qmb)
+    log.enrollment("P", "apcm", on="2025-03-01", qmb=qmb)
     log.visit("P")
 
 
@@ -917,7 +924,7 @@ def test_apcm_requires_consent() -> None:
     """G10/§3.7: APCM needs consent (program apcm)."""
     log = new_log()
     log.conditions("P")
-    log.enrollment("P", "apcm")
+    log.enrollment("P", "apcm", on="2025-03-01")
     view = month_view(log, "P", MARCH_2025)
     check(view, {}, {"missing_consent"}, blocked_lines={"G0557": (1, {"missing_consent"})})
 

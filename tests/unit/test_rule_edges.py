@@ -1,6 +1,11 @@
 """Edge cases found in review, each pinned to the rule it protects.
 
-Rule ids refer to docs/rules.md and docs/design.md."""
+Rule ids refer to docs/rules.md and docs/design.md.
+
+Every scenario runs on each engine (the fold, the Projector stepped event by event, the
+archive replay: the ``engine`` fixture, tests/unit/conftest.py); the wire-contract tests,
+which never reach an engine, are marked ``single_engine`` and run once.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,10 @@ from datetime import date
 import pytest
 
 from projections.alerts import approaching
-from projections.engine import replay
 from schemas.events import EventRejected
 from support.builders import Log
+
+pytestmark = pytest.mark.usefixtures("engine")  # every engine: tests/unit/conftest.py
 
 P = "P-1"
 
@@ -181,6 +187,7 @@ def test_thresholds_need_the_full_time_to_the_second(started: str, kwargs: dict)
     assert view["minutes"]["ccm"] < 20
 
 
+@pytest.mark.single_engine
 def test_sentinel_dates_are_rejected_with_the_field_named() -> None:
     """Wire contract: a stay 'discharged' on 9999-12-31 is refused, not a crash later."""
     log = Log()
@@ -192,6 +199,7 @@ def test_sentinel_dates_are_rejected_with_the_field_named() -> None:
         log.events()
 
 
+@pytest.mark.single_engine
 def test_u_chapter_icd10_codes_are_accepted() -> None:
     """U09.9 (post-COVID condition) is a valid chronic ICD-10-CM code."""
     log = Log()
@@ -207,7 +215,7 @@ def test_approaching_names_the_physician_and_complex_base_codes() -> None:
     log.documented(P, complexity="high", plan_on="2025-03-02")
     log.activity(P, "p1", "2025-03-03T10:00:00-05:00", 25, staff="DR-1", role="physician")
     log.activity(P, "s1", "2025-03-04T10:00:00-05:00", 30)
-    (billing,) = [b for b in replay(log.events()) if b.month == "2025-03"]
+    (billing,) = [b for b in log.billing() if b.month == "2025-03"]
     codes = {a.code for a in approaching(billing, date(2025, 3, 27))}
     assert {"99491", "99487"} <= codes
 
@@ -296,7 +304,7 @@ def test_same_day_enrollments_resolve_to_the_later_logged() -> None:
     log.enrollment(P, on="2025-03-01", practitioner="DR-2")
     log.activity(P, "a1", "2025-03-10T10:00:00-04:00", 25, practitioner="DR-1", staff="RN-1")
     log.activity(P, "a2", "2025-03-11T10:00:00-04:00", 45, practitioner="DR-2", staff="RN-2")
-    (billing,) = [b for b in replay(log.events()) if b.month == "2025-03"]
+    (billing,) = [b for b in log.billing() if b.month == "2025-03"]
     assert {(ln.code, ln.practitioner_id) for ln in billing.billable} == {
         ("99490", "DR-2"),
         ("99439", "DR-2"),
