@@ -27,6 +27,7 @@ from streams.cli.progress import ProgressBar, wanted
 
 if TYPE_CHECKING:
     from streams.files.logfile import Line
+    from streams.ingest.sources import Source
 
 
 def parse_day(_ctx: click.Context, _param: click.Parameter, value: str | None) -> date | None:
@@ -173,23 +174,13 @@ def _replay_log(
     show: bool,
 ) -> None:
     from projections.engine import billing
-    from streams.files.logfile import BadLine, fold_lines, reporting
-    from streams.ingest.csv_events import CsvHeaderError
-    from streams.ingest.sources import DecompressedTooLarge, event_lines, open_source
+    from streams.files.logfile import BadLine, fold_lines
+    from streams.ingest.sources import DecompressedTooLarge
     from streams.worker.heap import tune_for_large_heap
 
     with contextlib.ExitStack() as stack:
-        try:
-            source = open_source(path, stack)
-            lines = event_lines(source, input_format)
-        except CsvHeaderError as exc:
-            raise click.UsageError(f"{path}: CSV header: {exc}") from None
-        except (OSError, EOFError) as exc:
-            raise click.UsageError(f"cannot read {path}: {exc}") from None
-        label = f"replaying {Path(source.name).name}"
-        bar = stack.enter_context(ProgressBar(label, show, source.size, "bytes"))
-        if show and source.position is not None:
-            lines = reporting(lines, source.position, bar.update)
+        source, lines = _open_lines(path, input_format, stack)
+        bar, lines = _progress(source, lines, show, stack)
 
         def report(bad: BadLine) -> None:
             bar.say(f"{source.name}:{bad.line}: rejected: {bad.reason}")
@@ -263,25 +254,15 @@ def _alerts_of_log(
     output: Path | None,
     show: bool,
 ) -> None:
-    from streams.files.logfile import BadLine, reporting
-    from streams.ingest.csv_events import CsvHeaderError
-    from streams.ingest.sources import DecompressedTooLarge, event_lines, open_source
+    from streams.files.logfile import BadLine
+    from streams.ingest.sources import DecompressedTooLarge
     from streams.worker.alert_replay import AlertStats, replay_alerts
 
     stats = AlertStats()
     with contextlib.ExitStack() as stack:
-        try:
-            source = open_source(path, stack)
-            lines = event_lines(source, input_format)
-        except CsvHeaderError as exc:
-            raise click.UsageError(f"{path}: CSV header: {exc}") from None
-        except (OSError, EOFError) as exc:
-            raise click.UsageError(f"cannot read {path}: {exc}") from None
+        source, lines = _open_lines(path, input_format, stack)
         out = stack.enter_context(output_stream(output, f"{fmt} alerts"))  # closed after the bar
-        label = f"replaying {Path(source.name).name}"
-        bar = stack.enter_context(ProgressBar(label, show, source.size, "bytes"))
-        if show and source.position is not None:
-            lines = reporting(lines, source.position, bar.update)
+        bar, lines = _progress(source, lines, show, stack)
 
         def report(bad: BadLine) -> None:
             bar.say(f"{source.name}:{bad.line}: rejected: {bad.reason}")
@@ -338,6 +319,35 @@ def _alerts_of_archive(
     )
     if stats.bad:
         sys.exit(EXIT_BAD_LINES)
+
+
+def _open_lines(
+    path: str, input_format: str, stack: contextlib.ExitStack[bool | None]
+) -> tuple[Source, Iterator[Line]]:
+    """The input file (or stdin) and its event lines; unreadable input is a usage error."""
+    from streams.ingest.csv_events import CsvHeaderError
+    from streams.ingest.sources import event_lines, open_source
+
+    try:
+        source = open_source(path, stack)
+        return source, event_lines(source, input_format)
+    except CsvHeaderError as exc:
+        raise click.UsageError(f"{path}: CSV header: {exc}") from None
+    except (OSError, EOFError) as exc:
+        raise click.UsageError(f"cannot read {path}: {exc}") from None
+
+
+def _progress(
+    source: Source, lines: Iterator[Line], show: bool, stack: contextlib.ExitStack[bool | None]
+) -> tuple[ProgressBar, Iterator[Line]]:
+    """A progress bar over the input's bytes, and the lines that move it."""
+    from streams.files.logfile import reporting
+
+    label = f"replaying {Path(source.name).name}"
+    bar = stack.enter_context(ProgressBar(label, show, source.size, "bytes"))
+    if show and source.position is not None:
+        lines = reporting(lines, source.position, bar.update)
+    return bar, lines
 
 
 class _ReadFailed(Exception):

@@ -7,8 +7,9 @@
   (:func:`streams.archive.store.write_events`) and replayed by DuckDB
   (:func:`streams.archive.replay.replay_archive`).
 
-All three must give the same billing for the same log (docs/design.md "One semantics, several engines");
-the ``engine`` fixture of tests/unit/conftest.py runs every table-driven scenario on each.
+All three must give the same billing for the same log (docs/design.md "One semantics,
+several engines"); the ``engine`` fixture of tests/unit/conftest.py runs every
+table-driven scenario on each.
 """
 
 from __future__ import annotations
