@@ -29,8 +29,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import orjson  # noqa: E402
-
-from benchmarks.replay import DEFAULT_SEED, cached_log_matches, default_log  # noqa: E402
+from replay import DEFAULT_SEED, cached_log_matches, default_log  # noqa: E402
 
 
 def digests(log: Path) -> dict[str, object]:
