@@ -378,7 +378,7 @@ class DocFacts:
     apcm: tuple[str, bool, int] | None  # (practitioner, qmb, conditions) of record
     records: tuple[tuple[str, str], ...]  # enrollments of record, latest first
     transition_window: bool  # an RHC/FQHC in the G0511 transition window
-    gates: tuple[tuple[str, str | None, tuple[str, ...]], ...]  # device and APCM lines'
+    gates: tuple[tuple[str, str | None, tuple[str, ...]], ...]  # device and APCM lines' gates
 
 
 @dataclass(frozen=True, slots=True)

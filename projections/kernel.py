@@ -8,8 +8,9 @@ that on every event makes an event cost the size of the patient's record. A
 only what an event touches:
 
 * a first logging of an activity is appended to the accounts of the months it spans
-  (``MonthAccount.append``: O(log n) when it comes last in claim order); an amendment
-  or a void re-accounts the months of both versions;
+  (``MonthAccount.append``: a bisect and a list insert, not a re-accounting, when it
+  comes last in claim order); an amendment or a void re-accounts the months of both
+  versions;
 * a reading on a new local day recomputes the periods of its program only;
 * a consent or a stay (which cut counted time) drops the accounts; other documentation
   keeps them and rebuilds the context's periods and consent cache;

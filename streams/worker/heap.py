@@ -3,8 +3,8 @@
 A fold keeps millions of long-lived objects (the ledger, the kernels, the views) and
 makes many short-lived ones per event. With CPython's default thresholds the collector
 runs every 700 allocations and, every so often, walks the whole heap: measured on the
-synthetic log (docs/performance.md "Where the kernel's time goes"), a third of
-``Projector.step``'s time. Raising the youngest generation's threshold keeps the
+synthetic log (docs/performance.md "Where the kernel's time goes"), about a
+quarter of ``Projector.step``'s time. Raising the youngest generation's threshold keeps the
 collector for real cycles (the fold makes few) and ``gc.freeze`` moves what was built so
 far (a loaded snapshot) out of every later collection.
 """

@@ -6,9 +6,8 @@ its tests then runs once per engine of :mod:`support.engines` (``fold``, ``proje
 with that engine. The engine is the first part of the test id:
 ``test_ccm_staff_track[archive-RULES 3.1 T 20-39 row: 20 min -> 99490]``.
 
-A test about one engine itself (ledger outcomes, Projector steps, accounting detail only
-the fold keeps) is marked ``single_engine``: it runs once, with the fold, and its id has
-no engine part.
+A test about one engine itself (ledger outcomes, Projector steps) is marked
+``single_engine``: it runs once, with the fold, and its id has no engine part.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ and reasons, and flags named exactly as docs/rules.md §6.3.
 
 Every scenario runs on each engine (the fold, the Projector stepped event by event, the
 archive replay: the ``engine`` fixture, tests/unit/conftest.py). The few tests about one
-engine's internals (the ledger's outcomes, Projector steps, the per-activity accounting
-detail only the fold keeps) are marked ``single_engine`` and run once.
+engine's internals (the ledger's outcomes, Projector steps) are marked ``single_engine``
+and run once.
 """
 
 from __future__ import annotations
@@ -289,12 +289,10 @@ def test_step3_minutes_before_consent_date_excluded() -> None:
     assert view["flags"] == ["consent_after_activity"]
 
 
-@pytest.mark.single_engine
 def test_step3_pre_consent_seconds_per_activity() -> None:
     """§6.2 step 3, G10: the seconds each activity loses before consent, from the
-    accounting's per-activity detail (the fold's; the archive replay keeps no
-    per-activity detail for months SQL accounted, streams/archive/replay.py)."""
-    [b] = replay(_consent_on_the_10th().events())
+    accounting's per-activity detail (every engine keeps it: one accounting)."""
+    [b] = _consent_on_the_10th().billing()
     assert b.time is not None
     excluded = {at.activity.activity_id: at.excluded for at in b.time.activities}
     assert excluded == {
