@@ -106,7 +106,8 @@ class MonthBilling:
     verdict: Verdict | None = field(default=None, repr=False, compare=False)
 
     def same_view(self, other: MonthBilling) -> bool:
-        """Whether :meth:`view` of both is equal (cheaply when one verdict made both)."""
+        """Whether :meth:`view` of both is equal, for two billings of one patient-month
+        (cheaply when one verdict made both: then only the minutes can differ)."""
         if self.verdict is not None and self.verdict is other.verdict:
             return self.minutes == other.minutes and self.month == other.month
         return self.view() == other.view()
@@ -185,7 +186,7 @@ def activities_by_month(patient: PatientState, tz: str) -> dict[str, list[Activi
     return by_month
 
 
-def _periods(
+def device_periods(
     patient: PatientState, family: str, days: set[date], ordered: list[date] | None = None
 ) -> list[tuple[date, date, int, int]]:
     """(start, end inclusive, index in episode, transmission days) of every 30-day period
@@ -241,7 +242,7 @@ class PatientContext:
         self.practice = practice
         self.tz = practice.timezone
         self.days = reading_days(patient, self.tz) if days is None else days
-        self.periods = {fam: _periods(patient, fam, d) for fam, d in self.days.items()}
+        self.periods = {fam: device_periods(patient, fam, d) for fam, d in self.days.items()}
         self.consent_cache: dict[tuple[str, str], list[Interval] | None] = {}
         self.by_month = activities_by_month(patient, self.tz) if by_month is None else by_month
         self._months: list[str] | None = None

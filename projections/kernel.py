@@ -34,8 +34,8 @@ from projections.billing import (
     MonthBilling,
     PatientContext,
     Verdicts,
-    _periods,
     activities_by_month,
+    device_periods,
     reading_days,
 )
 from projections.calendar import local_day, month_of_date, months_spanned
@@ -101,7 +101,7 @@ class PatientKernel:
             insort(ordered, day)
         ctx = self.ctx
         before = _holding(ctx.periods.get(program, ()), day)
-        periods = ctx.periods[program] = _periods(self.patient, program, days, ordered)
+        periods = ctx.periods[program] = device_periods(self.patient, program, days, ordered)
         if earliest:
             ctx.forget_periods()
             return None
