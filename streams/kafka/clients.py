@@ -162,6 +162,33 @@ FOLLOWER_CONSUMER: Preset = {
 }
 """aiokafka, the demo's (and tests') reader of billing, alerts and dead letters."""
 
+WORKER_CONSUMER: Preset = {
+    "enable_auto_commit": False,  # offsets are committed once a batch's outputs are acked
+    "auto_offset_reset": "earliest",
+    "isolation_level": "read_committed",  # an aborted transaction is never folded
+    # Tansu parks each join for half of the session timeout (docs/kafka-notes.md §0.5)
+    "session_timeout_ms": 6000,
+    "heartbeat_interval_ms": 1000,
+    "max_poll_interval_ms": 300_000,
+    "fetch_max_wait_ms": 10,  # Tansu can hold a fetch this long though data arrived
+    "max_partition_fetch_bytes": 4 * 1024 * 1024,
+    "fetch_max_bytes": 32 * 1024 * 1024,
+}
+"""aiokafka, the worker's batched consumers of ingress, the log and the staff topic
+(``group_id`` per role, ``max_records`` per ``getmany`` call)."""
+
+WORKER_PRODUCER: Preset = {
+    "client_id": "caretally-worker",
+    "acks": "all",
+    # Tansu rejects aiokafka's InitProducerId (docs/kafka-notes.md §0.3)
+    "enable_idempotence": False,
+    "linger_ms": 2,
+    "max_batch_size": 256 * 1024,
+    "max_request_size": PRODUCER_MAX_REQUEST_BYTES,
+    "request_timeout_ms": 15_000,
+}
+"""aiokafka, the worker's writes: the log, dead letters, billing, alerts, staff."""
+
 WORKER_APP: Preset = {
     "broker_session_timeout": 6,  # Tansu parks each join for half of it (docs/kafka-notes.md §0.5)
     "broker_heartbeat_interval": 1,
