@@ -216,6 +216,20 @@ def loglevel_option(default: str) -> Callable[[F], F]:
     )
 
 
+def log_format_option() -> Callable[[F], F]:
+    """``--log-format text|json`` (into ``log_format``): see :mod:`streams.observe.logs`."""
+    return click.option(
+        "--log-format",
+        "log_format",
+        type=click.Choice(("text", "json")),
+        default="text",
+        show_default=True,
+        help="Log lines on stderr: text for people; json: one JSON object per line "
+        "(ts, level, logger, message), for log shippers. Either way repeated warnings are "
+        "rate-limited and patient ids are never logged at info level.",
+    )
+
+
 # -- old spellings -----------------------------------------------------------------------
 
 

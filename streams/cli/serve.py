@@ -11,6 +11,7 @@ from streams.cli.exits import EXIT_INTERRUPTED, fail
 from streams.cli.kafka_options import KafkaOptions, connect, kafka_options
 from streams.cli.options import (
     format_option,
+    log_format_option,
     loglevel_option,
     org_option,
     partitions_option,
@@ -19,6 +20,9 @@ from streams.http.rate_limit import DEFAULT_EVENTS_PER_MINUTE, DEFAULT_PRACTICE_
 from streams.kafka.topics import DEFAULT_PARTITIONS
 
 MIB = 1024 * 1024
+SHUTDOWN_S = 1.0
+"""On SIGTERM, in-flight requests get this long to finish and as long again once cancelled
+(aiohttp's two waits), then the Kafka clients up to 2 s: under 5 s, broker up or down."""
 
 _keys_option = click.option(
     "--keys",
@@ -122,6 +126,7 @@ _keys_option = click.option(
 )
 @partitions_option(DEFAULT_PARTITIONS)
 @loglevel_option("info")
+@log_format_option()
 def serve(
     kafka: KafkaOptions,
     host: str,
@@ -136,15 +141,19 @@ def serve(
     practice_rate_limit: int,
     partitions: int,
     loglevel: str,
+    log_format: str,
 ) -> None:
-    """Run the HTTP API until Ctrl-C or SIGTERM.
+    """Run the HTTP API until Ctrl-C or SIGTERM (it stops within a few seconds, broker
+    reachable or not).
 
     \b
     POST /v1/events                                  one JSON event, or an NDJSON batch
     GET  /v1/orgs/ORG/patients/PATIENT/months/YYYY-MM  billing view of a patient-month
     GET  /v1/orgs/ORG/worklist?month=YYYY-MM         billable / blocked / in progress
     GET  /v1/orgs/ORG/alerts[?replay=N]              live alerts (Server-Sent Events)
-    GET  /healthz                                    no key needed
+    GET  /healthz   no key; 503 while Kafka does not answer, else 200 (warming up too)
+    GET  /readyz    no key; 200 only when Kafka answers and the state has caught up
+    GET  /metrics   no key; Prometheus text (no org or patient ids in labels)
 
     Every other request needs an org API key (`caretally keys create --org ORG`),
     sent as `Authorization: Bearer KEY` or `X-API-Key: KEY`; a key only reaches its
@@ -155,6 +164,11 @@ def serve(
     Slow or idle connections are cut (--header-timeout, --body-timeout, --idle-timeout)
     and their number is capped (--max-connections); alert streams are exempt. Listen on
     loopback and put a reverse proxy (TLS, rate limits) in front before --host 0.0.0.0.
+
+    Point a load balancer and a container healthcheck at /readyz (out of rotation while
+    Kafka is away or the state is still loading); /healthz is for monitoring, with the
+    detail. Keep /metrics off the public side of the proxy. Repeated warnings and errors
+    (say, a Kafka client retrying a lost broker) print 3 times per 10 s, then a count.
 
     \b
     Examples:
@@ -175,13 +189,20 @@ def serve(
     from streams.http.guard import ConnectionLimits, fit_connection_cap
     from streams.http.rate_limit import OrgRateLimits
     from streams.kafka.clients import AioKafkaError
+    from streams.observe.logs import configure_logging
 
-    logging.basicConfig(
-        level=getattr(logging, loglevel.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(loglevel, log_format)
     for noisy in ("aiokafka", "kafka"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    log = logging.getLogger("caretally.serve")
+
+    def notice(message: str, warning: bool = False) -> None:
+        """A line for the operator: as is in text, a log record in JSON (every line of
+        stderr is then an object)."""
+        if log_format == "json":
+            log.log(logging.WARNING if warning else logging.INFO, message)
+        else:
+            click.echo(f"warning: {message}" if warning else message, err=True)
 
     kafka.settings()  # a usage error first
     path = resolve_path(keys_file)
@@ -190,10 +211,10 @@ def serve(
     except ApiKeyError as exc:
         fail(str(exc))
     if len(keys) == 0:
-        click.echo(
-            f"warning: no active API keys in {path}; every request but /healthz gets 401 "
-            "(create one with `caretally keys create --org ORG`)",
-            err=True,
+        notice(
+            f"no active API keys in {path}; every request but /healthz, /readyz and "
+            "/metrics gets 401 (create one with `caretally keys create --org ORG`)",
+            warning=True,
         )
     ctx = connect(kafka, partitions=partitions)
     address = ctx.settings.describe()
@@ -206,18 +227,17 @@ def serve(
     )
     cap = fit_connection_cap(max_connections)
     if cap < max_connections:
-        click.echo(
-            f"warning: the open-file limit leaves room for {cap} connections, "
+        notice(
+            f"the open-file limit leaves room for {cap} connections, "
             f"not {max_connections}; raise `ulimit -n`",
-            err=True,
+            warning=True,
         )
     limits = ConnectionLimits(header_timeout, body_timeout, idle_timeout, cap)
 
     def ready(server: Server) -> None:
-        click.echo(
+        notice(
             f"caretally serve: http://{server.host}:{server.port} (Kafka {address}, "
-            f"keys {path}); Ctrl-C to stop",
-            err=True,
+            f"keys {path}); Ctrl-C to stop"
         )
 
     async def main() -> None:
@@ -225,7 +245,9 @@ def serve(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await run_server(app, host, port, stop, on_ready=ready, limits=limits)
+        await run_server(
+            app, host, port, stop, on_ready=ready, limits=limits, shutdown_timeout=SHUTDOWN_S
+        )
 
     try:
         asyncio.run(main())
@@ -237,7 +259,7 @@ def serve(
         fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
     except RuntimeError as exc:  # e.g. a topic vanished between creation and start
         fail(str(exc))
-    click.echo("caretally serve: stopped", err=True)
+    notice("caretally serve: stopped")
 
 
 @click.group(short_help="Create, list and revoke the org API keys of `caretally serve`.")

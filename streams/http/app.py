@@ -10,9 +10,10 @@ what enters the log); reads come from an in-memory :class:`StateCache` that foll
 (every server holds the whole state, so any number of them can run side by side and none
 waits for a group rebalance, which Tansu makes slow).
 
-Every route but ``/healthz`` needs an org API key (:mod:`streams.http.api_keys`); a key reads
-and writes its own org's data only. Patient ids never appear in logs at info level: the
-access log names the route template, not the path.
+Every route but ``/healthz``, ``/readyz`` and ``/metrics`` needs an org API key
+(:mod:`streams.http.api_keys`); a key reads and writes its own org's data only. Patient
+ids never appear in logs at info level: the access log names the route template, not the
+path.
 
 Endpoints (errors are always ``{"error": "..."}``):
 
@@ -22,7 +23,21 @@ Endpoints (errors are always ``{"error": "..."}``):
 * ``GET /v1/orgs/{org}/patients/{patient}/months/{month}`` the billing view.
 * ``GET /v1/orgs/{org}/worklist?month=YYYY-MM`` patient-months by billing status.
 * ``GET /v1/orgs/{org}/alerts`` Server-Sent Events, ``?replay=N`` and ``Last-Event-ID``.
-* ``GET /healthz`` liveness and whether the cache has caught up, no auth.
+* ``GET /healthz`` health with detail, no auth: 503 while Kafka does not answer a probe
+  (within a few seconds of the broker going away, 200 again once it answers), else 200,
+  also while the cache warms up. ``{"status", "kafka": live|catching_up|down,
+  "caught_up", "billing_views"}``. For monitoring, and for a restart-on-failure check
+  only with a failure threshold longer than the Kafka outages to ride out (restarting does
+  not bring Kafka back, and ``serve`` does not start without it).
+* ``GET /readyz`` readiness, no auth: 200 only when every request can be answered (Kafka
+  answers and the cache has caught up), else 503. For a load balancer, and for the
+  container healthcheck that other services wait on (``docker-compose.yml``).
+* ``GET /metrics`` Prometheus text, no auth (:mod:`streams.http.metrics`); labels hold no
+  org or patient id. Keep it off the public side of the reverse proxy.
+
+Shutdown is bounded whether or not the broker answers: in-flight requests get
+``shutdown_timeout`` seconds, then the producer and the cache's consumer close in parallel
+within :data:`KAFKA_CLOSE_S` (:mod:`streams.http.closing`).
 """
 
 from __future__ import annotations
@@ -36,7 +51,9 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from streams.http.api_keys import ApiKeyStore
+from streams.http.closing import stop_within
 from streams.http.guard import ConnectionLimits, GuardedRunner, redact_aiohttp_logs
+from streams.http.metrics import ServeMetrics
 from streams.http.rate_limit import OrgRateLimits
 from streams.http.routes import (
     CACHE,
@@ -47,15 +64,19 @@ from streams.http.routes import (
     KAFKA_SETTINGS,
     KEYS,
     MAX_BODY,
+    METRICS,
     RATE,
     TOPICS,
     Kafka,
+    count_requests,
     get_alerts,
     get_month,
     get_worklist,
     healthz,
     json_errors,
+    metrics,
     post_events,
+    readyz,
     require_key,
     route_name,
 )
@@ -65,6 +86,9 @@ from streams.kafka.settings import KafkaSettings
 from streams.kafka.topics import Topics
 
 log = logging.getLogger("caretally.serve")
+
+KAFKA_CLOSE_S = 1.5
+"""How long the producer and the cache's consumer get to close, in parallel."""
 
 
 class RouteAccessLogger(AbstractAccessLogger):
@@ -90,8 +114,10 @@ async def _kafka(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         app[KAFKA].producer = None
-        await app[CACHE].stop()
-        await producer.stop()
+        await asyncio.gather(
+            app[CACHE].stop(KAFKA_CLOSE_S),
+            stop_within(producer.stop, "the producer", KAFKA_CLOSE_S),
+        )
 
 
 async def _close_streams(app: web.Application) -> None:
@@ -136,8 +162,11 @@ def routes_app(
     """The routes and middleware over ``cache``, without the Kafka clients: reads are
     served from whatever fed the cache, and writes answer 503 (no producer). This is
     :func:`build_app` minus its lifetime; the routes are tested in process with it."""
-    app = web.Application(middlewares=[json_errors, require_key], client_max_size=max_body_bytes)
+    app = web.Application(
+        middlewares=[count_requests, json_errors, require_key], client_max_size=max_body_bytes
+    )
     app[CACHE] = cache
+    app[METRICS] = ServeMetrics(cache)
     app[KEYS] = keys
     app[TOPICS] = topics
     app[MAX_BODY] = max_body_bytes
@@ -146,6 +175,8 @@ def routes_app(
     app[RATE] = rate_limits if rate_limits is not None else OrgRateLimits()
     app.on_shutdown.append(_close_streams)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
     app.router.add_post("/v1/events", post_events)
     app.router.add_get("/v1/orgs/{org}/patients/{patient}/months/{month}", get_month)
     app.router.add_get("/v1/orgs/{org}/worklist", get_worklist)
@@ -201,9 +232,11 @@ async def serve(
     stop: asyncio.Event,
     on_ready: Callable[[Server], None] | None = None,
     limits: ConnectionLimits | None = None,
+    shutdown_timeout: float = 5.0,
 ) -> None:
-    """Run until ``stop`` is set, then shut down (SSE streams end, Kafka clients close)."""
-    server = await start(app, host, port, limits=limits)
+    """Run until ``stop`` is set, then shut down (SSE streams end, Kafka clients close);
+    in-flight requests get ``shutdown_timeout`` seconds."""
+    server = await start(app, host, port, shutdown_timeout=shutdown_timeout, limits=limits)
     try:
         if on_ready is not None:
             on_ready(server)

@@ -2,8 +2,8 @@
 
 Writes go to ``care.ingress.v1`` exactly as the feed sent them (the ingress gate decides
 what enters the log); reads come from the :class:`~streams.http.state_cache.StateCache`.
-Every route but ``/healthz`` needs an org API key (:mod:`streams.http.api_keys`); a key reads
-and writes its own org's data only.
+Every route but ``/healthz``, ``/readyz`` and ``/metrics`` needs an org API key
+(:mod:`streams.http.api_keys`); a key reads and writes its own org's data only.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,7 @@ from aiohttp import web
 
 from schemas.events import MONTH_PATTERN, EventRejected, parse_event
 from streams.http.api_keys import ApiKeyStore
+from streams.http.metrics import ServeMetrics
 from streams.http.rate_limit import OrgRateLimits, Refusal
 from streams.http.state_cache import StateCache
 from streams.kafka.clients import AioKafkaError, AIOKafkaProducer
@@ -27,6 +29,7 @@ from streams.kafka.limits import EVENT_MAX_BYTES
 from streams.kafka.records import event_key
 from streams.kafka.settings import KafkaSettings
 from streams.kafka.topics import Topics
+from streams.observe.prometheus import exposition
 from streams.worker.gate import TOO_LARGE, Source, deadletter_write
 
 log = logging.getLogger("caretally.serve")
@@ -42,7 +45,8 @@ OFFLOAD_BYTES = 256 * 1024  # validate bigger bodies off the event loop
 JSON_TYPES = frozenset({"application/json"})
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson"})
 MONTH_RE = re.compile(MONTH_PATTERN)  # the wire contract's YYYY-MM
-PUBLIC_PATHS = frozenset({"/healthz"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+CLIENT_GONE = 499  # the status a request is counted under when its handler was cancelled
 
 MAX_STREAMS_PER_ORG = 64
 
@@ -83,7 +87,29 @@ MAX_BODY = web.AppKey("max_body_bytes", int)
 HEARTBEAT = web.AppKey("heartbeat_s", float)
 KAFKA = web.AppKey("kafka", Kafka)
 RATE = web.AppKey("rate_limits", OrgRateLimits)
+METRICS = web.AppKey("metrics", ServeMetrics)
 ORG = web.RequestKey("org_id", str)  # the org of the presented key
+
+
+@web.middleware
+async def count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every answered request in ``caretally_http_requests`` / ``_request_seconds``, by its
+    route template (never its path: that holds ids)."""
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    except asyncio.CancelledError:
+        status = CLIENT_GONE
+        raise
+    finally:
+        elapsed = time.perf_counter() - started
+        request.app[METRICS].observe(route_name(request), request.method, status, elapsed)
 
 
 @web.middleware
@@ -207,7 +233,9 @@ async def _dead_letter_too_large(
             w = deadletter_write(TOO_LARGE, event_key(org_id, None), raw, Source("http", -1, n))
             pending.append(await producer.send(topic, value=w.value, key=w.key, headers=w.headers))
         await asyncio.gather(*pending)
+        request.app[METRICS].events_dead_lettered.inc(len(refused))
     except AioKafkaError as exc:
+        request.app[METRICS].produce_errors.labels("deadletter").inc()
         log.warning("dead-lettering %d too-large event(s) failed: %s", len(refused), exc)
 
 
@@ -260,6 +288,7 @@ async def post_events(request: web.Request) -> web.Response:
         return error(400, "no events in the body")
     await _dead_letter_too_large(request, org_id, too_large)
     if errors:
+        request.app[METRICS].events_rejected.inc(len(errors))
         reply: dict[str, Any] = {
             "accepted": 0,
             "rejected": len(errors),
@@ -280,6 +309,7 @@ async def post_events(request: web.Request) -> web.Response:
         pending = [await producer.send(topic, value=raw, key=key) for key, raw in records]
         written = await asyncio.gather(*pending)
     except AioKafkaError as exc:
+        request.app[METRICS].produce_errors.labels("ingress").inc()
         log.warning("producing %d event(s) to ingress failed: %s", len(records), exc)
         return error(
             503,
@@ -287,6 +317,7 @@ async def post_events(request: web.Request) -> web.Response:
             "resend it (event_id makes that safe)",
             {"Retry-After": "5"},
         )
+    request.app[METRICS].events_accepted.inc(len(records))
     log.debug("accepted %d event(s) for org %s", len(records), org_id)
     # 202: in the ingress topic; the gate then writes each event to the log, drops it as an
     # exact duplicate or dead-letters it (a conflicting duplicate): the dead letter's
@@ -402,6 +433,9 @@ async def get_alerts(request: web.Request) -> web.StreamResponse:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """Liveness with detail: 503 while Kafka does not answer (or the cache's consumer
+    fails), 200 otherwise, warming up included. ``kafka`` is ``live``, ``catching_up``
+    or ``down``."""
     cache = request.app[CACHE]
     status = cache.status
     body = {
@@ -411,3 +445,19 @@ async def healthz(request: web.Request) -> web.Response:
         "billing_views": len(cache.billing),
     }
     return json_response(body, status=200 if status != "down" else 503)
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: 200 only when every request can be answered (Kafka answers and the
+    cache has caught up), else 503 with ``Retry-After``."""
+    cache = request.app[CACHE]
+    body = {"ready": cache.ready, "kafka": cache.status, "caught_up": cache.caught_up}
+    if cache.ready:
+        return json_response(body)
+    return json_response(body, status=503, headers={"Retry-After": "1"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text exposition (:mod:`streams.http.metrics`)."""
+    body, content_type = exposition(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": content_type})

@@ -5,6 +5,13 @@ without a consumer group (every server holds the whole state, so any number of t
 side by side and none waits for a group rebalance, which Tansu makes slow), and hands new
 alerts to Server-Sent-Event subscribers. It can be fed without a broker
 (:meth:`StateCache.apply_billing` / :meth:`StateCache.apply_alert`).
+
+Whether Kafka is reachable is asked, not assumed: aiokafka retries a lost broker inside
+its fetcher and never tells the caller, and its connection objects only know about TCP
+(an idle client closes its connections on purpose). So a probe asks the broker for the
+metadata of the two topics every ``probe_interval`` seconds, on the consumer's own client
+(``AIOKafkaClient.force_metadata_update``: no new connection, a few hundred bytes), and
+:attr:`StateCache.kafka_up` is whether the last answer came within ``probe_timeout``.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import orjson
 from pydantic import ValidationError
 
 from schemas.views import Alert
+from streams.http.closing import stop_within
 from streams.kafka.clients import (
     SERVE_CACHE_CONSUMER,
     AIOKafkaConsumer,
@@ -35,6 +43,9 @@ log = logging.getLogger("caretally.serve")
 
 ALERTS_PER_ORG = 10_000
 SUBSCRIBER_QUEUE = 1000
+PROBE_INTERVAL_S = 1.0
+PROBE_TIMEOUT_S = 2.0
+CLOSE_TIMEOUT_S = 1.5
 
 
 @dataclass(slots=True)
@@ -93,6 +104,7 @@ class _Lag:
     caught_up: bool = False
     healthy: bool = False
     error: str | None = None
+    kafka_up: bool = False  # the last probe's answer
 
 
 class StateCache:
@@ -111,11 +123,15 @@ class StateCache:
         *,
         alerts_per_org: int = ALERTS_PER_ORG,
         subscriber_queue: int = SUBSCRIBER_QUEUE,
+        probe_interval: float = PROBE_INTERVAL_S,
+        probe_timeout: float = PROBE_TIMEOUT_S,
     ) -> None:
         self.kafka = kafka
         self.topics = topics
         self.alerts_per_org = alerts_per_org
         self.subscriber_queue = subscriber_queue
+        self.probe_interval = probe_interval
+        self.probe_timeout = probe_timeout
         # keyed by the ids (org, patient, month) a record's key decodes to, never its bytes
         self.billing: dict[BillingIds, BillingEntry] = {}
         self._by_org_month: dict[str, dict[str, set[BillingIds]]] = {}
@@ -124,6 +140,7 @@ class StateCache:
         self._lag = _Lag()
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
+        self._probe: asyncio.Task[None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -144,31 +161,74 @@ class StateCache:
             await consumer.stop()
             raise
         self._consumer = consumer
-        self._lag.healthy = True
+        self._lag.healthy = self._lag.kafka_up = True
         self._task = asyncio.create_task(self._follow(consumer, parts), name="caretally-cache")
+        self._probe = asyncio.create_task(self._watch(consumer), name="caretally-kafka-probe")
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
+        """Stop following; the consumer gets ``timeout`` seconds to close (broker up or not)."""
         self.close_subscribers()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        if self._consumer is not None:
-            await self._consumer.stop()
-            self._consumer = None
-        self._lag.healthy = False
+        self._lag.healthy = self._lag.kafka_up = False
+        for task in (self._task, self._probe):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._probe = None
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await stop_within(consumer.stop, "the state cache's consumer", timeout)
 
     @property
     def caught_up(self) -> bool:
         return self._lag.caught_up
 
     @property
+    def kafka_up(self) -> bool:
+        """The broker answered the last probe (False before :meth:`start`, after :meth:`stop`)."""
+        return self._consumer is not None and self._lag.kafka_up
+
+    @property
     def status(self) -> str:
-        """``live``, ``catching_up`` or ``down`` (consumer stopped or failing)."""
-        if not self._lag.healthy or self._task is None or self._task.done():
+        """``live``, ``catching_up`` or ``down`` (Kafka unreachable, consumer stopped or
+        failing)."""
+        if not self.kafka_up or not self._lag.healthy or self._task is None or self._task.done():
             return "down"
         return "live" if self._lag.caught_up else "catching_up"
+
+    @property
+    def ready(self) -> bool:
+        """Every request can be answered: Kafka reachable and the state caught up."""
+        return self.status == "live"
+
+    async def _watch(self, consumer: AIOKafkaConsumer) -> None:
+        """Probe the broker every ``probe_interval``; log each change of the answer once."""
+        while True:
+            problem = await self._ask(consumer)
+            if (problem is None) != self._lag.kafka_up:
+                if problem is None:
+                    log.info("Kafka answers again")
+                else:
+                    log.warning("Kafka does not answer (%s); /healthz and /readyz say so", problem)
+            self._lag.kafka_up = problem is None
+            await asyncio.sleep(self.probe_interval)
+
+    async def _ask(self, consumer: AIOKafkaConsumer) -> str | None:
+        """Why the broker did not answer a metadata request, or None when it did."""
+        # aiokafka's client, which the consumer keeps private: its metadata update asks
+        # for the assigned topics only, over the connections the fetcher already holds
+        client = getattr(consumer, "_client", None)
+        update = getattr(client, "force_metadata_update", None)
+        try:
+            if update is None:  # another aiokafka: the public call, over every topic
+                await asyncio.wait_for(consumer.topics(), self.probe_timeout)
+                return None
+            answered = await asyncio.wait_for(update(), self.probe_timeout)
+        except TimeoutError:
+            return f"no answer within {self.probe_timeout:g} s"
+        except Exception as exc:
+            return type(exc).__name__
+        return None if answered else "no broker answered a metadata request"
 
     async def _follow(self, consumer: AIOKafkaConsumer, parts: list[AioTopicPartition]) -> None:
         backoff = 0.5
@@ -310,6 +370,11 @@ class StateCache:
 
     def subscriber_count(self, org_id: str) -> int:
         return len(self._subscribers.get(org_id, ()))
+
+    @property
+    def subscribers(self) -> int:
+        """Open alert streams, all orgs together."""
+        return sum(len(subs) for subs in self._subscribers.values())
 
     def subscribe(
         self, org_id: str, replay: int, last_event_id: str | None = None
