@@ -7,6 +7,9 @@ send is acknowledged or has failed, and closes the producer even when the broker
 (``close_kafka_producer``). :class:`Delivery` counts the acknowledgements, :class:`Stats`
 the lines; :func:`delivery_problems` says, in one message, what did not arrive.
 ``caretally restore`` sends with the same settings (:func:`producer_settings`).
+``--compression`` (:data:`COMPRESSIONS`) picks the codec the producer compresses each batch
+with; every consumer caretally runs reads all four (aiokafka and Faust decode them with
+cramjam, kafka-python with python-snappy, lz4 and zstandard).
 """
 
 from __future__ import annotations
@@ -34,6 +37,10 @@ from streams.worker import gate as ingress_gate
 from streams.worker.gate import TOO_LARGE, Write, deadletter_write
 
 DEFAULT_DELIVERY_TIMEOUT = 30.0  # seconds (--delivery-timeout)
+COMPRESSIONS = ("none", "gzip", "snappy", "lz4", "zstd")
+"""The codecs of ``caretally ingest --compression`` (kafka-python's ``compression_type``;
+``none`` is its None)."""
+DEFAULT_COMPRESSION = "none"
 
 
 class Progress(Protocol):
@@ -86,11 +93,17 @@ class Delivery:
             self.first_error = describe(exc)
 
 
-def producer_settings(delivery_timeout: float) -> dict[str, Any]:
-    """``INGEST_PRODUCER`` with a delivery timeout of ``delivery_timeout`` seconds; the
-    request and blocking timeouts are shortened to fit in it (kafka-python requires
+def producer_settings(
+    delivery_timeout: float, compression: str = DEFAULT_COMPRESSION
+) -> dict[str, Any]:
+    """``INGEST_PRODUCER`` with a delivery timeout of ``delivery_timeout`` seconds and the
+    codec ``compression`` (one of :data:`COMPRESSIONS`); the request and blocking timeouts
+    are shortened to fit in the delivery timeout (kafka-python requires
     ``delivery_timeout_ms >= linger_ms + request_timeout_ms``)."""
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"compression {compression!r} is not one of {', '.join(COMPRESSIONS)}")
     settings = dict(INGEST_PRODUCER)
+    settings["compression_type"] = None if compression == "none" else compression
     delivery_ms = max(int(delivery_timeout * 1000), settings["linger_ms"] + 1)
     settings["delivery_timeout_ms"] = delivery_ms
     settings["request_timeout_ms"] = min(
@@ -100,13 +113,16 @@ def producer_settings(delivery_timeout: float) -> dict[str, Any]:
     return settings
 
 
-def make_producer(kafka: Connection, delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT) -> Any:
+def make_producer(
+    kafka: Connection,
+    delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT,
+    compression: str = DEFAULT_COMPRESSION,
+) -> Any:
     """kafka-python's idempotent producer, with a partitioner that remembers each key's
-    partition; a send not acknowledged within ``delivery_timeout`` seconds fails. It
-    connects as it is built (:class:`KafkaError`)."""
-    return kafka_producer(
-        kafka, producer_settings(delivery_timeout), partitioner=KeyCachingPartitioner()
-    )
+    partition, compressing with ``compression``; a send not acknowledged within
+    ``delivery_timeout`` seconds fails. It connects as it is built (:class:`KafkaError`)."""
+    settings = producer_settings(delivery_timeout, compression)
+    return kafka_producer(kafka, settings, partitioner=KeyCachingPartitioner())
 
 
 @dataclass
