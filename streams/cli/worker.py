@@ -8,7 +8,7 @@ import click
 
 from streams.cli.exits import fail
 from streams.cli.kafka_options import KafkaOptions, connect, kafka_options
-from streams.cli.options import loglevel_option, partitions_option
+from streams.cli.options import log_format_option, loglevel_option, partitions_option
 from streams.kafka.topics import DEFAULT_PARTITIONS
 from streams.worker.snapshots import DEFAULT_STATE_DIR
 
@@ -17,7 +17,7 @@ from streams.worker.snapshots import DEFAULT_STATE_DIR
 @kafka_options
 @partitions_option(
     DEFAULT_PARTITIONS,
-    "the log (care.events.v1) and care.staff.v1 must have this many (care.ingress.v1 has 1).",
+    "the log (care.events.v1), care.staff.v1 and a new care.ingress.v1 get this many.",
 )
 @click.option(
     "--app-id",
@@ -65,11 +65,30 @@ from streams.worker.snapshots import DEFAULT_STATE_DIR
     type=click.Choice(["all", "gate", "fold"]),
     default="all",
     show_default=True,
-    help="All agents in this process, or only the gate (ingress -> log) or only the fold "
-    "(log -> billing, alerts, staff), to spread them over two processes. Run one gate "
-    "at most.",
+    help="All of it in this process, or only the gate (ingress -> log) or only the fold "
+    "(log -> billing, alerts, staff). Any number of gates and folds may run: workers "
+    "with one --app-id share the partitions of each role (give each its own --state-dir "
+    "and --web-port).",
+)
+@click.option(
+    "--web-port",
+    default=6066,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    metavar="PORT",
+    help="Port of GET /healthz (liveness, 200 while running), /readyz (200 only when "
+    "connected to Kafka with partitions assigned, else 503) and /metrics (Prometheus). "
+    "0: no web server. Give each worker on one machine its own.",
+)
+@click.option(
+    "--web-host",
+    default="127.0.0.1",
+    show_default=True,
+    metavar="HOST",
+    help="Address the web server binds; 0.0.0.0 only inside a container or behind a firewall.",
 )
 @loglevel_option("warning")
+@log_format_option()
 def worker(
     kafka: KafkaOptions,
     partitions: int,
@@ -79,7 +98,10 @@ def worker(
     sweep_interval: float,
     sweep_clock: str,
     role: str,
+    web_port: int,
+    web_host: str,
     loglevel: str,
+    log_format: str,
 ) -> None:
     """Run the stream processors until Ctrl-C or SIGTERM.
 
@@ -125,8 +147,10 @@ def worker(
         sweep_interval=sweep_interval,
         sweep_clock=sweep_clock,
         role=role,
+        web_port=web_port or None,
+        web_host=web_host,
     )
     try:
-        run(cfg, loglevel=loglevel)
+        run(cfg, loglevel=loglevel, log_format=log_format)
     except WorkerStartError as exc:
         fail(str(exc))

@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from streams.kafka.broker import free_port
 from streams.kafka.clients import (
     DEMO_PRODUCER,
     FOLLOWER_CONSUMER,
@@ -165,6 +166,12 @@ class WorkerProcess:
             str(state_dir),
             *extra,
         ]
+        # its own port for /healthz, /readyz and /metrics: two workers never collide
+        if "--web-port" in extra:
+            self.web_port = int(extra[extra.index("--web-port") + 1])
+        else:
+            self.web_port = free_port()
+            self.args += ["--web-port", str(self.web_port)]
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -41,6 +41,7 @@ from kafka.partitioner import DefaultPartitioner
 from kafka.structs import OffsetAndMetadata
 
 from streams.kafka.limits import PRODUCER_MAX_REQUEST_BYTES
+from streams.kafka.partitioning import IngressPartitioner
 from streams.kafka.settings import KafkaSettings, split_bootstrap
 
 __all__ = [
@@ -95,6 +96,9 @@ ARCHIVE_CONSUMER: Preset = {
     "max_poll_records": 5000,
     "max_partition_fetch_bytes": 4 * 1024 * 1024,
     "fetch_max_wait_ms": 100,
+    # never an aborted transaction's records, nor an open one's (on Kafka; Tansu returns
+    # aborted records all the same: docs/kafka-notes.md §0.6)
+    "isolation_level": "read_committed",
 }
 """kafka-python, the archiver and its highwater probe (``group_id`` per call)."""
 
@@ -105,7 +109,7 @@ ARCHIVE_DEADLETTER_PRODUCER: Preset = {
 }
 """kafka-python, the archiver's dead letters."""
 
-METADATA_CONSUMER: Preset = {"client_id": "caretally-meta"}
+METADATA_CONSUMER: Preset = {"client_id": "caretally-meta", "isolation_level": "read_committed"}
 """kafka-python, partition counts."""
 
 LOG_READER: Preset = {
@@ -114,6 +118,7 @@ LOG_READER: Preset = {
     "auto_offset_reset": "earliest",
     "max_partition_fetch_bytes": 4 * 1024 * 1024,
     "fetch_max_wait_ms": 100,
+    "isolation_level": "read_committed",
 }
 """aiokafka, direct reads of a stretch of a topic (``streams.kafka.log_reader``)."""
 
@@ -133,6 +138,7 @@ SERVE_PRODUCER: Preset = {
     "linger_ms": 2,
     "request_timeout_ms": 15000,
     "max_request_size": PRODUCER_MAX_REQUEST_BYTES,
+    "partitioner": IngressPartitioner(),  # ingress is partitioned by org
 }
 """aiokafka, ``caretally serve`` writing to the ingress topic."""
 
@@ -143,6 +149,7 @@ SERVE_CACHE_CONSUMER: Preset = {
     "auto_offset_reset": "earliest",
     "fetch_max_wait_ms": 200,
     "request_timeout_ms": 15000,
+    "isolation_level": "read_committed",
 }
 """aiokafka, ``caretally serve``'s read model following billing and alerts."""
 
@@ -151,6 +158,7 @@ DEMO_PRODUCER: Preset = {
     "linger_ms": 5,
     "max_batch_size": 256 * 1024,
     "max_request_size": PRODUCER_MAX_REQUEST_BYTES,
+    "partitioner": IngressPartitioner(),  # ingress is partitioned by org
 }
 """aiokafka, the demo's (and tests') feed of the ingress topic."""
 
@@ -159,6 +167,7 @@ FOLLOWER_CONSUMER: Preset = {
     "enable_auto_commit": False,
     "auto_offset_reset": "earliest",
     "fetch_max_wait_ms": 50,
+    "isolation_level": "read_committed",
 }
 """aiokafka, the demo's (and tests') reader of billing, alerts and dead letters."""
 

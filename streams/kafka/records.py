@@ -71,6 +71,11 @@ def key_parts(key: bytes | None) -> tuple[str, ...] | None:
     return tuple(parts)
 
 
+def org_key(org_id: str) -> bytes:
+    """The org's part of every key of its records (what ingress is partitioned by)."""
+    return _part(org_id).encode()
+
+
 def event_key(org_id: str, patient_id: str | None) -> bytes:
     return _join(org_id, patient_id or "")
 

@@ -31,9 +31,11 @@ class Topics:
 
     @property
     def ingress(self) -> str:
-        """Untrusted input: whatever feeds send, as sent. One partition, whatever the
-        setting: its order is the log's order, and the order across patients matters
-        (an activity after ``month.closed`` is late; one before it is not)."""
+        """Untrusted input: whatever feeds send, as sent. Partitioned by org (the org
+        part of the key, ``streams.kafka.partitioning``): order within a practice is the
+        order that matters (an activity after ``month.closed`` is late; one before it is
+        not), and each partition is decided by one gate. Created with as many
+        partitions as the log; an existing one keeps its count (one still works)."""
         return f"{self.prefix}care.ingress.v1"
 
     @property
@@ -101,7 +103,7 @@ def ensure_topics(
             if name in existing:
                 continue
             try:
-                count = 1 if name == topics.ingress else partitions
+                count = partitions
                 admin.create_topics(
                     [NewTopic(name, count, 1, topic_configs=config)], timeout_ms=15000
                 )
@@ -155,15 +157,9 @@ def topic_ids(kafka: Connection, names: list[str]) -> dict[str, str]:
 def partition_mismatch(topics: Topics, partitions: int, counts: dict[str, int]) -> str | None:
     """Why the topics' partition counts (``counts``, by name; those absent are not
     judged) do not fit a worker run with ``--partitions partitions``, in one line; None
-    when they do. The ingress topic has one partition (its order is the log's order);
-    the log and the staff topic have ``partitions`` (practice-wide events are written to
-    each of them, and state is rebuilt from each of them)."""
-    ingress = counts.get(topics.ingress)
-    if ingress is not None and ingress != 1:
-        return (
-            f"topic {topics.ingress} has {ingress} partitions; it must have exactly 1 "
-            "(its order is the log's order): recreate it with one partition"
-        )
+    when they do. The log and the staff topic have ``partitions`` (practice-wide events
+    are written to each of them, and state is rebuilt from each of them); the ingress
+    topic may have any count (it is partitioned by org)."""
     for name in (topics.events, topics.staff):
         count = counts.get(name)
         if count is not None and count != partitions:

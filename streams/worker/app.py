@@ -47,10 +47,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
 from projections.staff import StaffProjector
 from streams.kafka.clients import WORKER_APP, Connection, faust_app
+from streams.kafka.group_consumer import GroupConsumer, UndecodableBatch
 from streams.kafka.log_reader import read_range, read_to_end
 from streams.kafka.log_writer import log_digests
+from streams.kafka.partitioning import home_partition, org_of_key
 from streams.kafka.records import deadletter_headers, header, staff_item
 from streams.kafka.topics import (
     DEFAULT_PARTITIONS,
@@ -59,6 +63,7 @@ from streams.kafka.topics import (
     partition_mismatch,
     topic_shapes,
 )
+from streams.observe.logs import add_repeat_filter, formatter
 from streams.worker.gate import (
     TOO_LARGE,
     IngressGate,
@@ -70,6 +75,7 @@ from streams.worker.gate import (
     deadletter_write,
 )
 from streams.worker.heap import tune_for_large_heap
+from streams.worker.metrics import WorkerMetrics, reason_class
 from streams.worker.partition import (
     ALERTS,
     BILLING,
@@ -189,8 +195,10 @@ class WorkerConfig:
     snapshot_interval: float = 30.0
     sweep_interval: float = 60.0
     sweep_clock: str = "wall"  # or "log": the newest event time folded
-    batch_size: int = 2000
-    batch_within: float = 0.005
+    batch_size: int = 2000  # records per getmany at most
+    commit_interval: float = 1.0  # seconds between offset commits (also on rebalance, stop)
+    web_port: int | None = 6066  # /healthz, /readyz, /metrics; None: no web server
+    web_host: str = "127.0.0.1"
 
 
 class Partitions:
@@ -220,6 +228,16 @@ class Partitions:
                 n += 1
         return n
 
+    def release(self, partitions: list[int]) -> None:
+        """Snapshot, then forget, partitions this worker no longer holds."""
+        for p in partitions:
+            slot = self.slots.pop(p, None)
+            if slot is not None and slot.dirty:
+                try:
+                    self.store.save(p, slot)
+                except CodecError as exc:
+                    log.error("snapshot of %s-%d not taken: %s", self.store.name, p, exc)
+
     def follow(self, log_id: str) -> list[int] | None:
         """Keep to the log ``log_id``: when it is another log than the state's (the topic
         was recreated, e.g. by a broker restart), drop the state and its snapshots and
@@ -243,8 +261,9 @@ def faust_datadir(cfg: WorkerConfig) -> Path:
     return cfg.state_dir / f"faust-{cfg.role}"
 
 
-def build_app(cfg: WorkerConfig, log_ids: dict[str, str]) -> Any:
-    """The Faust app; ``log_ids`` are the broker's topic ids (snapshot identity)."""
+def build_app(cfg: WorkerConfig, log_ids: dict[str, str], ingress_partitions: int = 1) -> Any:
+    """The Faust app; ``log_ids`` are the broker's topic ids (snapshot identity),
+    ``ingress_partitions`` the ingress topic's partition count (the gate's org homes)."""
     t = cfg.topics
     app = faust_app(
         cfg.kafka,
@@ -257,44 +276,37 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str]) -> Any:
         topic_partitions=cfg.partitions,
         topic_allow_declare=False,
         topic_disable_leader=True,
-        web_enabled=False,
+        web_enabled=cfg.web_port is not None,
+        web_port=cfg.web_port or 6066,
+        web_bind=cfg.web_host,
+        web_in_thread=False,
         autodiscover=False,
         key_serializer="raw",
         value_serializer="raw",
     )
-
-    def topic(name: str, partitions: int = cfg.partitions) -> Any:
-        return app.topic(
-            name,
-            key_type=bytes,
-            value_type=bytes,
-            partitions=partitions,
-            key_serializer="raw",
-            value_serializer="raw",
-        )
-
-    ingress, events, staff = topic(t.ingress, 1), topic(t.events), topic(t.staff)
+    # Faust runs the app, its producer, timers and web server; the hot topics are read
+    # by GroupConsumer (getmany batches), not by Faust's per-message consumer
+    app.producer_only = True
     names = {BILLING: t.billing, ALERTS: t.alerts, STAFF: t.staff, DEADLETTER: t.deadletter}
+    metrics = WorkerMetrics()
+    app.caretally_metrics = metrics  # type: ignore[attr-defined]
 
-    gate = IngressGate()
-    gate_ready = asyncio.Event()
+    gate = IngressGate(ingress_partitions)
     folds = Partitions(SnapshotStore(cfg.state_dir, "fold", log_ids[t.events]), FoldPartition)
     staffs = Partitions(SnapshotStore(cfg.state_dir, "staff", log_ids[t.staff]), StaffProjector)
-    # A snapshot never holds state whose outputs are not yet acknowledged: the fold agent
-    # (and the sweep, which writes fold state) and the staff agent each hold their lock
-    # from changing state until what they sent is delivered. The gate keeps no snapshot.
+    # A snapshot never holds state whose outputs are not yet acknowledged: the fold loop
+    # (and the sweep, which writes fold state) hold these from changing state until what
+    # they sent is delivered. The gate keeps no snapshot.
     fold_lock, staff_lock = asyncio.Lock(), asyncio.Lock()
     counts: Counter[str] = Counter()
     app.caretally_counts = counts  # type: ignore[attr-defined]
     fatal: list[str] = []  # why the worker stopped itself (run() exits FATAL_EXIT)
     app.caretally_fatal = fatal  # type: ignore[attr-defined]
-    # partition assignments so far (any agent's), and the one the fold's logs were last
-    # checked after: each agent checks before its first batch after an assignment (not
-    # inside the rebalance)
+    # partition assignments so far (either consumer's), and the one the fold's logs were
+    # last checked after: the fold checks before its first batch after an assignment
     assignments = [0, 0]
-
-    def on_assigned(_app: Any, /, *_args: Any, signal: Any, **_kw: Any) -> None:
-        assignments[0] += 1
+    consumers: dict[str, GroupConsumer] = {}
+    kafka_up = [False]
 
     def stop_fatally(message: str) -> None:
         """Log ``message`` as critical and stop the worker (SIGTERM to itself, so Faust
@@ -330,13 +342,21 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str]) -> Any:
 
     async def send(out: Output, pending: list[Any], source: Any = None) -> None:
         headers = list(out.headers)
-        if out.topic == DEADLETTER and source is not None:
-            reason = (header(headers, "reason") or b"").decode()
-            headers = deadletter_headers(reason, source.topic, source.partition, source.offset)
+        if out.topic == DEADLETTER:
+            reason = (header(headers, "reason") or b"").decode(errors="replace")
+            metrics.dead_letters.labels(reason_class(reason)).inc()
+            if source is not None:
+                headers = deadletter_headers(reason, source.topic, source.partition, source.offset)
+        elif out.topic == ALERTS and out.kind:
+            metrics.alerts.labels(out.kind).inc()
         pending.append(await produce(names[out.topic], out.key, out.value, headers))
         counts[f"out.{out.topic}"] += 1
+        metrics.records_out.labels(names[out.topic]).inc()
+
+    # -- the gate -----------------------------------------------------------------------
 
     gate_log = [""]  # the id of the log (events topic) the gate's index was built from
+    gate_owned: set[int] = set()  # the ingress partitions the index was built for
     gate_check = LogCheck()
 
     async def events_shape() -> TopicShape:
@@ -352,29 +372,47 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str]) -> Any:
                 warned = True
             await asyncio.sleep(1.0)
 
-    async def rebuild_index(shape: TopicShape) -> None:
-        """The gate's index from the log ``shape`` (read to its current end)."""
+    async def rebuild_index(shape: TopicShape, owned: set[int]) -> None:
+        """The gate's index from the log ``shape`` (read to its current end), for the
+        orgs of the ingress partitions ``owned`` (those this gate decides)."""
         problem = partition_mismatch(t, cfg.partitions, {t.events: shape.partitions})
         if problem is not None:  # reading partitions that do not exist would never end
             raise FatalStop(f"ingress gate: {problem}")
-        fresh = IngressGate()
+        fresh = IngressGate(ingress_partitions)
         n = 0
+        everything = len(owned) >= ingress_partitions
         async for record in read_to_end(cfg.kafka, t.events, range(cfg.partitions)):
             digests = log_digests(record.headers)
-            if digests is not None:
+            if digests is None:
+                continue
+            if (
+                everything
+                or home_partition(org_of_key(record.key or b""), ingress_partitions) in owned
+            ):
                 fresh.learn(*digests)
                 n += 1
         gate.index = fresh.index
         gate_log[0] = shape.topic_id
-        log.info("ingress gate rebuilt from %d log records", n)
+        gate_owned.clear()
+        gate_owned.update(owned)
+        log.info(
+            "ingress gate: index rebuilt from %d log records for %d partition(s)", n, len(owned)
+        )
 
-    async def rebuild_gate() -> None:
+    async def gate_assigned(now: set[Any], gained: set[Any], lost: set[Any]) -> None:
+        """A gate decides an org only with the index of every event of it in the log: on
+        an assignment that brings partitions, rebuild it (another gate may have written
+        them since this one last held them)."""
+        assignments[0] += 1
+        metrics.assigned.labels("gate").set(len(now))
+        owned = {tp.partition for tp in now}
+        if not gained and owned <= gate_owned:
+            return
         try:
-            await rebuild_index(await events_shape())
+            await rebuild_index(await events_shape(), owned)
         except FatalStop as exc:
             stop_fatally(str(exc))
-            return
-        gate_ready.set()
+        gate_check.done(assignments[0])
 
     async def gate_index_current() -> None:
         """Before a batch is decided, when a check is due: if the log is another one than
@@ -387,15 +425,16 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str]) -> Any:
         shape = await events_shape()
         if shape.topic_id != gate_log[0]:
             log.warning("%s is a new log (a recreated topic): rebuilding the gate index", t.events)
-            await rebuild_index(shape)
+            await rebuild_index(shape, set(gate_owned))
         gate_check.done(seen)
+
+    topic_of = {Target.LOG: t.events, Target.DEADLETTER: t.deadletter, Target.INGRESS: t.ingress}
 
     async def submit(w: Write) -> asyncio.Future[Any]:
         """Hand one write to the producer; an error raised at once comes back as a failed
         future, so every write is judged the same way, one by one."""
-        topic = t.events if w.target is Target.LOG else t.deadletter
         try:
-            return await produce(topic, w.key, w.value, w.headers, w.partition)
+            return await produce(topic_of[w.target], w.key, w.value, w.headers, w.partition)
         except Exception as exc:
             failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             failed.set_exception(exc)
@@ -411,6 +450,7 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str]) -> Any:
         replaced: set[int] = set()
         for gw, result in zip(writes, results, strict=True):
             if not isinstance(result, BaseException):
+                metrics.records_out.labels(topic_of[gw.write.target]).inc()
                 continue
             if not too_large_error(result):
                 again.append(gw)
@@ -437,15 +477,6 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str]) -> Any:
                 delay = min(2 * delay, 5.0)
         return False
 
-    def withhold(batch: Any) -> None:
-        """Keep a batch's offsets from ever being committed. ``take_events`` acks every
-        event of a batch when the consumer leaves it, by an exception too (its ``finally``),
-        so a crashed batch was committed and lost; a message marked acked beforehand is
-        skipped by the consumer's ack bookkeeping, so the committed offset stays below it
-        and the next start redelivers it (what reached the log then counts as duplicate)."""
-        for ev in batch:
-            ev.message.acked = True
-
     async def index_changed_before_dropping() -> bool:
         """A duplicate is dropped for good, so before a batch drops one the index is held
         to the log's id (at most every ``DUPLICATE_CHECK_SECONDS``): a recreated log seen
@@ -457,47 +488,68 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str]) -> Any:
         changed = shape.topic_id != gate_log[0]
         if changed:
             log.warning("%s is a new log (a recreated topic): rebuilding the gate index", t.events)
-            await rebuild_index(shape)
+            await rebuild_index(shape, set(gate_owned))
         gate_check.done(gate_check.assignments)
         return changed
 
-    def route_batch(batch: Any) -> list[tuple[Any, Source, Routed]]:
+    def route_batch(batch: list[Any]) -> list[tuple[Any, Source, Routed]]:
         out = []
-        for ev in batch:
-            msg = ev.message
+        for msg in batch:
             source = Source(msg.topic, msg.partition, msg.offset)
             out.append((msg, source, gate.route(msg.value, msg.key, source, cfg.partitions)))
         return out
 
-    async def gate_batch(batch: Any) -> bool:
+    async def gate_batch(batch: list[Any]) -> bool:
         routed = route_batch(batch)
         drops = any(r.decision.verdict is Verdict.DUPLICATE for _, _, r in routed)
         if drops and await index_changed_before_dropping():
             routed = route_batch(batch)  # against the index of the new log
         writes: list[GateWrite] = []
         for msg, source, r in routed:
-            counts[f"ingress.{r.decision.verdict.value}"] += 1
+            verdict = r.decision.verdict
+            counts[f"ingress.{verdict.value}"] += 1
+            metrics.gate.labels(verdict.value).inc()
+            if verdict is Verdict.REJECTED:
+                metrics.dead_letters.labels(reason_class(r.decision.reason or "")).inc()
             value, idem = msg.value or b"", r.decision.idem
             writes.extend(GateWrite(w, source, msg.key, value, idem) for w in r.writes)
         return await write_batch(writes)
 
-    async def gate_agent(stream: Any) -> None:
-        await gate_ready.wait()
-        async for batch in stream.take_events(cfg.batch_size, within=cfg.batch_within):
-            stop: str | None = None
-            try:  # all before take_events acks the batch
-                await gate_index_current()
-                if not await gate_batch(batch):
-                    stop = CANNOT_WRITE
-            except FatalStop as exc:
-                stop = str(exc)
-            except BaseException:
-                withhold(batch)
-                raise
-            if stop is not None:
-                withhold(batch)
-                stop_fatally(stop)
-                await asyncio.Event().wait()  # until the stop cancels this agent
+    async def undecodable(bad: UndecodableBatch) -> None:
+        """A record batch no client can read: its raw bytes to the dead-letter topic."""
+        source = Source(bad.topic, bad.partition, bad.base_offset)
+        metrics.dead_letters.labels("undecodable").inc()
+        w = deadletter_write(bad.reason, None, bad.raw, source)
+        await deliver([await produce(t.deadletter, w.key, w.value, w.headers)])
+
+    async def gate_loop(consumer: GroupConsumer) -> None:
+        while True:
+            generation = consumer.assignments
+            batch = await consumer.next_batch()
+            if not batch:
+                await consumer.commit_due()
+                continue
+            started = time.monotonic()
+            async with consumer.turn:
+                if consumer.assignments != generation:
+                    continue  # a rebalance reset the positions: these come again
+                metrics.records_in.labels(t.ingress).inc(len(batch))
+                stop: str | None = None
+                try:
+                    await gate_index_current()
+                    if not await gate_batch(batch):
+                        stop = CANNOT_WRITE
+                except FatalStop as exc:
+                    stop = str(exc)
+                if stop is not None:  # not marked done: a restart decides it again
+                    stop_fatally(stop)
+                    await asyncio.Event().wait()  # until the stop cancels this loop
+                consumer.done(batch)
+                await consumer.commit_due()
+            metrics.batch_seconds.labels("gate").observe(time.monotonic() - started)
+            metrics.batch_records.labels("gate").observe(len(batch))
+
+    # -- the fold and the staff projection ------------------------------------------------
 
     pause = LoopPause()
 
@@ -526,24 +578,6 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str]) -> Any:
         async for rec in read_range(cfg.kafka, topic_name, partition, slot.next_offset, offset):
             await fold(slot, rec, pending)
 
-    async def fold_agent(stream: Any) -> None:
-        async for batch in stream.take_events(cfg.batch_size, within=cfg.batch_within):
-            pending: list[Any] = []
-            await logs_checked()  # a new log after an assignment: refolded before this batch
-            async with fold_lock:
-                for ev in batch:
-                    msg = ev.message
-                    slot = folds.get(msg.partition)
-                    if msg.offset < slot.next_offset:
-                        continue  # folded already (redelivery after a restart)
-                    if msg.offset > slot.next_offset:
-                        await catch_up(
-                            slot, t.events, msg.partition, msg.offset, fold_record, pending
-                        )
-                    await fold_record(slot, msg, pending)
-                    counts["fold.records"] += 1
-                await deliver(pending)
-
     async def staff_record(slot: Slot, record: Any, pending: list[Any]) -> None:
         try:
             item = staff_item(record.value)
@@ -564,22 +598,58 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str]) -> Any:
         slot.next_offset = record.offset + 1
         slot.dirty = True
 
-    async def staff_agent(stream: Any) -> None:
-        async for batch in stream.take_events(cfg.batch_size, within=cfg.batch_within):
-            pending: list[Any] = []
-            await logs_checked()
-            async with staff_lock:
-                for ev in batch:
-                    msg = ev.message
-                    slot = staffs.get(msg.partition)
-                    if msg.offset < slot.next_offset:
-                        continue
-                    if msg.offset > slot.next_offset:
-                        await catch_up(
-                            slot, t.staff, msg.partition, msg.offset, staff_record, pending
-                        )
-                    await staff_record(slot, msg, pending)
-                await deliver(pending)
+    async def fold_one(
+        parts: Partitions, fold: Callable[..., Any], msg: Any, pending: list[Any]
+    ) -> None:
+        slot = parts.get(msg.partition)
+        if msg.offset < slot.next_offset:
+            return  # folded already (redelivery after a restart or a rebalance)
+        if msg.offset > slot.next_offset:
+            await catch_up(slot, msg.topic, msg.partition, msg.offset, fold, pending)
+        await fold(slot, msg, pending)
+
+    async def fold_loop(consumer: GroupConsumer) -> None:
+        while True:
+            generation = consumer.assignments
+            batch = await consumer.next_batch()
+            if not batch:
+                await consumer.commit_due()
+                continue
+            started = time.monotonic()
+            async with consumer.turn:
+                if consumer.assignments != generation:
+                    continue  # a rebalance reset the positions: these come again
+                await logs_checked()  # a new log after an assignment: refolded first
+                pending: list[Any] = []
+                events = 0
+                async with fold_lock, staff_lock:
+                    for msg in batch:
+                        if msg.topic == t.events:
+                            await fold_one(folds, fold_record, msg, pending)
+                            events += 1
+                        else:
+                            await fold_one(staffs, staff_record, msg, pending)
+                    folded = time.monotonic()
+                    await deliver(pending)
+                counts["fold.records"] += events
+                metrics.fold_seconds.observe(folded - started)
+                metrics.records_in.labels(t.events).inc(events)
+                metrics.records_in.labels(t.staff).inc(len(batch) - events)
+                consumer.done(batch)
+                await consumer.commit_due()
+            metrics.batch_seconds.labels("fold").observe(time.monotonic() - started)
+            metrics.batch_records.labels("fold").observe(len(batch))
+
+    async def fold_assigned(now: set[Any], gained: set[Any], lost: set[Any]) -> None:
+        """A partition given to another worker leaves this one: snapshotted, then dropped
+        (its sweep and memory are the new owner's). One gained is loaded on first use."""
+        assignments[0] += 1
+        metrics.assigned.labels("fold").set(len(now))
+        for parts, lock, name in ((folds, fold_lock, t.events), (staffs, staff_lock, t.staff)):
+            gone = [tp.partition for tp in lost if tp.topic == name]
+            if gone:
+                async with lock:
+                    parts.release(gone)
 
     async def daily_sweep() -> None:
         async with fold_lock:
@@ -642,7 +712,7 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str]) -> Any:
                 checked = await follow_logs()
             except FatalStop as exc:
                 stop_fatally(str(exc))
-                await asyncio.Event().wait()  # until the stop cancels the agent
+                await asyncio.Event().wait()  # until the stop cancels the loop
             if checked:
                 assignments[1] = seen
 
@@ -663,32 +733,115 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str]) -> Any:
         if n:
             log.debug("snapshotted %d partition(s)", n)
 
+    # -- running the consumers ------------------------------------------------------------
+
+    def member(role: str, topics: list[str], on_assigned: Any) -> GroupConsumer:
+        return GroupConsumer(
+            cfg.kafka,
+            f"{cfg.app_id}-{role}",
+            topics,
+            max_records=cfg.batch_size,
+            on_assigned=on_assigned,
+            on_undecodable=undecodable,
+            commit_interval=cfg.commit_interval,
+        )
+
+    def runner(role: str, topics: list[str], on_assigned: Any, loop: Any) -> Callable[[], Any]:
+        async def run_member() -> None:
+            consumer = member(role, topics, on_assigned)
+            consumers[role] = consumer
+            try:
+                await consumer.start()
+                await loop(consumer)
+            finally:
+                await consumer.stop()
+
+        run_member.__name__ = f"{role}_loop"
+        return run_member
+
     if cfg.role in ("all", "gate"):
-        app.task(rebuild_gate)
-        app.agent(ingress, concurrency=1)(gate_agent)
+        app.task(runner("gate", [t.ingress], gate_assigned, gate_loop))
     if cfg.role in ("all", "fold"):
-        app.agent(events, concurrency=1)(fold_agent)
-        app.agent(staff, concurrency=1)(staff_agent)
+        app.task(runner("fold", [t.events, t.staff], fold_assigned, fold_loop))
         app.timer(cfg.sweep_interval)(daily_sweep)
         app.timer(cfg.snapshot_interval)(snapshot)
-    app.on_partitions_assigned.connect(on_assigned)  # the gate's index follows its log too
+
+    # -- health and metrics ---------------------------------------------------------------
+
+    async def probe_kafka() -> None:
+        """Whether the broker answers (a metadata request, 2 s at most)."""
+        client = next((c.consumer._client for c in consumers.values()), None)
+        if client is None:
+            return
+        try:
+            await asyncio.wait_for(client.fetch_all_metadata(), 2.0)
+            kafka_up[0] = True
+        except Exception:
+            kafka_up[0] = False
+        metrics.kafka_up.set(1 if kafka_up[0] else 0)
+
+    app.timer(2.0)(probe_kafka)
+
+    def lag() -> list[tuple[str, int, int]]:
+        return [
+            (tp.topic, tp.partition, n)
+            for c in list(consumers.values())
+            for tp, n in sorted(c.lag().items())
+        ]
+
+    metrics.watch_lag(lag)
+
+    def health() -> dict[str, Any]:
+        roles = ["gate", "fold"] if cfg.role == "all" else [cfg.role]
+        assigned = {r: len(consumers[r].assigned) if r in consumers else 0 for r in roles}
+        ready = kafka_up[0] and all(assigned.values()) and not fatal
+        metrics.ready.set(1 if ready else 0)
+        return {
+            "live": True,
+            "ready": ready,
+            "kafka": "up" if kafka_up[0] else "down",
+            "role": cfg.role,
+            "assigned_partitions": assigned,
+        }
+
+    if cfg.web_port is not None:
+
+        @app.page("/healthz")
+        async def healthz(web: Any, request: Any) -> Any:
+            """Liveness: 200 while the process runs; the body says whether it is ready."""
+            return web.json(health())
+
+        @app.page("/readyz")
+        async def readyz(web: Any, request: Any) -> Any:
+            """Readiness: 200 only when connected to Kafka with partitions assigned."""
+            body = health()
+            return web.json(body, status=200 if body["ready"] else 503)
+
+        @app.page("/metrics")
+        async def prometheus(web: Any, request: Any) -> Any:
+            health()  # the ready gauge as of this scrape
+            body = generate_latest(metrics.registry)
+            return web.bytes(body, content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
     return app
 
 
-def checked_topics(cfg: WorkerConfig) -> dict[str, str]:
-    """The ids of the log and staff topics, once the partition counts of the ingress, log
-    and staff topics are found to fit ``cfg`` (else :class:`WorkerStartError`): a worker
-    that reads partitions that do not exist waits for them forever."""
+def checked_topics(cfg: WorkerConfig) -> tuple[dict[str, str], int]:
+    """The ids of the log and staff topics and the ingress topic's partition count, once
+    the partition counts of the log and staff topics are found to fit ``cfg`` (else
+    :class:`WorkerStartError`): a worker that reads partitions that do not exist waits
+    for them forever."""
     t = cfg.topics
     shapes = topic_shapes(cfg.kafka, [t.ingress, t.events, t.staff])
     counts = {name: shape.partitions for name, shape in shapes.items()}
     problem = partition_mismatch(t, cfg.partitions, counts)
     if problem is not None:
         raise WorkerStartError(problem)
-    return {name: shapes[name].topic_id for name in (t.events, t.staff)}
+    ids = {name: shapes[name].topic_id for name in (t.events, t.staff)}
+    return ids, max(1, counts.get(t.ingress) or 1)
 
 
-def run(cfg: WorkerConfig, loglevel: str = "warning") -> None:
+def run(cfg: WorkerConfig, loglevel: str = "warning", log_format: str = "text") -> None:
     """Create the topics and check them (:class:`WorkerStartError`), then run the worker
     until SIGINT/SIGTERM (exit 0) or until it stops itself (exit ``FATAL_EXIT``)."""
     import faust
@@ -696,9 +849,21 @@ def run(cfg: WorkerConfig, loglevel: str = "warning") -> None:
     from streams.kafka.topics import ensure_topics
 
     ensure_topics(cfg.kafka, cfg.topics, cfg.partitions)
-    app = build_app(cfg, checked_topics(cfg))
+    ids, ingress_partitions = checked_topics(cfg)
+    app = build_app(cfg, ids, ingress_partitions)
     tune_for_large_heap()
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+
+    class Worker(faust.Worker):  # type: ignore[misc]
+        def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+            """After Faust/mode set up logging: ``--log-format`` and the repeat filter
+            (a broker that is away must not print an error line per retry)."""
+            super().on_setup_root_logger(logger, level)
+            for handler in logging.getLogger().handlers:
+                if log_format == "json":
+                    handler.setFormatter(formatter("json"))
+            add_repeat_filter(logging.getLogger())
+
+    worker = Worker(app, loglevel=loglevel, quiet=True)
     # Faust's startup spinner sets the root logger to DEBUG, so every aiokafka and faust
     # debug call built a record that was then dropped (4 % of the worker's time)
     worker.spinner = None

@@ -28,6 +28,7 @@ from projections.ledger import body_digest, idempotency_digest
 from schemas.events import Event, EventRejected, parse_event
 from streams.kafka.limits import DEADLETTER_EXCERPT_BYTES, EVENT_MAX_BYTES, KEY_MAX_BYTES
 from streams.kafka.log_writer import log_records, practice_wide
+from streams.kafka.partitioning import ingress_partition
 from streams.kafka.records import Headers, deadletter_headers, event_key
 
 TOO_LARGE = "too_large"
@@ -38,6 +39,7 @@ class Verdict(Enum):
     NEW = "new"
     DUPLICATE = "duplicate"
     REJECTED = "rejected"
+    REROUTED = "rerouted"  # valid, but on another ingress partition than its org's
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +50,7 @@ class Decision:
     reason: str | None = None
     idem: int = 0
     body: int = 0
+    home: int = -1  # REROUTED: the ingress partition of the event's org
 
     @property
     def practice_wide(self) -> bool:
@@ -58,6 +61,7 @@ class Decision:
 class Target(Enum):
     LOG = "log"
     DEADLETTER = "deadletter"
+    INGRESS = "ingress"  # a rerouted record, to its org's partition
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,11 +93,13 @@ class Routed:
 
     @property
     def outcome(self) -> str:
-        """``log``, ``deadletter`` or ``duplicate``: exactly one per ingress record."""
+        """``log``, ``deadletter``, ``duplicate`` or ``rerouted``: exactly one per
+        ingress record."""
         return {
             Verdict.NEW: "log",
             Verdict.REJECTED: "deadletter",
             Verdict.DUPLICATE: "duplicate",
+            Verdict.REROUTED: "rerouted",
         }[self.decision.verdict]
 
 
@@ -117,8 +123,9 @@ def deadletter_write(reason: str, key: bytes | None, value: bytes, source: Sourc
 class IngressGate:
     """Decides each ingress record; remembers what the log holds."""
 
-    def __init__(self) -> None:
+    def __init__(self, ingress_partitions: int = 1) -> None:
         self.index = DigestIndex()
+        self.ingress_partitions = ingress_partitions
 
     def learn(self, idem: int, body: int) -> None:
         """Record an event already in the log (rebuild from log headers)."""
@@ -129,10 +136,13 @@ class IngressGate:
         """Undo :meth:`decide`'s NEW for an event that could not be written after all."""
         self.index.discard(idem)
 
-    def decide(self, value: bytes | None) -> Decision:
+    def decide(self, value: bytes | None, home: int | None = None) -> Decision:
         """The verdict on one record's bytes; never raises. A NEW event's digests enter
         the index at once (a re-send in the same batch is a duplicate), so its caller must
-        write it to the log or :meth:`forget` it."""
+        write it to the log or :meth:`forget` it. ``home``: when set, the ingress partition
+        the record was read from, out of ``self.ingress_partitions``; a valid event of an
+        org whose partition is another is REROUTED there, undecided (that partition's
+        gate holds the org's index)."""
         raw = (value or b"").strip()
         if not raw:
             return Decision(Verdict.REJECTED, raw, reason="empty record")
@@ -146,6 +156,10 @@ class IngressGate:
             return Decision(Verdict.REJECTED, raw, reason="unreadable event")
         if len(event_key(event.org_id, event.patient_id)) > KEY_MAX_BYTES:
             return Decision(Verdict.REJECTED, raw, reason=TOO_LARGE)
+        if home is not None and self.ingress_partitions > 1:
+            own = ingress_partition(event.org_id, self.ingress_partitions)
+            if own != home:
+                return Decision(Verdict.REROUTED, raw, event, home=own)
         idem = idempotency_digest(event.org_id, event.event_id)
         body = body_digest(event, raw)
         prior = self.index.get(idem)
@@ -166,10 +180,14 @@ class IngressGate:
     def route(
         self, value: bytes | None, key: bytes | None, source: Source, partitions: int
     ) -> Routed:
-        """:meth:`decide`, plus the records to write; total (never raises)."""
-        d = self.decide(value)
+        """:meth:`decide`, plus the records to write; total (never raises). A record
+        read from a partition (``source.partition >= 0``) is checked to be on its org's."""
+        d = self.decide(value, source.partition if source.partition >= 0 else None)
         if d.verdict is Verdict.DUPLICATE:
             return Routed(d, ())
+        if d.verdict is Verdict.REROUTED:
+            hop = [("rerouted_from", f"{source.partition}:{source.offset}".encode())]
+            return Routed(d, (Write(Target.INGRESS, key, value or b"", hop, d.home),))
         if d.verdict is Verdict.REJECTED or d.event is None:
             reason = d.reason or "rejected"
             return Routed(d, (deadletter_write(reason, key, value or b"", source),))

@@ -48,10 +48,12 @@ class Output:
     key: bytes | None
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...] = ()
+    kind: str = ""  # an alert's kind (for the metrics)
 
 
 def alert_output(alert: Alert) -> Output:
-    return Output(ALERTS, event_key(alert.org_id, alert.patient_id), alert_value(alert))
+    key = event_key(alert.org_id, alert.patient_id)
+    return Output(ALERTS, key, alert_value(alert), (), str(alert.kind))
 
 
 def _staff_out(event: Event, activity: Activity, tz: str, voided: bool) -> Output:

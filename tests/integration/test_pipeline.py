@@ -115,7 +115,7 @@ def test_dead_letter_keeps_raw_bytes_reason_and_source(
 
         follower = asyncio.run(run())
         log = asyncio.run(read_all(broker.bootstrap, topics.events))
-        sent = asyncio.run(read_all(broker.bootstrap, topics.ingress, parts=1))
+        sent = asyncio.run(read_all(broker.bootstrap, topics.ingress))
     finally:
         worker.stop()
     dead = follower.got.deadletter

@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaProducer
 from streams.demo.client import WorkerProcess
 from streams.kafka.broker import EmbeddedBroker
 from streams.kafka.limits import DEADLETTER_EXCERPT_BYTES, PRODUCER_MAX_REQUEST_BYTES
+from streams.kafka.partitioning import IngressPartitioner
 from streams.kafka.records import header, key_of
 from streams.kafka.topics import Topics, ensure_topics
 from support.pipeline import read_all
@@ -25,7 +26,10 @@ PARTS = 3
 
 async def send_raw(bootstrap: str, topic: str, values: list[bytes]) -> None:
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", max_request_size=PRODUCER_MAX_REQUEST_BYTES
+        bootstrap_servers=bootstrap,
+        acks="all",
+        max_request_size=PRODUCER_MAX_REQUEST_BYTES,
+        partitioner=IngressPartitioner(),  # ingress is partitioned by org
     )
     await producer.start()
     try:
