@@ -143,6 +143,7 @@ class GroupConsumer:
         on_undecodable: Callable[[UndecodableBatch], Awaitable[None]],
         client_id: str = "caretally-worker",
         commit_interval: float = 1.0,
+        topic_ids: Callable[[list[str]], Awaitable[dict[str, str] | None]] | None = None,
     ) -> None:
         self.topics = list(topics)
         self.group_id = group_id
@@ -156,6 +157,8 @@ class GroupConsumer:
         self._done: dict[AioTopicPartition, int] = {}  # next offset whose outputs are acked
         self._committed: dict[AioTopicPartition, int] = {}
         self.commit_interval = commit_interval
+        self._topic_ids = topic_ids
+        self._ids: dict[str, str] = {}  # the topics' ids at the last assignment
         self._last_commit = 0.0
         self.consumer = aio_consumer(kafka, WORKER_CONSUMER, group_id=group_id, client_id=client_id)
 
@@ -165,7 +168,7 @@ class GroupConsumer:
         self.consumer.subscribe(self.topics, listener=_Listener(self))
         await self.consumer.start()
 
-    async def stop(self, timeout: float = 3.0) -> None:
+    async def stop(self, timeout: float = 1.5) -> None:
         """Commit what is done and leave the group, within ``timeout`` seconds (a broker
         that is away cannot hold the worker's exit)."""
         with contextlib.suppress(Exception):
@@ -247,6 +250,26 @@ class GroupConsumer:
                 out[tp] = max(0, high - pos)
         return out
 
+    # -- topic identity -------------------------------------------------------------------
+
+    async def recreated_topics(self) -> list[str]:
+        """The topics whose broker id changed since the last call (remembering the new)."""
+        if self._topic_ids is None:
+            return []
+        ids = await self._topic_ids(self.topics)
+        if not ids:
+            return []
+        changed = [t for t in self.topics if self._ids.get(t) and ids.get(t) != self._ids[t]]
+        self._ids.update({t: i for t, i in ids.items() if i})
+        return changed
+
+    async def topics_recreated(self) -> bool:
+        """Whether a topic's id differs from the last known (not remembering it)."""
+        if self._topic_ids is None or not self._ids:
+            return False
+        ids = await self._topic_ids(self.topics) or {}
+        return any(ids.get(t) and ids[t] != self._ids.get(t) for t in self._ids)
+
     # -- errors ---------------------------------------------------------------------------
 
     async def _quarantine(self, exc: BaseException) -> None:
@@ -299,9 +322,13 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         """Eager rebalancing revokes every partition each time: commit what is done; the
-        owner hears of what it really lost once the new assignment is known."""
+        owner hears of what it really lost once the new assignment is known. Offsets of a
+        topic that was since recreated (a restarted memory broker) are not committed: they
+        would point past the new topic's end and stall it."""
         owner = self.owner
         async with owner.turn:
+            if await owner.topics_recreated():
+                owner._done.clear()
             with contextlib.suppress(KafkaConnectionError, KafkaError):
                 await owner.commit()
             for tp in set(revoked):
@@ -316,4 +343,10 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
             now = set(assigned)
             before, owner.assigned = owner.assigned, now
             owner.assignments += 1
+            for topic in await owner.recreated_topics():
+                # offsets committed to the old incarnation mean nothing here: from the start
+                tps = [tp for tp in now if tp.topic == topic]
+                if tps:
+                    log.warning("%s was recreated: reading it from the start", topic)
+                    await owner.consumer.seek_to_beginning(*tps)
             await owner._on_assigned(now, now - before, before - now)

@@ -42,7 +42,8 @@ async def read_range(
 async def read_to_end(
     kafka: Connection, topic: str, partitions: Iterable[int]
 ) -> AsyncIterator[Any]:
-    """Every record of the given partitions from the start to the highwater seen on arrival."""
+    """Every record of the given partitions from the start to the end seen on arrival
+    (the last stable offset; the highwater when the broker gives none)."""
     consumer = aio_consumer(kafka, LOG_READER)
     tps = [AioTopicPartition(topic, p) for p in partitions]
     await consumer.start()
@@ -56,7 +57,11 @@ async def read_to_end(
                 for record in records:
                     yield record
             for tp in list(pending):
-                high = consumer.highwater(tp)
+                # read_committed: the readable end is the last stable offset (an open
+                # transaction's records past it are not ours to wait for)
+                high = consumer.last_stable_offset(tp)
+                if high is None:
+                    high = consumer.highwater(tp)
                 if high is not None and await consumer.position(tp) >= high:
                     pending.discard(tp)
     finally:

@@ -1,20 +1,33 @@
 """``caretally worker``: the Faust app that runs the core over Kafka.
 
-Agents (one process, ``concurrency=1`` each: docs/kafka-notes.md §0.4):
+Faust runs the app (its producer, timers and web server); the hot topics are read in
+batches by :class:`~streams.kafka.group_consumer.GroupConsumer` members (aiokafka
+``getmany``), because Faust's per-message stream alone measured about 2,400 events/s:
 
-* **gate** — ``care.ingress.v1`` → the log (``care.events.v1``) or the dead-letter topic
-  (``streams.worker.gate``). Exact duplicates are counted and dropped.
-* **fold** — the log → per-partition :class:`~streams.worker.partition.FoldPartition`
-  state; changed patient-month views to ``care.billing.v1``, alerts to
-  ``care.alerts.v1``, activity intervals to ``care.staff.v1`` keyed by staff.
-* **staff** — ``care.staff.v1`` → ``staff_overlap`` alerts (``projections.staff``).
-* timers: the daily ``threshold_approaching`` sweep and the snapshots.
+* **gate** (group ``<app_id>-gate``) — ``care.ingress.v1`` → the log
+  (``care.events.v1``) or the dead-letter topic (``streams.worker.gate``). Exact
+  duplicates are counted and dropped. Ingress is partitioned by org
+  (``streams.kafka.partitioning``); a gate decides the orgs of the partitions it is
+  assigned, with an index rebuilt from the log on every assignment that brings
+  partitions, and forwards a record found on another org's partition to its own.
+* **fold** (group ``<app_id>-fold``) — the log → per-partition
+  :class:`~streams.worker.partition.FoldPartition` state; changed patient-month views to
+  ``care.billing.v1``, alerts to ``care.alerts.v1``, activity intervals to
+  ``care.staff.v1`` keyed by staff; and ``care.staff.v1`` → ``staff_overlap`` alerts
+  (``projections.staff``). A partition lost in a rebalance is snapshotted and dropped.
+* timers: the daily ``threshold_approaching`` sweep, the snapshots, a Kafka probe.
+* web (``--web-port``): ``/healthz``, ``/readyz``, ``/metrics`` (``streams.worker.metrics``).
 
-``role`` runs all of it in one process (``all``), or the gate alone (``gate``) or the
-rest (``fold``), each as its own consumer group (``<app_id>-gate``, ``<app_id>-fold``),
-so the two halves can use two cores. Run at most one gate: it is the log's only writer
-and dedupes against the index it rebuilt from the log at start (and rebuilds from a new
-log before its next batch when the topic was recreated).
+``role`` runs all of it in one process (``all``), or only the gate or only the fold.
+Any number of processes of each role may share one ``app_id`` (each with its own state
+folder and web port): the groups spread the partitions over them.
+
+A batch is folded in log order with exact per-event alerts; its outputs are delivered
+(acks=all) before its offsets are marked done, and offsets are committed at most every
+``commit_interval`` seconds and at every rebalance and stop (a late commit only means
+records read again: the fold skips them by offset, the gate drops them as duplicates).
+A record batch no client can decode is dead-lettered with its raw bytes and the
+partition goes on.
 
 ``caretally worker`` exits 0 after SIGTERM/SIGINT, and ``FATAL_EXIT`` (3) after it
 stopped itself with a critical log line: the gate could not write a batch (which is not
@@ -26,8 +39,7 @@ state lives in memory and is snapshotted with the log offset it reflects; a reco
 whose offset is past the state's next offset first folds the gap straight from the
 log, one at or below it is skipped (already folded). So a restart, a rebalance or a
 lost snapshot refolds from the log and never loses or double-counts a minute.
-Outputs of a batch are delivered (acks=all) before its offsets can be committed, and
-a snapshot is taken only between batches, so at-least-once holds end to end.
+A snapshot is taken only between batches, so at-least-once holds end to end.
 """
 
 from __future__ import annotations
@@ -735,6 +747,10 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str], ingress_partitions: in
 
     # -- running the consumers ------------------------------------------------------------
 
+    async def topic_ids(topics: list[str]) -> dict[str, str] | None:
+        shapes = await describe(topics)
+        return None if shapes is None else {n: sh.topic_id for n, sh in shapes.items()}
+
     def member(role: str, topics: list[str], on_assigned: Any) -> GroupConsumer:
         return GroupConsumer(
             cfg.kafka,
@@ -744,6 +760,7 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str], ingress_partitions: in
             on_assigned=on_assigned,
             on_undecodable=undecodable,
             commit_interval=cfg.commit_interval,
+            topic_ids=topic_ids,
         )
 
     def runner(role: str, topics: list[str], on_assigned: Any, loop: Any) -> Callable[[], Any]:

@@ -28,6 +28,7 @@ KAFKA_ADJACENT = {
 SHARED = {
     "--as-of": options.as_of_option,
     "--input-format": options.input_format_option,
+    "--log-format": options.log_format_option(),
     "--no-progress": options.no_progress_option,
     "--org": options.org_option,
     "--output": options.output_option,
