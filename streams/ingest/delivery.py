@@ -1,11 +1,12 @@
 """How ``caretally ingest`` delivers: the producer, its acknowledgements and their account.
 
 :func:`deliver` sends every record of a source to the ingress topic with kafka-python's
-idempotent producer (``acks=all``, keys memoised to their partition), dead-letters the
-lines too large to send (as the gate would: :func:`too_large_letter`), waits until each
-send is acknowledged or has failed, and closes the producer even when the broker is gone
-(``close_kafka_producer``). :class:`Delivery` counts the acknowledgements, :class:`Stats`
-the lines; :func:`delivery_problems` says, in one message, what did not arrive.
+idempotent producer (``acks=all``, each record on its org's partition:
+``streams.kafka.partitioning``), dead-letters the lines too large to send (as the gate
+would: :func:`too_large_letter`), waits until each send is acknowledged or has failed,
+and closes the producer even when the broker is gone (``close_kafka_producer``).
+:class:`Delivery` counts the acknowledgements, :class:`Stats` the lines;
+:func:`delivery_problems` says, in one message, what did not arrive.
 ``caretally restore`` sends with the same settings (:func:`producer_settings`).
 ``--compression`` (:data:`COMPRESSIONS`) picks the codec the producer compresses each batch
 with; every consumer caretally runs reads all four (aiokafka and Faust decode them with
@@ -26,12 +27,12 @@ from streams.kafka.clients import (
     INGEST_PRODUCER,
     Connection,
     KafkaError,
-    KeyCachingPartitioner,
     MessageSizeTooLargeError,
     close_kafka_producer,
     describe,
     kafka_producer,
 )
+from streams.kafka.partitioning import kafka_python_ingress_partitioner
 from streams.kafka.topics import Topics
 from streams.worker import gate as ingress_gate
 from streams.worker.gate import TOO_LARGE, Write, deadletter_write
@@ -118,11 +119,12 @@ def make_producer(
     delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT,
     compression: str = DEFAULT_COMPRESSION,
 ) -> Any:
-    """kafka-python's idempotent producer, with a partitioner that remembers each key's
-    partition, compressing with ``compression``; a send not acknowledged within
+    """kafka-python's idempotent producer, placing each keyed record on its org's
+    partition (as the gate expects of ingress; the too-large dead letters it also sends
+    go by org too), compressing with ``compression``; a send not acknowledged within
     ``delivery_timeout`` seconds fails. It connects as it is built (:class:`KafkaError`)."""
     settings = producer_settings(delivery_timeout, compression)
-    return kafka_producer(kafka, settings, partitioner=KeyCachingPartitioner())
+    return kafka_producer(kafka, settings, partitioner=kafka_python_ingress_partitioner())
 
 
 @dataclass

@@ -25,11 +25,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import struct
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import cramjam
 from aiokafka import ConsumerRebalanceListener
 from aiokafka.errors import (
     CommitFailedError,
@@ -41,7 +43,7 @@ from aiokafka.errors import (
     UnsupportedCodecError,
 )
 from aiokafka.protocol.fetch import FetchRequest
-from aiokafka.record.memory_records import MemoryRecords
+from aiokafka.record.default_records import DefaultRecordBatch
 
 from streams.kafka.clients import WORKER_CONSUMER, AioTopicPartition, Connection, aio_consumer
 
@@ -68,6 +70,7 @@ class UndecodableBatch:
 DECODE_ERRORS: tuple[type[BaseException], ...] = (
     CorruptRecordException,
     UnsupportedCodecError,
+    cramjam.DecompressionError,  # snappy, lz4 or zstd flag over bytes that are not
 )
 
 
@@ -101,12 +104,8 @@ async def first_undecodable(
     response = await client.send(node, request)
     for _topic, partitions in response.topics:
         for _partition, _error, _high, *data in partitions:
-            records = MemoryRecords(data[-1] or b"")
-            while records.has_next():
-                view = records._next_slice
-                batch = records.next_batch()
-                if batch is None:
-                    break
+            for raw in _batches(bytes(data[-1] or b"")):
+                batch = DefaultRecordBatch(raw)
                 try:
                     if not batch.validate_crc():
                         raise CorruptRecordException("invalid CRC")
@@ -118,10 +117,24 @@ async def first_undecodable(
                         tp.partition,
                         batch.base_offset,
                         max(batch.next_offset, offset + 1),
-                        bytes(view) if view is not None else b"",
+                        raw,
                         f"undecodable record batch: {type(exc).__name__}: {exc}"[:500],
                     )
     return None
+
+
+def _batches(data: bytes) -> list[bytes]:
+    """The whole record batches of a fetched message set (a batch is its 12-byte offset
+    and length header plus ``length`` bytes; a partial one at the end is left out)."""
+    out, pos = [], 0
+    while pos + 12 <= len(data):
+        (length,) = struct.unpack_from(">i", data, pos + 8)
+        end = pos + 12 + length
+        if length <= 0 or end > len(data):
+            break
+        out.append(data[pos:end])
+        pos = end
+    return out
 
 
 class GroupConsumer:
@@ -158,6 +171,10 @@ class GroupConsumer:
         self._committed: dict[AioTopicPartition, int] = {}
         self.commit_interval = commit_interval
         self._topic_ids = topic_ids
+        self._carry: list[Any] = []  # records read ahead of an undecodable batch
+        # per partition, the offsets of the last dead-lettered batch (done once the
+        # records before it are)
+        self._skipped: dict[AioTopicPartition, tuple[int, int]] = {}
         self._ids: dict[str, str] = {}  # the topics' ids at the last assignment
         self._last_commit = 0.0
         self.consumer = aio_consumer(kafka, WORKER_CONSUMER, group_id=group_id, client_id=client_id)
@@ -179,8 +196,11 @@ class GroupConsumer:
     # -- batches --------------------------------------------------------------------------
 
     async def next_batch(self, timeout: float = 0.1) -> list[Any]:
-        """The next records (each partition's in offset order), at most ``max_records``;
-        empty when none came within ``timeout``."""
+        """The next records (each partition's in offset order), at most ``max_records``
+        (plus any read ahead of a bad batch); empty when none came within ``timeout``."""
+        if self._carry:  # their partition's position is already past the bad batch
+            carried, self._carry = self._carry, []
+            return carried
         try:
             got = await self.consumer.getmany(
                 timeout_ms=int(timeout * 1000), max_records=self.max_records
@@ -201,8 +221,12 @@ class GroupConsumer:
         """Mark ``records`` handled (their outputs acknowledged): committable."""
         for r in records:
             tp = AioTopicPartition(r.topic, r.partition)
-            if r.offset + 1 > self._done.get(tp, -1):
-                self._done[tp] = r.offset + 1
+            after = r.offset + 1
+            skipped = self._skipped.get(tp)
+            if skipped is not None and after == skipped[0]:  # a dead-lettered batch next
+                after = skipped[1]
+            if after > self._done.get(tp, -1):
+                self._done[tp] = after
 
     async def commit_due(self) -> None:
         """Commit when ``commit_interval`` has passed since the last commit (offsets are
@@ -273,35 +297,59 @@ class GroupConsumer:
     # -- errors ---------------------------------------------------------------------------
 
     async def _quarantine(self, exc: BaseException) -> None:
-        """``getmany`` failed on a batch's bytes: hand the bad batch to the owner, move
-        its partition past it, and put every other partition back where it was."""
-        async with self.turn:
+        """``getmany`` failed on a batch's bytes: put every partition back where it was,
+        find the bad batch, hand over the records before it (``_carry``), hand the batch
+        to the owner and move its partition past it. Not under ``turn``: a ``getmany``
+        while holding it would wait for a rebalance that waits for ``turn``; a rebalance
+        in between makes this fail, and the next ``getmany`` brings the error back."""
+        try:
             found = None
             for tp in sorted(self.assigned):
                 offset = await self._resume_offset(tp)
+                self.consumer.seek(tp, offset)
                 if found is None:
                     bad = await first_undecodable(self.consumer, tp, offset)
-                    if bad is not None and bad.base_offset <= offset < bad.next_offset + 1:
+                    if bad is not None and bad.next_offset > offset:
                         found = bad
+                        await self._carry_until(tp, offset, bad.base_offset)
                         self.consumer.seek(tp, bad.next_offset)
                         self._delivered[tp] = bad.next_offset
-                        continue
-                self.consumer.seek(tp, offset)
-            if found is None:
-                log.error("could not read a record batch (%s); retrying", type(exc).__name__)
-                await asyncio.sleep(1.0)
-                return
-            log.error(
-                "%s/%d: record batch at offsets %d..%d cannot be read (%s): dead-lettered",
-                found.topic,
-                found.partition,
-                found.base_offset,
-                found.next_offset - 1,
-                type(exc).__name__,
-            )
+        except (IllegalStateError, KafkaError, AssertionError) as again:
+            log.warning("record batch not isolated (%s); trying again", type(again).__name__)
+            await asyncio.sleep(0.5)
+            return
+        if found is None:
+            log.error("could not read a record batch (%s); retrying", type(exc).__name__)
+            await asyncio.sleep(1.0)
+            return
+        log.error(
+            "%s/%d: record batch at offsets %d..%d cannot be read (%s): dead-lettered",
+            found.topic,
+            found.partition,
+            found.base_offset,
+            found.next_offset - 1,
+            type(exc).__name__,
+        )
+        async with self.turn:
             await self._on_undecodable(found)
-            self._done[AioTopicPartition(found.topic, found.partition)] = found.next_offset
-            await self.commit()
+            tp = AioTopicPartition(found.topic, found.partition)
+            self._skipped[tp] = (found.base_offset, found.next_offset)
+            if self._done.get(tp, -1) >= found.base_offset or not any(
+                r.partition == found.partition and r.topic == found.topic for r in self._carry
+            ):
+                self._done[tp] = max(self._done.get(tp, -1), found.next_offset)
+
+    async def _carry_until(self, tp: AioTopicPartition, start: int, stop: int) -> None:
+        """Read ``tp``'s records in ``[start, stop)`` (those before a bad batch: aiokafka
+        decodes lazily, so a fetch capped at them never reaches it) for the next batch."""
+        position = start
+        while position < stop:
+            got = await self.consumer.getmany(tp, timeout_ms=1000, max_records=stop - position)
+            records = [r for r in got.get(tp, ()) if r.offset < stop]
+            if not records:
+                break
+            self._carry.extend(records)
+            position = records[-1].offset + 1
 
     async def _resume_offset(self, tp: AioTopicPartition) -> int:
         delivered = self._delivered.get(tp)

@@ -139,7 +139,9 @@ def topic_shapes(kafka: Connection, names: list[str]) -> dict[str, TopicShape]:
     """Id and partition count of each topic (DescribeTopics: never creates one)."""
     from streams.kafka.clients import kafka_admin
 
-    admin = kafka_admin(kafka)
+    # short waits: a worker asks this while the broker may be away, on a thread that its
+    # exit waits for
+    admin = kafka_admin(kafka, bootstrap_timeout_ms=2000, request_timeout_ms=3000)
     try:
         return {
             d["name"]: TopicShape(str(d.get("topic_id") or ""), len(d.get("partitions") or ()))

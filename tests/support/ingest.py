@@ -12,12 +12,12 @@ from typing import Any
 import orjson
 from click.testing import CliRunner, Result
 from kafka import KafkaConsumer, TopicPartition
-from kafka.partitioner.default import murmur2
 
 from streams.cli.main import cli
 from streams.demo.synthetic import generate_practice_log
 from streams.kafka.broker import EmbeddedBroker
 from streams.kafka.limits import DEADLETTER_EXCERPT_BYTES
+from streams.kafka.partitioning import home_partition, org_of_key
 from streams.kafka.records import header
 from streams.kafka.topics import Topics
 
@@ -37,8 +37,9 @@ class Ingress:
     partitions: int
 
     def partition_of(self, key: bytes) -> int:
-        """Where the default (murmur2, as in the Java client) partitioner puts ``key``."""
-        return (murmur2(key) & 0x7FFFFFFF) % self.partitions
+        """Where ``caretally ingest`` puts ``key``: its org part's partition (murmur2, as
+        Kafka's default partitioner hashes a key of ``org_id``)."""
+        return home_partition(org_of_key(key), self.partitions)
 
 
 def read_ingress(broker: EmbeddedBroker, topics: Topics, expected: int) -> Ingress:
