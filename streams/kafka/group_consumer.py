@@ -201,6 +201,7 @@ class GroupConsumer:
         if self._carry:  # their partition's position is already past the bad batch
             carried, self._carry = self._carry, []
             return carried
+        generation = self.assignments
         try:
             got = await self.consumer.getmany(
                 timeout_ms=int(timeout * 1000), max_records=self.max_records
@@ -215,7 +216,23 @@ class GroupConsumer:
             if records:
                 self._delivered[tp] = records[-1].offset + 1
                 out.extend(records)
+        if self.assignments != generation:  # a rebalance while fetching: read them again
+            self.rewind(out)
+            return []
         return out
+
+    def rewind(self, records: Iterable[Any]) -> None:
+        """Put each partition still assigned back to the first of ``records``: records
+        handed out but dropped (a rebalance came between) must be read again, since the
+        consumer's position is already past them."""
+        firsts: dict[AioTopicPartition, int] = {}
+        for r in records:
+            firsts.setdefault(AioTopicPartition(r.topic, r.partition), r.offset)
+        for tp, offset in firsts.items():
+            if tp in self.assigned:
+                with contextlib.suppress(IllegalStateError):
+                    self.consumer.seek(tp, offset)
+                    self._delivered[tp] = offset
 
     def done(self, records: Iterable[Any]) -> None:
         """Mark ``records`` handled (their outputs acknowledged): committable."""

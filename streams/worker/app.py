@@ -543,8 +543,9 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str], ingress_partitions: in
                 continue
             started = time.monotonic()
             async with consumer.turn:
-                if consumer.assignments != generation:
-                    continue  # a rebalance reset the positions: these come again
+                if consumer.assignments != generation:  # a rebalance came between
+                    consumer.rewind(batch)
+                    continue
                 metrics.records_in.labels(t.ingress).inc(len(batch))
                 stop: str | None = None
                 try:
@@ -629,8 +630,9 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str], ingress_partitions: in
                 continue
             started = time.monotonic()
             async with consumer.turn:
-                if consumer.assignments != generation:
-                    continue  # a rebalance reset the positions: these come again
+                if consumer.assignments != generation:  # a rebalance came between
+                    consumer.rewind(batch)
+                    continue
                 await logs_checked()  # a new log after an assignment: refolded first
                 pending: list[Any] = []
                 events = 0
