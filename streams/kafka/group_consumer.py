@@ -27,7 +27,7 @@ import contextlib
 import logging
 import struct
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -220,6 +220,24 @@ class GroupConsumer:
             self.rewind(out)
             return []
         return out
+
+    async def batches(self) -> AsyncIterator[list[Any]]:
+        """Batches, each handed over under ``turn`` (no rebalance while the owner holds
+        one); the owner marks what it finished with :meth:`done`, which is committed when
+        due after it returns. A batch that a rebalance overtook before ``turn`` was taken
+        is read again, not handed over."""
+        while True:
+            generation = self.assignments
+            batch = await self.next_batch()
+            if not batch:
+                await self.commit_due()
+                continue
+            async with self.turn:
+                if self.assignments != generation:
+                    self.rewind(batch)
+                    continue
+                yield batch
+                await self.commit_due()
 
     def rewind(self, records: Iterable[Any]) -> None:
         """Put each partition still assigned back to the first of ``records``: records

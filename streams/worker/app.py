@@ -544,30 +544,21 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str], ingress_partitions: in
         await deliver([await produce(t.deadletter, w.key, w.value, w.headers)])
 
     async def gate_loop(consumer: GroupConsumer) -> None:
-        while True:
-            generation = consumer.assignments
-            batch = await consumer.next_batch()
-            if not batch:
-                await consumer.commit_due()
-                continue
+        async for batch in consumer.batches():
             started = time.monotonic()
-            async with consumer.turn:
-                if consumer.assignments != generation:  # a rebalance came between
-                    consumer.rewind(batch)
-                    continue
-                metrics.records_in.labels(t.ingress).inc(len(batch))
-                stop: str | None = None
-                try:
-                    await gate_index_current()
-                    if not await gate_batch(batch):
-                        stop = CANNOT_WRITE
-                except FatalStop as exc:
-                    stop = str(exc)
-                if stop is not None:  # not marked done: a restart decides it again
-                    stop_fatally(stop)
-                    await asyncio.Event().wait()  # until the stop cancels this loop
-                consumer.done(batch)
-                await consumer.commit_due()
+            # under consumer.turn: no rebalance until the next batch
+            metrics.records_in.labels(t.ingress).inc(len(batch))
+            stop: str | None = None
+            try:
+                await gate_index_current()
+                if not await gate_batch(batch):
+                    stop = CANNOT_WRITE
+            except FatalStop as exc:
+                stop = str(exc)
+            if stop is not None:  # not marked done: a restart decides it again
+                stop_fatally(stop)
+                await asyncio.Event().wait()  # until the stop cancels this loop
+            consumer.done(batch)
             metrics.batch_seconds.labels("gate").observe(time.monotonic() - started)
             metrics.batch_records.labels("gate").observe(len(batch))
 
@@ -631,35 +622,26 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str], ingress_partitions: in
         await fold(slot, msg, pending)
 
     async def fold_loop(consumer: GroupConsumer) -> None:
-        while True:
-            generation = consumer.assignments
-            batch = await consumer.next_batch()
-            if not batch:
-                await consumer.commit_due()
-                continue
+        async for batch in consumer.batches():
             started = time.monotonic()
-            async with consumer.turn:
-                if consumer.assignments != generation:  # a rebalance came between
-                    consumer.rewind(batch)
-                    continue
-                await logs_checked()  # a new log after an assignment: refolded first
-                pending: list[Any] = []
-                events = 0
-                async with fold_lock, staff_lock:
-                    for msg in batch:
-                        if msg.topic == t.events:
-                            await fold_one(folds, fold_record, msg, pending)
-                            events += 1
-                        else:
-                            await fold_one(staffs, staff_record, msg, pending)
-                    folded = time.monotonic()
-                    await deliver(pending)
-                counts["fold.records"] += events
-                metrics.fold_seconds.observe(folded - started)
-                metrics.records_in.labels(t.events).inc(events)
-                metrics.records_in.labels(t.staff).inc(len(batch) - events)
-                consumer.done(batch)
-                await consumer.commit_due()
+            # under consumer.turn: no rebalance until the next batch
+            await logs_checked()  # a new log after an assignment: refolded first
+            pending: list[Any] = []
+            events = 0
+            async with fold_lock, staff_lock:
+                for msg in batch:
+                    if msg.topic == t.events:
+                        await fold_one(folds, fold_record, msg, pending)
+                        events += 1
+                    else:
+                        await fold_one(staffs, staff_record, msg, pending)
+                folded = time.monotonic()
+                await deliver(pending)
+            counts["fold.records"] += events
+            metrics.fold_seconds.observe(folded - started)
+            metrics.records_in.labels(t.events).inc(events)
+            metrics.records_in.labels(t.staff).inc(len(batch) - events)
+            consumer.done(batch)
             metrics.batch_seconds.labels("fold").observe(time.monotonic() - started)
             metrics.batch_records.labels("fold").observe(len(batch))
 

@@ -82,7 +82,7 @@ class WorkerMetrics:
         )
         self.batch_seconds = Histogram(
             "caretally_batch_seconds",
-            "Time from a batch's arrival to its outputs acknowledged and offsets committed",
+            "Time from a batch's arrival to its outputs acknowledged",
             ["role"],
             buckets=LATENCY_BUCKETS,
             registry=r,
