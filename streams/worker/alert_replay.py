@@ -15,6 +15,13 @@ partition, count once. Alerts come in log order: a record's own alerts first, th
 staff agent keys its state by staff member (``org_id:staff_id``); here each staff key
 has its own :class:`StaffProjector`, so the alerts are those of a worker whose staff
 members each land on their own ``care.staff.v1`` partition.
+
+One limit: a ``staff_overlap`` alert's id names the interval that reached the staff
+projection second. With a log of several partitions, the folds feed ``care.staff.v1`` in
+their own interleaving, so for a pair of intervals from two log partitions the worker's
+id may name the other one (the same overlap: org, patient, month and detail agree;
+``tests/integration/test_scaleout.py`` compares them so). Every other kind has the
+worker's id exactly.
 """
 
 from __future__ import annotations
