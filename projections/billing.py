@@ -31,9 +31,11 @@ from projections.documentation import (
     condition_count,
     consent_periods,
     enrollment_of_record,
+    enrollment_on,
     episodes,
     established,
     has_care_plan,
+    initiating_visit,
 )
 from projections.intervals import Interval
 from projections.ledger import QUARTER_HOUR, Activity, PatientState, Practice
@@ -48,6 +50,8 @@ DOCUMENTATION_REASONS = frozenset(
         "missing_care_plan",
         "insufficient_chronic_conditions",
         "rpm_not_established_patient",
+        "rtm_not_established_patient",
+        "missing_initiating_visit",
         "rpm_no_interactive_communication",
     }
 )
@@ -87,6 +91,10 @@ class _Option:
     flags: set[str]
     earned: list[tuple[str, int]] = field(default_factory=list)
     progress: list[tuple[str, str, str, Basis, int]] = field(default_factory=list)
+
+
+PROVISIONAL_FLAG_PREFIXES = ("rules_provisional:", "rules_extrapolated:")
+"""Flags that make a month's estimated payment provisional (docs/rules.md §6.3)."""
 
 
 @dataclass(slots=True)
@@ -136,7 +144,14 @@ class MonthBilling:
             ],
             "flags": sorted(self.flags),
             "estimated_payment": self.estimated_payment,
+            "payment_provisional": self.payment_provisional,
         }
+
+    @property
+    def payment_provisional(self) -> bool:
+        """Whether the payment is not final: priced with a provisional book
+        (``rules_provisional:<year>``) or past the last book (``rules_extrapolated:<year>``)."""
+        return any(f.startswith(PROVISIONAL_FLAG_PREFIXES) for f in self.flags)
 
 
 # -- one patient, many months ----------------------------------------------------
@@ -187,35 +202,73 @@ def activities_by_month(patient: PatientState, tz: str) -> dict[str, list[Activi
 
 
 def device_periods(
-    patient: PatientState, family: str, days: set[date], ordered: list[date] | None = None
+    patient: PatientState,
+    family: str,
+    days: set[date],
+    ordered: list[date] | None = None,
+    catalog: RuleCatalog = SHIPPED_CATALOG,
 ) -> list[tuple[date, date, int, int]]:
-    """(start, end inclusive, index in episode, transmission days) of every 30-day period
-    holding a reading (docs/rules.md §6.1, G1).
+    """(start, end inclusive, index in episode, transmission days) of every device period
+    holding a reading (docs/rules.md §6.1, G1, C-1).
 
-    Periods start at the program's enrollment date and are always 30 days long; a new
-    enrollment opens a new episode (99453 again, D-12) when the running period ends, so
-    device codes never come twice within 30 days. Readings before the first enrollment
-    belong to no period; with no enrollment at all, periods start at the first reading.
+    Periods are 30 days long from the program's enrollment date. Each later enrollment
+    starts a new episode (99453 again, D-12) with a grid of its own (C-1): at its own
+    date when the period running on it has, on the days before it, earned no device
+    code (that period then ends the day before, earning nothing); else the day after
+    that period ends, so that no two billed periods overlap. "Earned" is judged by the
+    book of the month of the day before the enrollment (:func:`earns_device_code`), so a
+    period cut short earns nothing under the book that bills it. Readings before the
+    first enrollment belong to no period; with no enrollment at all, periods start at
+    the first reading.
     """
     if not days:
         return []
     if ordered is None:  # ``days`` in order (a caller may keep them so)
         ordered = sorted(days)
     starts = episodes(patient, family) or [ordered[0]]
-    length, last = timedelta(days=30), timedelta(days=29)
+    length, last, day = timedelta(days=30), timedelta(days=29), timedelta(days=1)
     out: list[tuple[date, date, int, int]] = []
     p, k, j = starts[0], 0, 1
     while p <= ordered[-1]:
+        while j < len(starts) and starts[j] <= p:
+            j += 1  # enrollments on or before ``p`` have been placed
         end = p + last
-        n = bisect_right(ordered, end) - bisect_left(ordered, p)
+        lo = bisect_left(ordered, p)
+        if j < len(starts) and starts[j] <= end:  # a re-enrollment inside this period
+            cut = starts[j]
+            n = bisect_left(ordered, cut) - lo  # its days before the re-enrollment
+            book = catalog.for_month(month_of_date(cut - day))
+            if not earns_device_code(book, family, n):
+                if n:  # cut short: the new episode's grid starts at once
+                    out.append((p, cut - day, k, n))
+                p, k = cut, 0
+                continue
+        n = bisect_right(ordered, end) - lo
         if n:
             out.append((p, end, k, n))
         p, k = p + length, k + 1
         if j < len(starts) and starts[j] <= p:
             k = 0  # an enrollment during the period just ended: a new episode starts now
-            while j < len(starts) and starts[j] <= p:
-                j += 1
     return out
+
+
+def device_codes_earned(book: RuleBook, family: str, qualified: tuple[bool, ...]) -> list[str]:
+    """The device codes (fewest days first) a period billed under ``book`` earns, from
+    :meth:`RuleBook.qualifies` of its days; RTM only the codes its policy picks (§3.4)."""
+    rules = book.day_codes(family)[0]
+    wanted = None
+    if family == "rtm":
+        wanted = {book.policy.rtm_device_code, book.policy.rtm_device_code_low_days}
+    return [
+        r.code
+        for r, q in zip(rules, qualified[: len(rules)], strict=True)
+        if q and (wanted is None or r.code in wanted)
+    ]
+
+
+def earns_device_code(book: RuleBook, family: str, days: int) -> bool:
+    """Whether ``days`` transmission days earn a device code of ``book`` (C-1)."""
+    return bool(days) and bool(device_codes_earned(book, family, book.qualifies(family, days)))
 
 
 # -- evaluation -----------------------------------------------------------------
@@ -242,7 +295,9 @@ class PatientContext:
         self.practice = practice
         self.tz = practice.timezone
         self.days = reading_days(patient, self.tz) if days is None else days
-        self.periods = {fam: device_periods(patient, fam, d) for fam, d in self.days.items()}
+        self.periods = {
+            fam: device_periods(patient, fam, d, catalog=catalog) for fam, d in self.days.items()
+        }
         self.consent_cache: dict[tuple[str, str], list[Interval] | None] = {}
         self.by_month = activities_by_month(patient, self.tz) if by_month is None else by_month
         self._months: list[str] | None = None
@@ -379,6 +434,8 @@ class DocFacts:
     apcm: tuple[str, bool, int] | None  # (practitioner, qmb, conditions) of record
     records: tuple[tuple[str, str], ...]  # enrollments of record, latest first
     transition_window: bool  # an RHC/FQHC in the G0511 transition window
+    qp: bool  # the practice's fees: the QP conversion factor (docs/rules.md §5)
+    facility: bool  # ... and the facility amounts
     gates: tuple[tuple[str, str | None, tuple[str, ...]], ...]  # device and APCM lines' gates
 
 
@@ -509,8 +566,8 @@ def doc_facts(ctx: PatientContext, book: RuleBook, month: str) -> DocFacts:
         for start, end, index, n in ctx.periods.get(family, ()):
             if not lo <= end <= hi:
                 continue
-            enr = enrollment_of_record(patient, (family,), month_of_date(start))
-            who_dev = enr.practitioner_id if enr is not None and enr.on <= start else None
+            enr = enrollment_on(patient, family, start)  # one practitioner per period (G14)
+            who_dev = enr.practitioner_id if enr is not None else None
             rows.append((index == 0, book.qualifies(family, n), who_dev))
             wanted.add((family, who_dev))
         if rows:
@@ -528,6 +585,8 @@ def doc_facts(ctx: PatientContext, book: RuleBook, month: str) -> DocFacts:
         devices=tuple(devices),
         apcm=apcm,
         records=_records(patient, month),
+        qp=ctx.practice.qualifying_apm_participant,
+        facility=ctx.practice.fee_schedule == "facility",
         transition_window=(
             ctx.practice.facility_type in ("fqhc", "rhc")
             and pol.g0511_transition_from is not None
@@ -585,9 +644,30 @@ def _gate(
         reasons.append("insufficient_chronic_conditions")
     if gate.care_plan and not has_care_plan(p, family, m):
         reasons.append("missing_care_plan")
-    if gate.established_patient and not established(p, m, book.policy.established_patient_years):
-        reasons.append("rpm_not_established_patient")
+    years = book.policy.established_patient_years
+    rtm_p2 = family == "rtm" and book.proposal_on("rtm_established_patient")  # §7.2 P2
+    if (gate.established_patient or rtm_p2) and not established(p, m, years):
+        reasons.append(f"{'rtm' if family == 'rtm' else 'rpm'}_not_established_patient")
+    p1 = family in DEVICE_FAMILIES and book.proposal_on("rpm_rtm_initiating_visit")  # §7.2 P1
+    if p1 and not initiating_visit(
+        p, practitioner, _episode_start(p, family, practitioner, m), years
+    ):
+        reasons.append("missing_initiating_visit")
     return reasons
+
+
+def _episode_start(
+    patient: PatientState, family: str, practitioner: str | None, month: str
+) -> date:
+    """Where the initiating visit of the proposed rule P1 is looked for: the date of the
+    episode the month's lines belong to, the latest enrollment in ``family`` on or before
+    the month's end by ``practitioner`` (a device line's practitioner is its period's
+    enrollment, G14), else by anyone; with no enrollment, the month's last day. Documentation
+    alone decides it, as every gate (kept per month until documentation changes)."""
+    enr = enrollment_of_record(patient, (family,), month, practitioner)
+    if enr is None:
+        enr = enrollment_of_record(patient, (family,), month)
+    return last_day(month) if enr is None else enr.on
 
 
 class _MonthEval:
@@ -622,9 +702,11 @@ class _MonthEval:
         self._transition_flag()
         if self.facts.docs.extrapolated:
             self.flags.add(f"rules_extrapolated:{self.book.year}")
+        if self.book.provisional:
+            self.flags.add(f"rules_provisional:{self.book.year}")
         payment = 0.0
         for ln in self.lines:
-            fee = self.book.fee(ln.code)
+            fee = self._fee(ln.code)
             if fee is not None:
                 payment += fee * ln.units
         return Verdict(
@@ -634,6 +716,11 @@ class _MonthEval:
             estimated_payment=round(payment, 2),
             progress=tuple(self.progress),
         )
+
+    def _fee(self, code: str) -> float | None:
+        """The code's amount for the practice's payment settings (docs/rules.md §5)."""
+        docs = self.facts.docs
+        return self.book.fee(code, qp=docs.qp, facility=docs.facility)
 
     def _record(
         self, programs: tuple[str, ...], practitioner: str | None = None
@@ -826,9 +913,7 @@ class _MonthEval:
         if not options:
             return []
         if self.policy.ccm_track_policy == "revenue":
-            chosen = max(
-                options, key=lambda o: sum((self.book.fee(c) or 0.0) * u for c, u in o.earned)
-            )
+            chosen = max(options, key=lambda o: sum((self._fee(c) or 0.0) * u for c, u in o.earned))
         else:
             chosen = options[0]
         self.flags |= chosen.flags
@@ -843,16 +928,12 @@ class _MonthEval:
         """Device codes for each 30-day period ending in the month, from the codes its
         transmission days qualify for (:meth:`RuleBook.qualifies`)."""
         rules, setup = self.book.day_codes(family)
-        wanted = None
-        if family == "rtm":
-            wanted = {self.policy.rtm_device_code, self.policy.rtm_device_code_low_days}
         for first, qualified, practitioner in periods:
-            ok = zip(rules, qualified[: len(rules)], strict=True)
-            chosen = [r for r, q in ok if q and (wanted is None or r.code in wanted)]
+            chosen = device_codes_earned(self.book, family, qualified)
             if not chosen:
                 self.flags.add("rpm_insufficient_days")
                 continue
-            earned = [(chosen[-1].code, 1)]
+            earned = [(chosen[-1], 1)]
             if first:
                 extra = zip(setup, qualified[len(rules) :], strict=True)
                 earned += [(r.code, 1) for r, q in extra if q]

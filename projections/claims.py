@@ -1,9 +1,9 @@
 """Claim lines of a patient-month: what a month close exports (pure: no I/O, no clock).
 
 A claim line is one billable code of a patient-month for one billing practitioner, with
-its units, date of service and estimated payment (the rule book's national
-non-facility fee x units; a patient-month's lines add up to its
-``MonthBilling.estimated_payment``).
+its units, date of service and estimated payment (the rule book's national fee x units,
+priced by the practice's payment settings: non-facility or facility amount, QP conversion
+factor or not; a patient-month's lines add up to its ``MonthBilling.estimated_payment``).
 
 Its id is an HMAC-SHA256 of (org, patient, month, code, practitioner) keyed by the
 ``event_id`` of the ``month.closed`` that produced the line. Everything on a claim is
@@ -55,8 +55,8 @@ from math import ceil
 from typing import Any
 
 from projections.billing import Line, MonthBilling, PatientContext
-from projections.calendar import first_day, last_day, local_date, month_of_date
-from projections.documentation import enrollment_of_record
+from projections.calendar import first_day, last_day, local_date
+from projections.documentation import enrollment_on
 from projections.intervals import Interval, union
 from projections.ledger import Ledger, Practice
 from projections.rules import SHIPPED_CATALOG, RuleBook, RuleCatalog, Track
@@ -75,6 +75,7 @@ FIELDS = (
     "date_of_service_basis",
     "fee",
     "estimated_payment",
+    "payment_provisional",
 )
 
 # (code, units, billing practitioner, claim line id): a line as the Projector remembers it
@@ -96,6 +97,8 @@ class ClaimLine:
     basis: str  # why that date: time_met, care_plan_on, device_period_end, ...
     fee: float | None  # per unit; None: not priced under the PFS
     estimated_payment: float
+    # priced with rules that are not final (rules_provisional / rules_extrapolated)
+    payment_provisional: bool = False
 
     def row(self) -> dict[str, Any]:
         """The line as a claim-file record (keys: :data:`FIELDS`)."""
@@ -112,6 +115,7 @@ class ClaimLine:
             "date_of_service_basis": self.basis,
             "fee": self.fee,
             "estimated_payment": self.estimated_payment,
+            "payment_provisional": self.payment_provisional,
         }
 
 
@@ -179,9 +183,10 @@ def claim_lines(billing: MonthBilling, ctx: PatientContext, close_id: str) -> li
     practice and rule books)."""
     book = ctx.catalog.for_month(billing.month)
     dates = _DateOfService(billing, ctx, book)
+    qp, facility = ctx.practice.pricing()
     out = []
     for ln, n in _numbered(billing.billable):
-        fee = book.fee(ln.code)
+        fee = book.fee(ln.code, qp=qp, facility=facility)
         dos, basis = dates.of(ln, n)
         out.append(
             ClaimLine(
@@ -197,6 +202,7 @@ def claim_lines(billing: MonthBilling, ctx: PatientContext, close_id: str) -> li
                 basis=basis,
                 fee=fee,
                 estimated_payment=0.0 if fee is None else round(fee * ln.units, 2),
+                payment_provisional=billing.payment_provisional,
             )
         )
     return out
@@ -373,8 +379,8 @@ class _DateOfService:
         for start, end, index, days in self.ctx.periods.get(ln.family, ()):
             if not lo <= end <= self.month_end:
                 continue
-            enr = enrollment_of_record(self.ctx.patient, (ln.family,), month_of_date(start))
-            who = enr.practitioner_id if enr is not None and enr.on <= start else None
+            enr = enrollment_on(self.ctx.patient, ln.family, start)
+            who = enr.practitioner_id if enr is not None else None
             if who != ln.practitioner_id or days < rule.min_days:
                 continue
             if rule.kind == "setup" and index != 0:

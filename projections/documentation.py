@@ -72,14 +72,33 @@ def condition_count(patient: PatientState, month: str, tz: str) -> int:
     return latest[2] if latest else 0
 
 
-def established(patient: PatientState, month: str, years: int) -> bool:
-    """Seen in a visit within ``years`` calendar years before the month's end (RPM, G11)."""
-    end = last_day(month)
+def years_before(day: date, years: int) -> date:
+    """The same calendar day ``years`` years earlier (Feb 29 -> Feb 28)."""
     try:
-        since = end.replace(year=end.year - years)
+        return day.replace(year=day.year - years)
     except ValueError:  # Feb 29 in a leap year -> Feb 28
-        since = end.replace(year=end.year - years, day=28)
+        return day.replace(year=day.year - years, day=28)
+
+
+def established(patient: PatientState, month: str, years: int) -> bool:
+    """Seen in a visit within ``years`` calendar years before the month's end (RPM, G11;
+    RTM too under the proposed rule P2, docs/rules.md §7.2)."""
+    end = last_day(month)
+    since = years_before(end, years)
     return any(since <= on <= end for _, on, _ in patient.visits)
+
+
+def initiating_visit(
+    patient: PatientState, practitioner_id: str | None, start: date, years: int
+) -> bool:
+    """A visit by ``practitioner_id`` (anyone's when None) on or before ``start``, the
+    start of an RPM/RTM episode, and within ``years`` years before it (the proposed rule
+    P1, docs/rules.md §7.2)."""
+    since = years_before(start, years)
+    return any(
+        since <= on <= start and (practitioner_id is None or who == practitioner_id)
+        for who, on, _ in patient.visits
+    )
 
 
 def enrollment_of_record(
@@ -98,8 +117,24 @@ def enrollment_of_record(
     return best
 
 
+def enrollment_on(patient: PatientState, program: str, day: date) -> EnrollmentEntry | None:
+    """The latest enrollment in ``program`` dated on or before ``day`` (the one that
+    attributes a device period starting on ``day``, G14)."""
+    best: EnrollmentEntry | None = None
+    for e in patient.enrollments:
+        if (
+            e.program == program
+            and e.on <= day
+            and (best is None or (e.on, e.seq) > (best.on, best.seq))
+        ):
+            best = e
+    return best
+
+
 def episodes(patient: PatientState, program: str) -> list[date]:
-    """Start dates of device-monitoring episodes: one per enrollment (docs/rules.md §6.1)."""
+    """Dates of the program's enrollments, each of which starts a device-monitoring
+    episode (docs/rules.md §6.1, C-1); ``billing.device_periods`` places each episode's
+    30-day grid (at its date, or after a running period that earned a device code)."""
     return sorted({e.on for e in patient.enrollments if e.program == program})
 
 

@@ -293,11 +293,19 @@ class Projector:
         return [self.views[k] for k in sorted(self.views)]
 
 
-def _settings(ledger: Ledger, org: str) -> tuple[str, str] | None:
+def _settings(ledger: Ledger, org: str) -> tuple[str, str, bool, str] | None:
     """What a ``practice.configured`` sets, as the evaluation reads it (None: never set;
-    looked up without creating the practice, as the event may yet be refused)."""
+    looked up without creating the practice, as the event may yet be refused): any
+    change re-evaluates every month of the practice (the payment settings re-price them)."""
     practice = ledger.practices.get(org)
-    return None if practice is None else (practice.timezone, practice.facility_type)
+    if practice is None:
+        return None
+    return (
+        practice.timezone,
+        practice.facility_type,
+        practice.qualifying_apm_participant,
+        practice.fee_schedule,
+    )
 
 
 def _same_pairs(a: MonthBilling, b: MonthBilling) -> bool:

@@ -11,7 +11,9 @@ only what an event touches:
   (``MonthAccount.append``: a bisect and a list insert, not a re-accounting, when it
   comes last in claim order); an amendment or a void re-accounts the months of both
   versions;
-* a reading on a new local day recomputes the periods of its program only;
+* a reading on a new local day recomputes the periods of its program only (and refreshes
+  every month when that moved a period other than the one holding its day: an earlier
+  reading, or a day that lets a period earn before a re-enrollment, C-1);
 * a consent or a stay (which cut counted time) drops the accounts; other documentation
   keeps them and rebuilds the context's periods and consent cache;
 * a month's billing is then judged from its facts through the shared
@@ -84,7 +86,9 @@ class PatientKernel:
         when its day had a reading already; else the month where the 30-day period
         holding it ends (its day only adds a transmission day to that period), or every
         month (None) when it is the program's ``earliest`` reading, which may move every
-        period."""
+        period, or when it moved another period (a day that lets a period earn a device
+        code before a re-enrollment keeps it whole and moves the new episode's grid after
+        it, docs/rules.md C-1)."""
         low = self._first.get(program)
         earliest = low is None or quarter < low
         if earliest:
@@ -100,12 +104,15 @@ class PatientKernel:
         else:
             insort(ordered, day)
         ctx = self.ctx
-        before = _holding(ctx.periods.get(program, ()), day)
-        periods = ctx.periods[program] = device_periods(self.patient, program, days, ordered)
-        if earliest:
+        old = ctx.periods.get(program, [])
+        before = _holding(old, day)
+        periods = ctx.periods[program] = device_periods(
+            self.patient, program, days, ordered, self.catalog
+        )
+        after = _holding(periods, day)
+        if earliest or _others(old, before) != _others(periods, after):
             ctx.forget_periods()
             return None
-        after = _holding(periods, day)
         if after is None:  # before any period: only its month may be new
             ctx.add_months({month_of_date(day)})
             return {month_of_date(day)}
@@ -168,6 +175,13 @@ class PatientKernel:
                 self.ctx.consent_cache,
             )
         return self.ctx.bill(account.time, memo)
+
+
+def _others(
+    periods: list[tuple[date, date, int, int]], held: tuple[date, date, int, int] | None
+) -> list[tuple[date, date, int, int]]:
+    """``periods`` but ``held`` (the one holding a new day, whose count may change)."""
+    return [p for p in periods if p is not held]
 
 
 def _holding(

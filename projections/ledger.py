@@ -115,9 +115,16 @@ class PatientState:
 class Practice:
     timezone: str = DEFAULT_TIMEZONE
     facility_type: str = "office"
+    # payment settings (docs/rules.md §5): QP conversion factor, facility amounts
+    qualifying_apm_participant: bool = False
+    fee_schedule: str = "non_facility"
     closed_months: set[str] = field(default_factory=set)
     # month -> event_id of its latest month.closed (the key of its claim line ids)
     close_ids: dict[str, str] = field(default_factory=dict)
+
+    def pricing(self) -> tuple[bool, bool]:
+        """``(qp, facility)``: how the practice's fees are priced (``RuleBook.fee``)."""
+        return self.qualifying_apm_participant, self.fee_schedule == "facility"
 
 
 class Status(Enum):
@@ -332,6 +339,8 @@ class Ledger:
         p = self.practice(ev.org_id)
         p.timezone = ev.data.timezone
         p.facility_type = ev.data.facility_type
+        p.qualifying_apm_participant = ev.data.qualifying_apm_participant
+        p.fee_schedule = ev.data.fee_schedule
 
     def _month_closed(self, ev: MonthClosed, seq: int) -> None:
         practice = self.practice(ev.org_id)

@@ -61,6 +61,8 @@ Program = Literal["ccm", "pcm", "rpm", "rtm", "bhi", "tcm"]
 """Programs whose minutes an activity can be logged under."""
 StaffRole = Literal["clinical_staff", "physician", "qhp", "non_clinical"]
 FacilityType = Literal["office", "fqhc", "rhc"]
+FeeSchedule = Literal["non_facility", "facility"]
+"""Which PFS amount a practice is paid: the non-facility or the facility one."""
 ConsentProgram = Literal["ccm", "pcm", "rpm", "rtm", "bhi", "apcm"]
 EnrollmentProgram = Literal["ccm", "pcm", "rpm", "rtm", "bhi", "apcm"]
 CarePlanProgram = Literal["ccm", "pcm", "bhi", "rpm", "rtm"]
@@ -77,6 +79,16 @@ class _Strict(BaseModel):
 class PracticeConfiguredData(_Strict):
     timezone: str = Field(default="America/New_York", description="IANA time zone name")
     facility_type: FacilityType = "office"
+    qualifying_apm_participant: bool = Field(
+        default=False,
+        description="the practice's clinicians are qualifying APM participants (QPs): fees "
+        "use the rule year's QP conversion factor (docs/rules.md §5)",
+    )
+    fee_schedule: FeeSchedule = Field(
+        default="non_facility",
+        description="which national amount the fees are: the non-facility (rvu_nf) or the "
+        "facility (rvu_fac) one (docs/rules.md §5)",
+    )
 
     @field_validator("timezone")
     @classmethod

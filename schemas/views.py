@@ -32,13 +32,22 @@ class PatientMonthView(_View):
     month: str = Field(pattern=r"^\d{4}-\d{2}$")
     rule_year: int = Field(
         description="the rule book the month was priced with; a month after the last book "
-        "is priced with it and flagged rules_extrapolated:<year>"
+        "is priced with it and flagged rules_extrapolated:<year>; a month of a provisional "
+        "book (one whose final rule was not read) is flagged rules_provisional:<year>"
     )
     minutes: dict[str, float] = Field(description="counted minutes per program, after exclusions")
     billable: list[CodeUnits]
     blocked: list[BlockedCode]
     flags: list[str]
-    estimated_payment: float = Field(description="national non-facility amount, USD")
+    estimated_payment: float = Field(
+        description="national amount, USD: non-facility unless the practice is configured "
+        "with fee_schedule facility, at the qualifying-APM conversion factor when it is "
+        "configured so (docs/rules.md §5)"
+    )
+    payment_provisional: bool = Field(
+        description="the payment is an estimate under rules that are not final: flagged "
+        "rules_provisional:<year> or rules_extrapolated:<year>"
+    )
 
 
 AlertKind = Literal[

@@ -160,16 +160,19 @@ def _source_key(source: str) -> tuple[str, int, str]:
     return (source[: len(source) - len(digits)], int(digits) if digits.isdigit() else 0, source)
 
 
-def billing(mb: MonthBilling, book: RuleBook, in_replay: bool) -> Billing:
-    """The month's billable and blocked lines priced from ``book``, and the rules that
-    applied (codes, tracks, gates, exclusive pairs, the conversion factor) with their
-    sources."""
+def billing(
+    mb: MonthBilling, book: RuleBook, in_replay: bool, qp: bool = False, facility: bool = False
+) -> Billing:
+    """The month's billable and blocked lines priced from ``book`` for the practice's
+    payment settings (``qp``: its clinicians are qualifying APM participants; ``facility``:
+    facility amounts), and the rules that applied (codes, tracks, gates, exclusive pairs,
+    the conversion factor used and the setting that chose it) with their sources."""
 
     def line(
         code: str, units: int, practitioner: str | None, family: str, reasons: list[str]
     ) -> CodeLine:
         rule = book.code(code)
-        fee = book.fee(code)
+        fee = book.fee(code, qp=qp, facility=facility)
         amount = None if fee is None else round(fee * units, 2)
         return CodeLine(
             code,
@@ -211,18 +214,19 @@ def billing(mb: MonthBilling, book: RuleBook, in_replay: bool) -> Billing:
     for pair in book.exclusives:
         if f"{pair.a}+{pair.b}" in conflicts or f"{pair.b}+{pair.a}" in conflicts:
             rules.append(RuleRef("exclusive", f"{pair.a}+{pair.b}", pair.sources))
+    factor = book.conversion_factor_qp if qp else book.conversion_factor
     if billable:
         rules.append(
             RuleRef(
                 "conversion_factor",
-                f"{book.conversion_factor}",
+                pricing_text(factor, qp, facility),
                 (book.conversion_factor_source,),
             )
         )
     sources = sorted({s for r in rules for s in r.sources}, key=_source_key)
     return Billing(
         rule_year=mb.rule_year,
-        conversion_factor=book.conversion_factor,
+        conversion_factor=factor,
         in_replay=in_replay,
         minutes=dict(sorted(mb.minutes.items())),
         billable=billable,
@@ -232,3 +236,11 @@ def billing(mb: MonthBilling, book: RuleBook, in_replay: bool) -> Billing:
         rules=tuple(rules),
         source_ids=tuple(sources),
     )
+
+
+def pricing_text(factor: float, qp: bool, facility: bool) -> str:
+    """The conversion factor used and the settings that chose it, e.g. ``33.5675
+    (qualifying APM participant; facility amounts)``."""
+    who = "qualifying APM participant" if qp else "non-qualifying APM participant"
+    amounts = "facility amounts" if facility else "non-facility amounts"
+    return f"{factor} ({who}; {amounts})"

@@ -225,6 +225,8 @@ class AuditFold:
             month=month,
             timezone=tz,
             facility_type=practice.facility_type,
+            qualifying_apm_participant=practice.qualifying_apm_participant,
+            fee_schedule=practice.fee_schedule,
             as_of=self.as_of,
             latest_recorded_at=self.latest,
             month_start=_local(lo, tz),
@@ -234,7 +236,7 @@ class AuditFold:
             activities=rows,
             programs=_programs(mt, book, rows),
             documentation=self._documentation(ctx, month),
-            billing=explain.billing(mb, book, month in months),
+            billing=explain.billing(mb, book, month in months, *practice.pricing()),
             rejected=tuple(self.rejected),
             unmatched_voids=tuple(self.unmatched_voids),
         )

@@ -229,7 +229,7 @@ class RuleRef:
 @dataclass(frozen=True, slots=True)
 class Billing:
     rule_year: int
-    conversion_factor: float
+    conversion_factor: float  # the one used: the QP one for qualifying APM participants
     in_replay: bool  # False: `caretally replay` prints no line for this month
     minutes: dict[str, float]
     billable: tuple[CodeLine, ...]
@@ -277,6 +277,8 @@ class AuditReport:
     month: str
     timezone: str
     facility_type: str
+    qualifying_apm_participant: bool  # payment settings of practice.configured
+    fee_schedule: str  # non_facility | facility
     as_of: datetime | None  # None: everything in the input
     latest_recorded_at: datetime | None  # newest recorded_at among the applied events
     month_start: datetime

@@ -12,6 +12,7 @@ from projections.rules.model import (
     Exclusive,
     Gate,
     Policy,
+    Proposals,
     Track,
 )
 
@@ -30,7 +31,12 @@ class RuleBook:
     effective_to: date
     conversion_factor: float
     conversion_factor_source: str
+    conversion_factor_qp: float  # qualifying APM participants (the same before 2026)
     source_ids: tuple[str, ...]
+    fees_from: str  # the CMS file the RVUs were read from ("" if none)
+    provisional: bool  # not final: months it bills are flagged rules_provisional:<year>
+    provisional_reason: str
+    proposals: Proposals
     policy: Policy
     codes: dict[str, CodeRule]
     tracks: tuple[Track, ...]
@@ -47,7 +53,12 @@ class RuleBook:
             effective_to=doc.book.effective_to,
             conversion_factor=doc.book.conversion_factor,
             conversion_factor_source=doc.book.conversion_factor_source,
+            conversion_factor_qp=doc.book.conversion_factor_qp or doc.book.conversion_factor,
             source_ids=doc.book.source_ids,
+            fees_from=doc.book.fees_from,
+            provisional=doc.book.provisional,
+            provisional_reason=doc.book.provisional_reason,
+            proposals=doc.proposals,
             policy=doc.policy,
             codes={rule.code: rule for rule in doc.codes},
             tracks=doc.tracks,
@@ -72,8 +83,18 @@ class RuleBook:
                 return rule
         return None
 
-    def fee(self, code: str) -> float | None:
-        return self.codes[code].fee(self.conversion_factor)
+    def fee(self, code: str, qp: bool = False, facility: bool = False) -> float | None:
+        """The code's national amount (docs/rules.md §5) for a practice whose clinicians are
+        (``qp``) or are not qualifying APM participants, at the non-facility or ``facility``
+        rate; None when unpriced."""
+        return self.codes[code].fee(
+            self.conversion_factor_qp if qp else self.conversion_factor, facility
+        )
+
+    def proposal_on(self, name: str) -> bool:
+        """Whether the book switches on the proposed rule ``name`` (``[proposals]``)."""
+        proposal = getattr(self.proposals, name)
+        return proposal is not None and proposal.enabled
 
     def device_codes(self, family: str) -> tuple[CodeRule, ...]:
         """The family's device supply codes, by the fewest days they need."""

@@ -14,7 +14,7 @@ from datetime import timedelta
 from itertools import pairwise
 
 from projections.rules.book import RuleBook
-from projections.rules.model import FAMILIES, BookFile, CodeRule
+from projections.rules.model import FAMILIES, PRICED_STATUSES, BookFile, CodeRule
 from projections.rules.problems import Loc, Problem, line_of
 
 ENGINE_TRACKS: dict[str, tuple[str, ...]] = {
@@ -111,6 +111,19 @@ def _header(doc: BookFile, file: str, report: _Report) -> None:
     stem = file.rsplit("/", 1)[-1].removesuffix(".toml")
     if stem.isdigit() and int(stem) != book.year:
         report(("book", "year"), f"{book.year} in a file named {stem}.toml")
+    if book.provisional and not book.provisional_reason.strip():
+        report(
+            ("book", "provisional_reason"), "missing: a provisional book says why it is not final"
+        )
+    if not book.provisional and book.provisional_reason:
+        report(("book", "provisional_reason"), "only a provisional book gives a reason")
+    employed = doc.proposals.rpm_rtm_employed_staff
+    if employed is not None and employed.enabled:
+        report(
+            ("proposals", "rpm_rtm_employed_staff", "enabled"),
+            "cannot be enforced: wire contract v1 does not say whether staff are employed "
+            "by the billing practice",
+        )
 
 
 def _code(rule: CodeRule, loc: Loc, codes: dict[str, CodeRule], report: _Report) -> None:
@@ -151,6 +164,17 @@ def _code(rule: CodeRule, loc: Loc, codes: dict[str, CodeRule], report: _Report)
         report((*loc, "level"), f"a monthly code, and only one, names its level {name}")
     if rule.requires_interactive and rule.kind != "time":
         report((*loc, "requires_interactive"), f"only time codes require it {name}")
+    if rule.status in PRICED_STATUSES and rule.rvu_nf is None:
+        report((*loc, "rvu_nf"), f"missing: status {rule.status} has a national amount {name}")
+    if rule.status is not None and rule.status not in PRICED_STATUSES:
+        for key in ("rvu_nf", "rvu_fac"):
+            if getattr(rule, key) is not None:
+                report(
+                    (*loc, key),
+                    f"status {rule.status} has no national amount: leave the code unpriced {name}",
+                )
+        if not rule.note.strip():
+            report((*loc, "note"), f"missing: say why status {rule.status} is unpriced {name}")
 
 
 def _levels(doc: BookFile, report: _Report) -> None:
@@ -292,6 +316,7 @@ def _sources(doc: BookFile, report: _Report) -> None:
     cited += [(("tracks", i, "sources"), t.sources) for i, t in enumerate(doc.tracks)]
     cited += [(("exclusive", i, "sources"), e.sources) for i, e in enumerate(doc.exclusive)]
     cited += [(("gates", f, "sources"), g.sources) for f, g in doc.gates if g is not None]
+    cited += [(("proposals", n, "sources"), p.sources) for n, p in doc.proposals if p is not None]
     for loc, sources in cited:
         unlisted = sorted(set(sources) - listed)
         if unlisted:

@@ -17,6 +17,10 @@ def book_rows(catalog: RuleCatalog) -> list[dict[str, Any]]:
             "effective_to": b.effective_to.isoformat(),
             "codes": len(b.codes),
             "conversion_factor": b.conversion_factor,
+            "conversion_factor_qp": b.conversion_factor_qp,
+            "provisional": b.provisional,
+            "provisional_reason": b.provisional_reason,
+            "fees_from": b.fees_from,
             "source": b.source,
         }
         for b in catalog.books
@@ -42,7 +46,9 @@ def code_facts(book: RuleBook, code: str) -> dict[str, Any]:
     """Everything ``book`` says about ``code``: its values, fee, tracks, add-ons,
     exclusive pairs and its family's gate, each with its sources."""
     rule = book.code(code)
-    values = rule.model_dump(exclude={"code", "sources", "note", "descriptor"})
+    values = rule.model_dump(
+        exclude={"code", "sources", "note", "descriptor", "status", "rvu_nf", "rvu_fac"}
+    )
     gate = book.gates.get(rule.family)
     return {
         "code": rule.code,
@@ -51,9 +57,17 @@ def code_facts(book: RuleBook, code: str) -> dict[str, Any]:
         "descriptor": rule.descriptor,
         "rule": {k: v for k, v in values.items() if v not in (None, 0, False, "")},
         "fee": {
+            "status": rule.status,
             "rvu_nf": rule.rvu_nf,
+            "rvu_fac": rule.rvu_fac,
             "conversion_factor": book.conversion_factor,
+            "conversion_factor_qp": book.conversion_factor_qp,
             "national_nonfacility": book.fee(code),
+            "national_facility": book.fee(code, facility=True),
+            "national_nonfacility_qp": book.fee(code, qp=True),
+            "national_facility_qp": book.fee(code, qp=True, facility=True),
+            "provisional": book.provisional,
+            "fees_from": book.fees_from,
             "sources": [book.conversion_factor_source],
         },
         "tracks": [

@@ -10,6 +10,7 @@ Field comments cite docs/rules.md (§x, Gx, D-x); source ids (S1 ...) are docs/r
 from __future__ import annotations
 
 from datetime import date
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -27,6 +28,10 @@ Scope = Literal["same_practitioner", "any"]
 Resolution = Literal["track_order", "program_of_record", "allow_flagged"]
 """How the engine settles an exclusive pair: inside the family's track order, by the
 program of record (§6.2 steps 9, 11, 12), or allowed and flagged as disputed (D-2)."""
+PfsStatus = Literal["A", "B", "C", "E", "I", "J", "M", "N", "P", "R", "T", "X"]
+"""CMS PFS status indicators (PPRRVU ``STATUS CODE``): A active, C carrier-priced, ..."""
+PRICED_STATUSES: tuple[str, ...] = ("A", "R", "T")
+"""Statuses with a national amount the fee schedule pays (the others carry no fee here)."""
 Requirement = Literal["complex_month"]
 """What a track may require of the month besides time (G12: a complex month)."""
 
@@ -48,9 +53,17 @@ class BookHeader(_Strict):
     year: int
     effective_from: date  # the first day of a month
     effective_to: date  # the last day of a month; the next book starts the day after
-    conversion_factor: float = Field(gt=0)  # docs/rules.md §5
+    conversion_factor: float = Field(gt=0)  # docs/rules.md §5: non-qualifying APM participants
     conversion_factor_source: SourceId
+    # qualifying APM participants' factor (from 2026 the two differ); None: the same
+    conversion_factor_qp: float | None = Field(default=None, gt=0)
     source_ids: tuple[SourceId, ...] = Field(min_length=1)  # every id the book may cite
+    # the CMS file the RVUs were read from, e.g. "PPRRVU2026_Jan_nonQPP.csv (RVU26A, 2025-12-29)"
+    fees_from: str = ""
+    # a book whose rules or fees are not final (a proposed rule): every month it bills is
+    # flagged rules_provisional:<year>, and its payments are shown as provisional
+    provisional: bool = False
+    provisional_reason: str = ""  # required when provisional: what is not final and why
 
 
 class Policy(_Strict):
@@ -117,12 +130,23 @@ class CodeRule(_Strict):
     min_days: int = Field(default=0, ge=0)  # device codes: transmission days in the period
     max_days: int | None = Field(default=None, ge=1)
     level: Level | None = None  # monthly codes: the level they bill (G13)
+    # CMS PFS status indicator (S1, S27): "A" priced nationally; "C" contractor-priced
+    # (no national amount: unpriced here); None: not read from a CMS file
+    status: PfsStatus | None = None
     rvu_nf: float | None = Field(default=None, ge=0)  # total non-facility RVU; None: unpriced
-    rvu_fac: float | None = Field(default=None, ge=0)  # documentary
-    note: str = ""
+    rvu_fac: float | None = Field(default=None, ge=0)  # total facility RVU; None: the NF one
+    note: str = ""  # an unpriced code says why here
 
-    def fee(self, conversion_factor: float) -> float | None:
-        return None if self.rvu_nf is None else round(self.rvu_nf * conversion_factor, 2)
+    def fee(self, conversion_factor: float, facility: bool = False) -> float | None:
+        """National amount in dollars (docs/rules.md §5), rounded half up to cents; None
+        when the book has no RVU for the code (unpriced: it adds nothing to a payment)."""
+        rvu = self.rvu_fac if facility and self.rvu_fac is not None else self.rvu_nf
+        if rvu is None:
+            return None
+        cents = (Decimal(str(rvu)) * Decimal(str(conversion_factor))).quantize(
+            Decimal("0.01"), rounding=ROUND_HALF_UP
+        )
+        return float(cents)
 
 
 class Track(_Strict):
@@ -177,6 +201,23 @@ class FlagOrder(_Strict):
     exclusive_conflict: tuple[CodeId, ...] = Field(min_length=1)
 
 
+class Proposal(_Strict):
+    """``[proposals.<name>]``: a proposed rule that is not in force (docs/rules.md §7.2). Off
+    by default; a book may switch it on to see what it would change."""
+
+    enabled: bool = False
+    summary: str = Field(min_length=1)
+    sources: Sources
+
+
+class Proposals(_Strict):
+    """``[proposals]``: the switches the engine knows (CY 2027 proposed rule, S28)."""
+
+    rpm_rtm_initiating_visit: Proposal | None = None  # P1
+    rtm_established_patient: Proposal | None = None  # P2
+    rpm_rtm_employed_staff: Proposal | None = None  # P3
+
+
 class BookFile(_Strict):
     """A whole rule book file, table by table."""
 
@@ -187,3 +228,4 @@ class BookFile(_Strict):
     exclusive: tuple[Exclusive, ...] = ()
     gates: Gates
     flag_order: FlagOrder
+    proposals: Proposals = Proposals()

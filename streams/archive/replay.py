@@ -73,8 +73,11 @@ _EVENT_COLS = (
     "org_id, patient_id, type, recorded_at, activity_id, staff_id, staff_role, "
     'practitioner_id, program, started_at, seconds, face_to_face, interactive, "on", '
     "complexity, chronic_count, qmb, kind, setting, admitted_on, discharged_on, timezone, "
-    "facility_type"
+    "facility_type, qualifying_apm_participant, fee_schedule"
 )
+_ADDED_COLS = {"qualifying_apm_participant": "BOOLEAN", "fee_schedule": "VARCHAR"}
+"""Columns of ``ev`` the archive's first files lack (``streams.archive.store.SCHEMA``): read
+by name across files, and null (the defaults) where a file has none."""
 _READING_COLS_EMPTY = (
     'NULL::INTEGER AS partition, NULL::BIGINT AS "offset", NULL::VARCHAR AS org_id, '
     "NULL::VARCHAR AS patient_id, NULL::VARCHAR AS program, NULL::TIMESTAMPTZ AS taken_at"
@@ -186,7 +189,8 @@ class ArchiveReplay:
             sql(
                 f"""CREATE TABLE ev AS
                 SELECT lt.ord, {", ".join("p." + c.strip() for c in _EVENT_COLS.split(","))}
-                FROM (SELECT partition, "offset", {_EVENT_COLS} FROM read_parquet(?)
+                FROM (SELECT partition, "offset", {self._event_cols()}
+                      FROM read_parquet(?, union_by_name = true)
                       WHERE type <> 'device.reading' AND {share}) p
                 JOIN lt USING (partition, "offset")
                 ANTI JOIN losers USING (partition, "offset")""",
@@ -208,16 +212,31 @@ class ArchiveReplay:
             """SELECT count(*) + (SELECT count(*) FROM rd),
                       count(*) FILTER (WHERE patient_id IS NULL) FROM ev"""
         ).fetchone()
-        # the practice as the ledger keeps it: its latest settings, else the defaults
+        # the practice as the ledger keeps it: its latest settings, else the defaults (a
+        # file archived before the payment settings has no such columns: its rows are null
+        # there, and a practice.configured of that time set the defaults)
         sql(
             f"""CREATE TABLE orgs AS
             SELECT o.org_id, coalesce(p.tz, '{DEFAULT_TIMEZONE}') AS tz,
-                   coalesce(p.facility, 'office') AS facility
+                   coalesce(p.facility, 'office') AS facility,
+                   coalesce(p.qp, false) AS qp, coalesce(p.fees, 'non_facility') AS fees
             FROM (SELECT org_id FROM ev UNION SELECT org_id FROM rd) o
             LEFT JOIN (SELECT org_id, arg_max(timezone, ord) AS tz,
-                              arg_max(facility_type, ord) AS facility
+                              arg_max(facility_type, ord) AS facility,
+                              arg_max(coalesce(qualifying_apm_participant, false), ord) AS qp,
+                              arg_max(coalesce(fee_schedule, 'non_facility'), ord) AS fees
                        FROM ev WHERE type = 'practice.configured' GROUP BY org_id) p
             USING (org_id)"""
+        )
+
+    def _event_cols(self) -> str:
+        """:data:`_EVENT_COLS` as this archive has them: an added column that no file
+        holds (an archive written before it) is a typed null."""
+        query = "SELECT * FROM read_parquet(?, union_by_name = true) LIMIT 0"
+        present = {d[0] for d in self.con.execute(query, [self.files]).description}
+        return ", ".join(
+            c if c in present or c not in _ADDED_COLS else f"NULL::{_ADDED_COLS[c]} AS {c}"
+            for c in (c.strip() for c in _EVENT_COLS.split(","))
         )
 
     def _bound_volume(self) -> None:
@@ -322,8 +341,11 @@ class ArchiveReplay:
         """Each org's practice settings, as the ledger holds them (closed months aside:
         billing does not read them)."""
         self.prepare("_load")
-        rows = self.con.execute("SELECT org_id, tz, facility FROM orgs").fetchall()
-        return {org: Practice(tz, facility) for org, tz, facility in rows}
+        rows = self.con.execute("SELECT org_id, tz, facility, qp, fees FROM orgs").fetchall()
+        return {
+            org: Practice(tz, facility, qualifying_apm_participant=qp, fee_schedule=fees)
+            for org, tz, facility, qp, fees in rows
+        }
 
     def patients(self) -> Iterator[PatientState]:
         """Every patient's state, in (org, patient) order, one at a time: the activities,
@@ -462,7 +484,8 @@ def _empty_cols() -> str:
         "NULL::VARCHAR AS complexity, NULL::INTEGER AS chronic_count, NULL::BOOLEAN AS qmb, "
         "NULL::VARCHAR AS kind, NULL::VARCHAR AS setting, NULL::DATE AS admitted_on, "
         "NULL::DATE AS discharged_on, NULL::TIMESTAMPTZ AS taken_at, "
-        "NULL::VARCHAR AS timezone, NULL::VARCHAR AS facility_type"
+        "NULL::VARCHAR AS timezone, NULL::VARCHAR AS facility_type, "
+        "NULL::BOOLEAN AS qualifying_apm_participant, NULL::VARCHAR AS fee_schedule"
     )
 
 

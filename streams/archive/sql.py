@@ -34,6 +34,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from projections.rules import SHIPPED_CATALOG, RuleCatalog
 from streams.archive.replay import ArchiveReplay
 from streams.archive.store import LOG_TS_SQL
 
@@ -76,16 +77,18 @@ def _sql_list(items: list[str]) -> str:
 
 class ArchiveSql:
     """A locked-down connection over ``source`` (an archive directory or file) with the
-    views; each :meth:`query` is interrupted after ``timeout`` seconds (None: never)."""
+    views; each :meth:`query` is interrupted after ``timeout`` seconds (None: never);
+    ``patient_months`` is evaluated with the rule books of ``catalog``."""
 
     def __init__(
         self,
         source: Path,
         as_of: datetime | None = None,
         timeout: float | None = DEFAULT_TIMEOUT_S,
+        catalog: RuleCatalog = SHIPPED_CATALOG,
     ) -> None:
         # absolute paths: the files allowed below are the files the views read
-        self.replay = ArchiveReplay(Path(source).absolute(), as_of=as_of)
+        self.replay = ArchiveReplay(Path(source).absolute(), as_of=as_of, catalog=catalog)
         self.con = self.replay.con
         self.timeout = timeout
         self._timer: threading.Timer | None = None
@@ -123,7 +126,8 @@ class ArchiveSql:
                       SELECT *, row_number() OVER (ORDER BY log_ts, partition, "offset")
                              AS log_position
                       FROM (SELECT *, {LOG_TS_SQL}
-                            FROM read_parquet([{files}], hive_partitioning = false)))
+                            FROM read_parquet([{files}], hive_partitioning = false,
+                                              union_by_name = true)))
                     QUALIFY row_number() OVER (PARTITION BY org_id, event_id
                                                ORDER BY log_position) = 1"""
             else:  # an empty archive: the (empty) typed table
@@ -177,6 +181,7 @@ class ArchiveSql:
                 ),
                 ("flags", pa.list_(pa.string())),
                 ("estimated_payment", pa.float64()),
+                ("payment_provisional", pa.bool_()),
             ]
         )
         table = pa.Table.from_pylist(rows, schema=schema)

@@ -24,10 +24,12 @@ start and resumes after the highest committed offset of each partition.
 
 Each row keeps the event's exact log bytes (``raw``), its partition, offset and the
 broker's record timestamp, plus typed copies of the fields the replay needs, so DuckDB
-never parses JSON. The archive's canonical order is :data:`ORDER_SQL`: per partition
-the offset order (which is per-key order), interleaved across partitions by record
-timestamp (made non-decreasing within each partition, so a clock step back can never
-reorder one key's events).
+never parses JSON (columns added later, such as the payment settings of
+``practice.configured``, are missing from files written before them: a reader selecting
+them reads the files by column name, and such a file's rows hold the defaults). The
+archive's canonical order is :data:`ORDER_SQL`: per partition the offset order (which is
+per-key order), interleaved across partitions by record timestamp (made non-decreasing
+within each partition, so a clock step back can never reorder one key's events).
 """
 
 from __future__ import annotations
@@ -101,6 +103,9 @@ SCHEMA = pa.schema(
         ("timezone", pa.string()),
         ("facility_type", pa.string()),
         ("closed_month", pa.string()),
+        # added after the first archives (theirs lack them: readers take the defaults)
+        ("qualifying_apm_participant", pa.bool_()),
+        ("fee_schedule", pa.string()),
     ]
 )
 COLUMNS = SCHEMA.names
@@ -175,7 +180,12 @@ def event_row(
     elif isinstance(event, DeviceReading):
         row.update(program=d.program, taken_at=d.taken_at, kind=d.device_id)
     elif isinstance(event, PracticeConfigured):
-        row.update(timezone=d.timezone, facility_type=d.facility_type)
+        row.update(
+            timezone=d.timezone,
+            facility_type=d.facility_type,
+            qualifying_apm_participant=d.qualifying_apm_participant,
+            fee_schedule=d.fee_schedule,
+        )
     elif isinstance(event, MonthClosed):
         row.update(closed_month=d.month)
     return row

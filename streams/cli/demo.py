@@ -96,6 +96,7 @@ def demo(
     Examples:
       caretally demo
       caretally demo --patients 100 --month 2026-01 --feed-seconds 40
+      caretally demo --offline --month 2027-01   # priced with the provisional 2027 book
       caretally demo --offline --save-log sample.ndjson && caretally replay --input sample.ndjson
     """
     from rich.console import Console

@@ -43,6 +43,7 @@ def csv_text(lines: Iterable[ClaimLine]) -> str:
         row = ln.row()
         row["fee"] = _money(ln.fee)
         row["estimated_payment"] = _money(ln.estimated_payment)
+        row["payment_provisional"] = "true" if ln.payment_provisional else "false"
         row["billing_practitioner_id"] = ln.practitioner_id or ""
         writer.writerow([row[f] for f in FIELDS])
     return buf.getvalue()
@@ -53,6 +54,7 @@ def json_bytes(lines: list[ClaimLine], meta: dict[str, Any]) -> bytes:
         **meta,
         "line_count": len(lines),
         "estimated_payment": round(sum(ln.estimated_payment for ln in lines), 2),
+        "payment_provisional": any(ln.payment_provisional for ln in lines),
         "lines": [ln.row() for ln in lines],
     }
     return orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n"

@@ -111,12 +111,15 @@ def summary_table(
     units: Counter[str] = Counter()
     dollars: dict[str, float] = {}
     blocked: Counter[str] = Counter()
+    provisional = 0.0
     for v in views:
         book = catalog.for_month(v["month"])
         for line in v["billable"]:
             units[line["code"]] += line["units"]
             fee = (book.fee(line["code"]) or 0.0) * line["units"]
             dollars[line["code"]] = dollars.get(line["code"], 0.0) + fee
+        if v["payment_provisional"]:
+            provisional += v["estimated_payment"]
         for item in v["blocked"]:
             for reason in item["reasons"]:
                 blocked[f"{item['code']}: {reason}"] += item["units"]
@@ -128,6 +131,12 @@ def summary_table(
         table.add_row(code, str(units[code]), f"{dollars[code]:,.2f}")
     table.add_row("total", str(sum(units.values())), f"{sum(dollars.values()):,.2f}", style="bold")
     console.print(table)
+    if provisional:
+        console.print(
+            f"[yellow]${provisional:,.2f} of the estimated payment is provisional[/]: months "
+            "priced with rules that are not final (flagged rules_provisional or "
+            "rules_extrapolated; `caretally rules list`)"
+        )
     if blocked:
         bt = Table(title="blocked (time met, billing held)")
         bt.add_column("code: reason")

@@ -22,7 +22,8 @@ Cells:
   kind     fields                                         cell
   ======== ============================================== ==========================
   number   ``minutes``                                    ``25``, ``12.5``
-  boolean  ``face_to_face``, ``interactive``, ``qmb``      ``true`` / ``false``
+  boolean  ``face_to_face``, ``interactive``, ``qmb``,     ``true`` / ``false``
+           ``qualifying_apm_participant``
   list     ``chronic``                                    ``E11.9;I10``; ``[]`` empty
   text     everything else (ids, labels, timestamps,      as written
            dates ``YYYY-MM-DD``, enumerations)

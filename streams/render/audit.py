@@ -8,6 +8,7 @@ JSON (:func:`report_dict`): one object whose keys are the fields of
 name and version, ``caretally.audit/1``) and ``input`` first::
 
     report, input, org_id, patient_id, month, timezone, facility_type,
+    qualifying_apm_participant, fee_schedule (non_facility | facility),
     as_of (null: everything in the input), latest_recorded_at,
     month_start, month_end (exclusive), month_closed,
     events {applied, duplicates, rejected},
@@ -23,7 +24,7 @@ name and version, ``caretally.audit/1``) and ``input`` first::
     documentation {consents, care_plans, conditions, enrollments, visits, stays,
         devices [{program, days, periods [{start, end, index, days}]}],
         conditions_in_effect, complex_month, established_patient},
-    billing {rule_year, conversion_factor, in_replay, minutes, billable, blocked
+    billing {rule_year, conversion_factor (the one used), in_replay, minutes, billable, blocked
         [{code, units, practitioner_id, family, descriptor, fee, amount, reasons,
         sources}], flags, estimated_payment, rules [{kind, name, sources}], source_ids},
     rejected [{event_id, type, recorded_at, reason}],
@@ -251,6 +252,17 @@ def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
 
 
+def _pricing(report: AuditReport) -> str:
+    """How the fees are priced: the amounts and the conversion factor used (with the
+    payment setting that chose each, ``practice.configured``)."""
+    amounts = "facility" if report.fee_schedule == "facility" else "non-facility"
+    who = "qualifying" if report.qualifying_apm_participant else "non-qualifying"
+    return (
+        f"{amounts} amounts, conversion factor {report.billing.conversion_factor} "
+        f"({who} APM participant)"
+    )
+
+
 def header(report: AuditReport, source: str | None = None) -> list[tuple[str, str]]:
     """(label, value) lines of the report's header."""
     ev = report.events
@@ -275,6 +287,7 @@ def header(report: AuditReport, source: str | None = None) -> list[tuple[str, st
             f"{ev.applied} applied, {ev.duplicates} duplicate, {ev.rejected} rejected",
         ),
         ("rule year", f"{report.billing.rule_year} (facility: {report.facility_type})"),
+        ("fees", _pricing(report)),
     ]
     if source:
         lines.insert(0, ("input", source))
@@ -443,8 +456,7 @@ def sections(report: AuditReport) -> list[Section]:
                 ]
                 for ln in b.billable
             ],
-            note=f"estimated payment ${b.estimated_payment:,.2f} "
-            f"(national, conversion factor {b.conversion_factor})",
+            note=f"estimated payment ${b.estimated_payment:,.2f} (national, {_pricing(report)})",
             numeric=frozenset({1, 4, 5}),
         )
     )

@@ -19,6 +19,7 @@ CSV_COLUMNS = [
     "blocked",
     "flags",
     "estimated_payment",
+    "payment_provisional",
 ]
 
 
@@ -51,6 +52,7 @@ def cells(v: dict[str, Any], list_sep: str = " ") -> list[str]:
         " ".join(f"{b['code']}x{b['units']}({'|'.join(b['reasons'])})" for b in v["blocked"]),
         list_sep.join(v["flags"]),
         f"{v['estimated_payment']:.2f}",
+        "true" if v["payment_provisional"] else "false",
     ]
 
 
@@ -86,10 +88,20 @@ def write_table(views: Iterable[dict[str, Any]], out: TextIO | None = None) -> i
         table.add_column(col, **kw)  # type: ignore[arg-type]
     n = 0
     total = 0.0
+    provisional = False
     for v in views:
-        table.add_row(*cells(v, list_sep=", "))
+        row = cells(v, list_sep=", ")
+        if v["payment_provisional"]:  # the payment cell says so; the caption says why
+            row[-2] += " (provisional)"
+            provisional = True
+        table.add_row(*row[:-1])
         total += v["estimated_payment"]
         n += 1
-    table.caption = f"{n} patient-month(s); estimated payment ${total:,.2f}"
+    table.caption = f"{n} patient-month(s); estimated payment ${total:,.2f}" + (
+        " (provisional: some months are priced with rules that are not final, "
+        "flagged rules_provisional or rules_extrapolated)"
+        if provisional
+        else ""
+    )
     console.print(table)
     return n

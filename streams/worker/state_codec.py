@@ -16,7 +16,9 @@ Encoding is generic over the registry:
 
 The field names in the data must be exactly the class's, so a snapshot of a state
 whose shape has since changed is refused (the worker refolds from the log) instead
-of being half-applied. Extending the state: add the new class to ``_register_all``.
+of being half-applied; the one exception is a dataclass field declared *added* (with a
+default), which a snapshot of the version before it may lack: it then takes its default.
+Extending the state: add the new class to ``_register_all``.
 Object identity is kept for instances of registered classes (the same ``Activity`` in
 the ledger and in a month's accounting is one object again after decoding): a second
 occurrence is written as ``{"$": "ref", "v": n}``, ``n`` counting registered objects
@@ -52,6 +54,7 @@ class Kind:
     names: tuple[str, ...]  # the attributes written, in order
     build: Callable[[dict[str, Any]], Any]
     dump: Callable[[Any], dict[str, Any]] | None = None  # custom form (else the attributes)
+    added: tuple[str, ...] = ()  # fields an earlier version's data lacks (default then)
 
 
 REGISTRY: dict[str, Kind] = {}
@@ -69,10 +72,13 @@ def _add(kind: Kind) -> None:
     _BY_TYPE[kind.cls] = kind
 
 
-def register_dataclass(cls: type, transient: Iterable[str] = ()) -> None:
+def register_dataclass(
+    cls: type, transient: Iterable[str] = (), added: tuple[str, ...] = ()
+) -> None:
     """A dataclass written as its fields and rebuilt by ``cls(**fields)``; ``transient``
     fields (derived data, each with a default) are not written and come back as their
-    default."""
+    default; ``added`` fields (each with a default) may all be missing from data written
+    before they were added, and then take their default too."""
     skip = set(transient)
     fields = [f for f in dataclasses.fields(cls) if f.name not in skip]
     late = tuple(f.name for f in fields if not f.init)
@@ -83,7 +89,7 @@ def register_dataclass(cls: type, transient: Iterable[str] = ()) -> None:
             object.__setattr__(obj, k, values[k])
         return obj
 
-    _add(Kind(cls.__qualname__, cls, tuple(f.name for f in fields), build))
+    _add(Kind(cls.__qualname__, cls, tuple(f.name for f in fields), build, added=added))
 
 
 def _attributes(obj: object) -> list[str]:
@@ -229,9 +235,12 @@ class _Decoder:
         return self._scalar(tag, v)
 
     def _object(self, kind: Kind, v: Any) -> Any:
-        if type(v) is not dict or tuple(v) != kind.names:
+        if type(v) is not dict or (
+            tuple(v) != kind.names
+            and (not kind.added or tuple(v) != tuple(n for n in kind.names if n not in kind.added))
+        ):
             raise CodecError(f"{kind.name}: fields differ from this version's")
-        obj = kind.build({n: self.dec(v[n]) for n in kind.names})
+        obj = kind.build({n: self.dec(v[n]) for n in kind.names if n in v})
         self.memo.append(obj)
         return obj
 
@@ -331,7 +340,6 @@ def _register_all() -> None:
         ledger.ConsentEntry,
         ledger.EnrollmentEntry,
         ledger.PatientState,
-        ledger.Practice,
         accounting.ActivityTime,
         accounting.Pool,
         accounting.Pair,
@@ -343,6 +351,8 @@ def _register_all() -> None:
         fold_partition.FoldPartition,
     ):
         register_dataclass(cls)
+    # the payment settings came after format 4's first snapshots: those restore with defaults
+    register_dataclass(ledger.Practice, added=("qualifying_apm_participant", "fee_schedule"))
     # a month's accounting detail: made with the billing for the audit and claim files,
     # never read back from the fold's views (about 85 % of the encoding work if kept)
     register_dataclass(billing.MonthBilling, transient=("time", "verdict"))
@@ -350,6 +360,8 @@ def _register_all() -> None:
     register_plain(ledger.Ledger, transient=("_handlers",))  # bound methods, made by __init__
     # per-patient kernels and the verdict memo, rebuilt when absent (Projector._kernel);
     # the rule catalog is configuration, not state: a restored Projector has the default
+    # until the worker gives it its configured books (streams.worker.app, Partitions), and
+    # a snapshot of other books is not restored at all (streams.worker.snapshots)
     register_plain(engine.Projector, transient=("_kernels", "verdicts", "catalog"))
     register_plain(staff.StaffProjector)
 

@@ -21,12 +21,14 @@ FLAG = re.compile(
     r"^(missing_consent|consent_after_activity|missing_care_plan"
     r"|insufficient_chronic_conditions|complex_criteria_not_met|rpm_insufficient_days"
     r"|rpm_no_interactive_communication|rpm_not_established_patient|overlap|duplicate_event"
+    r"|missing_initiating_visit|rtm_not_established_patient"
     r"|concurrent_staff_time|cross_month_split|face_to_face_excluded"
     r"|non_clinical_staff_excluded|inpatient_time_excluded|physician_time_pooled"
     r"|g0511_transition_option"
     r"|(below_threshold|cap_reached|units_exceed_common_payer_edit|addon_without_base):\w+"
     r"|exclusive_conflict:\w+\+\w+|double_count:[a-z]+\+[a-z]+"
-    r"|multiple_practitioners:[a-z]+|disputed_rule:[a-z_]+|rules_extrapolated:\d{4})$"
+    r"|multiple_practitioners:[a-z]+|disputed_rule:[a-z_]+|rules_extrapolated:\d{4}"
+    r"|rules_provisional:\d{4})$"
 )
 CCM_BASES = {"99490", "99491", "99487"}
 
@@ -93,6 +95,17 @@ def test_estimated_payment_is_the_sum_of_fees(billings: list[MonthBilling]) -> N
         book = SHIPPED_CATALOG.year(b.rule_year)
         expected = sum((book.fee(ln.code) or 0.0) * ln.units for ln in b.billable)
         assert b.estimated_payment == pytest.approx(round(expected, 2), abs=0.005)
+
+
+def test_payment_is_provisional_exactly_when_its_book_is(billings: list[MonthBilling]) -> None:
+    """§6.3: a month billed with a provisional book carries ``rules_provisional:<year>``; it
+    or a month past the last book (``rules_extrapolated:<year>``) has a provisional payment."""
+    for b in billings:
+        book = SHIPPED_CATALOG.year(b.rule_year)
+        past_last = SHIPPED_CATALOG.extrapolated(b.month)
+        assert (f"rules_provisional:{b.rule_year}" in b.flags) is book.provisional, b.month
+        assert (f"rules_extrapolated:{b.rule_year}" in b.flags) is past_last, b.month
+        assert b.view()["payment_provisional"] is (book.provisional or past_last), b.month
 
 
 def test_a_line_is_either_billable_or_blocked(billings: list[MonthBilling]) -> None:

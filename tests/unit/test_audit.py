@@ -402,6 +402,8 @@ def test_json_format_has_stable_top_level_keys(tmp_path: Path) -> None:
         "month",
         "timezone",
         "facility_type",
+        "qualifying_apm_participant",
+        "fee_schedule",
         "as_of",
         "latest_recorded_at",
         "month_start",

@@ -67,9 +67,11 @@ def test_replay_prints_one_sorted_line_per_patient_month(tmp_path: Path) -> None
         "blocked",
         "flags",
         "estimated_payment",
+        "payment_provisional",
     }
     assert views[1]["billable"] == [{"code": "99439", "units": 1}, {"code": "99490", "units": 1}]
     assert views[1]["estimated_payment"] == 106.42
+    assert [v["payment_provisional"] for v in views] == [False] * 4  # 2025: a final book
 
 
 def test_bad_lines_are_reported_with_line_number_and_skipped(tmp_path: Path) -> None:

@@ -848,8 +848,10 @@ def test_step11_rtm_and_rpm_same_month(
     [
         ("fqhc", "2025-03", 25, ["g0511_transition_option"]),
         ("rhc", "2025-06", 25, ["g0511_transition_option"]),
-        ("fqhc", "2025-07", 25, []),
-        ("fqhc", "2025-08", 25, []),
+        ("fqhc", "2025-07", 25, ["g0511_transition_option"]),
+        ("fqhc", "2025-09", 25, ["g0511_transition_option"]),  # the window's last month (S29)
+        ("fqhc", "2025-10", 25, []),
+        ("rhc", "2026-01", 25, []),  # never in 2026 (D-11)
         ("office", "2025-03", 25, []),
         ("fqhc", "2025-03", 10, ["below_threshold:99490"]),  # nothing billable: no option
     ],
@@ -857,8 +859,8 @@ def test_step11_rtm_and_rpm_same_month(
 def test_step13_g0511_transition_option(
     facility: str, month: str, minutes: int, flags: list[str]
 ) -> None:
-    """§6.2 step 13, §3.8, D-11: RHC/FQHC bill individual codes from 2025; January-June 2025
-    also carry ``g0511_transition_option``."""
+    """§6.2 step 13, §3.8, D-11: RHC/FQHC bill individual codes from 2025; January-September
+    2025 (S29) also carry ``g0511_transition_option``."""
     log = ccm_log(facility_type=facility)
     log.activity(P, "a1", f"{month}-03T10:00:00-04:00", minutes)
     view = log.view(P, month)

@@ -55,6 +55,7 @@ def test_csv_kinds_match_the_documented_mapping() -> None:
         "face_to_face": "boolean",
         "interactive": "boolean",
         "qmb": "boolean",
+        "qualifying_apm_participant": "boolean",
         "chronic": "list",
     }
 

@@ -83,9 +83,10 @@ def test_device_periods_start_at_enrollment_and_never_overlap() -> None:
     ]
 
 
-def test_re_enrollment_opens_a_new_episode_when_the_running_period_ends() -> None:
-    """§6.1, D-12: a new enrollment mid-period does not cut the period short: device codes
-    never come twice within 30 days; the new episode (99453 again) starts after it."""
+def test_re_enrollment_inside_a_period_that_earned_nothing_restarts_the_grid() -> None:
+    """C-1, D-12: a new enrollment starts a new episode and a new 30-day grid at its own
+    date when the running period has earned no device code by then (Mar 1-14: 14 days,
+    below the 2025 16-day threshold); that period is cut short and bills nothing."""
     log = Log()
     log.practice()
     log.visit(P)
@@ -94,15 +95,13 @@ def test_re_enrollment_opens_a_new_episode_when_the_running_period_ends() -> Non
     log.enrollment(P, "rpm", on="2025-03-15")
     _daily_readings(log, date(2025, 3, 1), date(2025, 4, 29))
     views = log.replay()
-    # Mar 1 - Mar 30, then Mar 31 - Apr 29 (new episode): one period ending in each month
-    assert views[(P, "2025-03")]["billable"] == [
-        {"code": "99453", "units": 1},
-        {"code": "99454", "units": 1},
-    ]
+    # Mar 1 - Mar 14 (cut short), Mar 15 - Apr 13 (new episode), Apr 14 - May 13
+    assert views[(P, "2025-03")]["billable"] == []
     assert views[(P, "2025-04")]["billable"] == [
         {"code": "99453", "units": 1},
         {"code": "99454", "units": 1},
     ]
+    assert views[(P, "2025-05")]["billable"] == [{"code": "99454", "units": 1}]
 
 
 def test_unattributed_device_codes_respect_a_revoked_consent() -> None:
@@ -324,9 +323,12 @@ def test_conditions_recorded_at_the_next_months_midnight_do_not_count() -> None:
 
 
 def test_2026_fee_uses_the_2026_conversion_factor() -> None:
-    """§5: 2026 payment = RVU x CF 33.4009 (2025 RVU 1.87 for 99490, marked unverified)."""
+    """§5: 2026 payment = RVU x CF 33.4009, with the 2026 RVU of RVU26A (S27): 1.98 for
+    99490, not 2025's 1.87 ($62.46)."""
     log = Log()
     log.practice()
     log.documented(P)
     log.activity(P, "a1", "2026-03-10T10:00:00-04:00", 25)
-    assert log.view(P, "2026-03")["estimated_payment"] == 62.46  # 1.87 x 33.4009
+    view = log.view(P, "2026-03")
+    assert view["estimated_payment"] == 66.13  # 1.98 x 33.4009
+    assert view["payment_provisional"] is False

@@ -1,6 +1,7 @@
 """The rule catalog is an argument of the core: a draft book changes billing when passed
-in (no package file touched), the billing line names its rule year, and a month past the
-last book is priced with it and flagged ``rules_extrapolated:<year>``."""
+in (no package file touched), the billing line names its rule year, a month billed with
+the provisional 2027 book is flagged ``rules_provisional:2027``, and a month past the last
+book is priced with it and flagged ``rules_extrapolated:<year>`` (docs/rules.md §6.3)."""
 
 from __future__ import annotations
 
@@ -23,13 +24,15 @@ from support.builders import Log
 from support.rule_books import draft_2027, edited, shipped_text
 
 P = "P-1"
-# 99490 needs 20 minutes in the shipped books; the draft 2027 book asks for 15
+# 99490 needs 20 minutes in the shipped books; the draft 2027 book (the 2026 book moved to
+# 2027: final, not provisional) asks for 15 and replaces the shipped provisional 2027 book
 DRAFT_2027 = draft_2027(("threshold_minutes = 20 ", "threshold_minutes = 15 "))
 WITH_DRAFT = SHIPPED_CATALOG.with_books(DRAFT_2027)
 
 
 def ccm_log(minutes: int = 16) -> Log:
-    """A documented CCM patient with ``minutes`` of staff time in March 2026 and 2027."""
+    """A documented CCM patient with ``minutes`` of staff time in March 2026, 2027 and 2028
+    (after the last shipped book)."""
     log = Log()
     log.practice()
     log.consent(P, "ccm", on="2026-01-01")
@@ -37,6 +40,7 @@ def ccm_log(minutes: int = 16) -> Log:
     log.care_plan(P, "ccm", on="2026-01-01")
     log.activity(P, "a1", "2026-03-03T10:00:00-05:00", minutes)
     log.activity(P, "a2", "2027-03-03T10:00:00-05:00", minutes)
+    log.activity(P, "a3", "2028-03-03T10:00:00-05:00", minutes)
     log.add("month.closed", {"month": "2027-03"}, event_id="close-2027-03")
     return log
 
@@ -47,10 +51,25 @@ def views(events: list[Event], catalog: RuleCatalog = SHIPPED_CATALOG) -> dict[s
 
 def test_a_month_past_the_last_book_is_priced_with_it_and_flagged() -> None:
     got = views(ccm_log().events())
-    assert (got["2026-03"]["rule_year"], got["2027-03"]["rule_year"]) == (2026, 2026)
-    assert "rules_extrapolated:2026" in got["2027-03"]["flags"]
-    assert not any(f.startswith("rules_extrapolated") for f in got["2026-03"]["flags"])
-    assert got["2027-03"]["flags"] == ["below_threshold:99490", "rules_extrapolated:2026"]
+    years = [got[m]["rule_year"] for m in ("2026-03", "2027-03", "2028-03")]
+    assert years == [2026, 2027, 2027]
+    # 2028 is past the last (provisional) book: extrapolated, and still provisional
+    assert got["2028-03"]["flags"] == [
+        "below_threshold:99490",
+        "rules_extrapolated:2027",
+        "rules_provisional:2027",
+    ]
+    assert got["2028-03"]["payment_provisional"] is True
+    for month in ("2026-03", "2027-03"):
+        assert not any(f.startswith("rules_extrapolated") for f in got[month]["flags"])
+
+
+def test_a_month_of_the_provisional_book_is_flagged_not_extrapolated() -> None:
+    got = views(ccm_log().events())
+    assert got["2027-03"]["flags"] == ["below_threshold:99490", "rules_provisional:2027"]
+    assert got["2027-03"]["payment_provisional"] is True
+    assert got["2026-03"]["flags"] == ["below_threshold:99490"]
+    assert got["2026-03"]["payment_provisional"] is False
 
 
 def test_a_draft_book_passed_in_changes_billing() -> None:
@@ -59,9 +78,13 @@ def test_a_draft_book_passed_in_changes_billing() -> None:
     assert shipped["2027-03"]["billable"] == []
     assert drafted["2027-03"]["billable"] == [{"code": "99490", "units": 1}]
     assert drafted["2027-03"]["rule_year"] == 2027
-    assert drafted["2027-03"]["flags"] == []  # no longer extrapolated
+    assert drafted["2027-03"]["flags"] == []  # the draft is final: no longer provisional
+    assert drafted["2027-03"]["payment_provisional"] is False
+    assert drafted["2028-03"]["flags"] == ["rules_extrapolated:2027"]  # past the draft
     assert drafted["2026-03"] == shipped["2026-03"]  # 2026 still by the shipped book
-    assert SHIPPED_CATALOG.for_month("2027-03").year == 2026  # nothing shipped changed
+    kept = SHIPPED_CATALOG.for_month("2027-03")  # nothing shipped changed
+    assert (kept.year, kept.provisional) == (2027, True)
+    assert kept.code("99490").threshold_minutes == 20
 
 
 def test_a_draft_replacing_a_shipped_year_changes_that_year() -> None:
@@ -110,7 +133,10 @@ def test_the_audit_takes_the_catalog() -> None:
     events = ccm_log().events()
     shipped = audit_month(events, "o1", P, "2027-03")
     drafted = audit_month(events, "o1", P, "2027-03", catalog=WITH_DRAFT)
-    assert (shipped.billing.rule_year, drafted.billing.rule_year) == (2026, 2027)
+    assert (shipped.billing.rule_year, drafted.billing.rule_year) == (2027, 2027)
+    assert "rules_provisional:2027" in shipped.billing.flags
+    assert "rules_provisional:2027" not in drafted.billing.flags
+    assert [ln.code for ln in shipped.billing.billable] == []
     assert [ln.code for ln in drafted.billing.billable] == ["99490"]
 
 

@@ -11,6 +11,7 @@ from projections.rules import SHIPPED_CATALOG, Problem, RuleBookError, RuleCatal
 from support.rule_books import draft_2027, edited, shipped_text
 
 BOOK = shipped_text(2026)
+BOOK_2027 = shipped_text(2027)  # provisional, with [proposals] (docs/rules.md §7.2)
 
 
 def problems(text: str, file: str = "draft.toml") -> list[str]:
@@ -57,8 +58,99 @@ def test_a_time_code_on_no_track_is_refused() -> None:
 
 
 def test_every_cited_source_is_listed_in_the_book() -> None:
-    text = edited(BOOK, ('sources = ["S1", "S2", "S3", "S10"]', 'sources = ["S1", "S26"]'))
+    text = edited(BOOK, ('sources = ["S1", "S2", "S3", "S10", "S27"]', 'sources = ["S1", "S26"]'))
     assert only(text) == "codes[0].sources: S26 not in [book] source_ids"
+
+
+# -- CMS status (docs/rules.md §5: status C is contractor-priced, no national amount) -------
+
+# 98978 is the first status C code of the 2026 book (codes[19])
+_98978_NOTE = (
+    'note = "Unpriced: status C in RVU26A (S27), contractor-priced, no national amount. '
+    'policy.rtm_device_code picks 98977 (MSK) by default."'
+)
+
+
+@pytest.mark.parametrize("key", ["rvu_nf", "rvu_fac"])
+def test_a_status_c_code_with_an_rvu_is_refused(key: str) -> None:
+    found = only(edited(BOOK, ('status = "C"\n', f'status = "C"\n{key} = 1.56\n')))
+    assert found == (
+        f"codes[19].{key}: status C has no national amount: leave the code unpriced (98978)"
+    )
+
+
+def test_a_status_a_code_without_an_rvu_is_refused() -> None:
+    text = edited(BOOK, ('status = "A"\nrvu_nf = 1.98\n', 'status = "A"\n'))
+    assert only(text) == "codes[0].rvu_nf: missing: status A has a national amount (99490)"
+
+
+def test_a_status_c_code_says_why_it_is_unpriced() -> None:
+    assert only(edited(BOOK, (_98978_NOTE, 'note = ""'))) == (
+        "codes[19].note: missing: say why status C is unpriced (98978)"
+    )
+
+
+def test_an_unknown_status_is_refused() -> None:
+    found = only(edited(BOOK, ('status = "A"', 'status = "Z"')))
+    assert found.startswith("codes[0].status: 'Z' is not allowed") and "(99490)" in found
+
+
+# -- provisional books and proposals (docs/rules.md §7.2) -----------------------------------
+
+_REASON_2027 = (
+    'provisional_reason = "CY 2027 final rule and RVU27A not read: proposed conversion '
+    'factors (CMS-1848-P, S28) and the 2026 RVUs"'
+)
+
+
+def test_the_shipped_2027_book_passes() -> None:
+    book = parse_book(BOOK_2027, "2027.toml")
+    assert book.provisional and book.provisional_reason
+
+
+@pytest.mark.parametrize("reason", ['provisional_reason = ""', 'provisional_reason = "  "', ""])
+def test_a_provisional_book_without_a_reason_is_refused(reason: str) -> None:
+    assert only(edited(BOOK_2027, (_REASON_2027, reason)), "2027.toml") == (
+        "book.provisional_reason: missing: a provisional book says why it is not final"
+    )
+
+
+def test_only_a_provisional_book_gives_a_reason() -> None:
+    text = edited(BOOK_2027, ("provisional = true", "provisional = false"))
+    assert only(text, "2027.toml") == (
+        "book.provisional_reason: only a provisional book gives a reason"
+    )
+
+
+def _switch_on(name: str) -> str:
+    anchor = f"[proposals.{name}]"
+    start = BOOK_2027.index(anchor)
+    at = BOOK_2027.index("enabled = false", start)
+    return BOOK_2027[:at] + "enabled = true" + BOOK_2027[at + len("enabled = false") :]
+
+
+def test_enabling_rpm_rtm_employed_staff_is_refused_naming_the_key() -> None:
+    """§7.2 P3: wire contract v1 cannot say who employs a staff member."""
+    assert only(_switch_on("rpm_rtm_employed_staff"), "2027.toml") == (
+        "proposals.rpm_rtm_employed_staff.enabled: cannot be enforced: wire contract v1 "
+        "does not say whether staff are employed by the billing practice"
+    )
+
+
+@pytest.mark.parametrize("name", ["rpm_rtm_initiating_visit", "rtm_established_patient"])
+def test_the_enforceable_proposals_may_be_switched_on(name: str) -> None:
+    """§7.2 P1, P2: a copy of the book may switch them on to see what they would change."""
+    book = parse_book(_switch_on(name), "2027.toml")
+    assert book.proposal_on(name)
+    assert not parse_book(BOOK_2027, "2027.toml").proposal_on(name)
+
+
+def test_a_proposal_cites_listed_sources() -> None:
+    old = 'summary = "RTM, like RPM, only for an established patient (G11)"\nsources = ["S28"]'
+    text = edited(BOOK_2027, (old, old.replace('["S28"]', '["S29"]')))
+    assert only(text, "2027.toml") == (
+        "proposals.rtm_established_patient.sources: S29 not in [book] source_ids"
+    )
 
 
 # -- tracks, pairs, gates -------------------------------------------------------------------
@@ -129,18 +221,18 @@ def test_apcm_levels_must_not_overlap() -> None:
         BOOK, ("level = { min_conditions = 2, qmb = true }", "level = { min_conditions = 2 }")
     )
     assert only(text) == (
-        "codes[25].level: apcm: G0557 and G0558 all fit 2 chronic condition(s), qmb = false"
+        "codes[27].level: apcm: G0557 and G0558 all fit 2 chronic condition(s), qmb = false"
     )
 
 
 def test_apcm_levels_must_leave_no_case_out() -> None:
     text = edited(BOOK, ("level = { max_conditions = 1 }", "level = { max_conditions = 0 }"))
-    assert only(text) == "codes[25].level: apcm: no code fit 1 chronic condition(s), qmb = false"
+    assert only(text) == "codes[27].level: apcm: no code fit 1 chronic condition(s), qmb = false"
 
 
 def test_a_monthly_code_names_its_level() -> None:
     text = edited(BOOK, ("level = { max_conditions = 1 }", ""))
-    assert "codes[25].level: a monthly code, and only one, names its level (G0556)" in problems(
+    assert "codes[27].level: a monthly code, and only one, names its level (G0556)" in problems(
         text
     )
 

@@ -23,7 +23,7 @@ def line_of(text: str, fragment: str) -> int:
 
 
 def test_the_shipped_books_load() -> None:
-    for year in (2025, 2026):
+    for year in (2025, 2026, 2027):
         assert parse_book(shipped_text(year), f"{year}.toml").year == year
 
 
@@ -111,8 +111,20 @@ def test_an_unknown_key_anywhere_is_refused(anchor: str, key: str) -> None:
             'inpatient_excluded_programs = ["cm"]',
             "policy.inpatient_excluded_programs[0]",
         ),
-        ('sources = ["S1", "S2", "S3", "S10"]', 'sources = ["S1", "2"]', "codes[0].sources[1]"),
-        ('sources = ["S1", "S2", "S3", "S10"]', "sources = []", "codes[0].sources"),
+        (
+            'sources = ["S1", "S2", "S3", "S10", "S27"]',
+            'sources = ["S1", "2"]',
+            "codes[0].sources[1]",
+        ),
+        ('sources = ["S1", "S2", "S3", "S10", "S27"]', "sources = []", "codes[0].sources"),
+        ('status = "A"', 'status = "a"', "codes[0].status"),  # PFS status indicators only
+        ("rvu_nf = 1.98", "rvu_nf = -1.98", "codes[0].rvu_nf"),
+        ("conversion_factor_qp = 33.5675", "conversion_factor_qp = 0", "book.conversion_factor_qp"),
+        (
+            "conversion_factor_qp = 33.5675",
+            'conversion_factor_qp = "33.5675"',
+            "book.conversion_factor_qp",
+        ),
         ('code = "99490"', 'code = "9949"', "codes[0].code"),
         ("device_period_days = 30", "device_period_days = 28", "policy.device_period_days"),
     ],
@@ -120,6 +132,23 @@ def test_an_unknown_key_anywhere_is_refused(anchor: str, key: str) -> None:
 def test_a_wrong_value_is_refused_with_its_key(old: str, new: str, key: str) -> None:
     found = problems(edited(BOOK, (old, new)))
     assert key in {p.key for p in found}, [str(p) for p in found]
+
+
+def test_a_misspelt_proposal_is_refused_not_ignored() -> None:
+    """A proposal switched on under a wrong name would silently stay off (§7.2)."""
+    text = edited(
+        shipped_text(2027), ("[proposals.rtm_established_patient]", "[proposals.rtm_established]")
+    )
+    [p] = problems(text, "2027.toml")
+    assert p.key == "proposals.rtm_established"
+    assert "unknown key" in p.message and "did you mean 'rtm_established_patient'" in p.message
+    assert p.line == line_of(text, "[proposals.rtm_established]")
+
+
+def test_a_proposal_needs_a_summary_and_sources() -> None:
+    old = 'summary = "RTM, like RPM, only for an established patient (G11)"\n'
+    found = {p.key for p in problems(edited(shipped_text(2027), (old, "")), "2027.toml")}
+    assert found == {"proposals.rtm_established_patient.summary"}
 
 
 def test_every_problem_is_reported_at_once() -> None:

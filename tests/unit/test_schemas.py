@@ -110,6 +110,8 @@ def test_defaults_of_optional_fields() -> None:
     practice = parse_event(orjson.dumps(ev))
     assert practice.data.timezone == "America/New_York"
     assert practice.data.facility_type == "office"
+    assert practice.data.qualifying_apm_participant is False
+    assert practice.data.fee_schedule == "non_facility"
     act = parse_event(orjson.dumps(event())).data
     assert (act.face_to_face, act.interactive, act.note_digest, act.ended_at) == (
         False,
@@ -118,6 +120,28 @@ def test_defaults_of_optional_fields() -> None:
         None,
     )
     assert act.seconds == 1200
+
+
+@pytest.mark.parametrize("qp", [False, True])
+@pytest.mark.parametrize("fees", ["non_facility", "facility"])
+def test_payment_settings_of_a_practice(qp: bool, fees: str) -> None:
+    """DESIGN wire contract: practice.configured's optional payment settings (docs/rules.md
+    §5) parse as sent, alongside the older fields."""
+    ev = event("practice.configured", qualifying_apm_participant=qp, fee_schedule=fees)
+    data = parse_event(orjson.dumps(ev)).data
+    assert (data.qualifying_apm_participant, data.fee_schedule) == (qp, fees)
+    assert (data.timezone, data.facility_type) == ("America/Chicago", "fqhc")
+
+
+def test_schema_documents_the_payment_settings() -> None:
+    """`caretally schema` hands EHR vendors each setting with its values, default and why."""
+    result = CliRunner().invoke(cli, ["schema", "--type", "practice.configured"])
+    assert result.exit_code == 0, result.output
+    props = json.loads(result.stdout)["$defs"]["PracticeConfiguredData"]["properties"]
+    qp, fees = props["qualifying_apm_participant"], props["fee_schedule"]
+    assert (qp["type"], qp["default"]) == ("boolean", False)
+    assert (fees["enum"], fees["default"]) == (["non_facility", "facility"], "non_facility")
+    assert "conversion factor" in qp["description"] and "facility" in fees["description"]
 
 
 def test_ended_at_form_and_dst() -> None:
@@ -292,6 +316,30 @@ REJECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], None], str]] = [
         "practice.configured",
         _set("data.timezone", "../../etc/passwd"),
         "data.timezone: unknown IANA time zone '../../etc/passwd'",
+    ),
+    (
+        "unknown fee_schedule",
+        "practice.configured",
+        _set("data.fee_schedule", "hospital"),
+        "data.fee_schedule: Input should be 'non_facility' or 'facility'",
+    ),
+    (
+        "fee_schedule in capitals",
+        "practice.configured",
+        _set("data.fee_schedule", "FACILITY"),
+        "data.fee_schedule: Input should be 'non_facility' or 'facility'",
+    ),
+    (
+        "qualifying_apm_participant as a string",
+        "practice.configured",
+        _set("data.qualifying_apm_participant", "true"),
+        "data.qualifying_apm_participant: Input should be a valid boolean",
+    ),
+    (
+        "qualifying_apm_participant as a number",
+        "practice.configured",
+        _set("data.qualifying_apm_participant", 1),
+        "data.qualifying_apm_participant: Input should be a valid boolean",
     ),
     (
         "extra envelope field",
