@@ -85,6 +85,26 @@ class RuleCatalog:
             raise RuleBookError(problems)
         return cls(books)
 
+    @classmethod
+    def read_dir(cls, directory: Path) -> RuleCatalog:
+        """A complete set of books: every ``*.toml`` file in ``directory``, in name order
+        (``--rules DIR``: they replace the shipped books, they are not added to them).
+        :class:`RuleBookError` lists every problem: a missing or empty directory, each
+        file's, then the set's (a gap or an overlap between years)."""
+        where = str(directory)
+        try:
+            if not directory.is_dir():
+                why = "not a directory" if directory.exists() else "no such directory"
+                raise RuleBookError([Problem(where, (), why)])
+            paths = sorted(
+                (p for p in directory.glob("*.toml") if p.is_file()), key=lambda p: p.name
+            )
+        except OSError as exc:
+            raise RuleBookError([Problem(where, (), f"cannot read: {exc}")]) from None
+        if not paths:
+            raise RuleBookError([Problem(where, (), "holds no rule books (no *.toml file)")])
+        return cls.read(paths)
+
     def with_books(self, *books: RuleBook) -> RuleCatalog:
         """This catalog with ``books`` added, each replacing a book of the same year."""
         years = {b.year for b in books}

@@ -21,6 +21,7 @@ from schemas.events import Event
 from streams.cli.exits import EXIT_BAD_LINES, EXIT_FAILED, fail
 from streams.cli.options import (
     ARCHIVE_ENV,
+    RuleBooks,
     archive_input_option,
     as_of_option,
     format_option,
@@ -29,6 +30,7 @@ from streams.cli.options import (
     no_progress_option,
     org_option,
     output_option,
+    rules_option,
 )
 from streams.cli.output import output_stream
 from streams.cli.progress import ProgressBar, wanted
@@ -111,6 +113,7 @@ def read_events(
     "html: one printable page.",
 )
 @output_option
+@rules_option
 @no_progress_option
 def audit(
     input_path: Path,
@@ -121,6 +124,7 @@ def audit(
     as_of: datetime | None,
     fmt: str,
     output: Path | None,
+    rules: RuleBooks,
     no_progress: bool,
 ) -> None:
     """Rebuild one patient-month from the log, as an auditor needs it.
@@ -134,7 +138,9 @@ def audit(
     reading days), the codes billed and blocked with reasons, the flags, the rule
     year with the source ids of the rules applied, and the estimated payment.
 
-    The counted minutes are those of `caretally replay` for the same input.
+    The counted minutes are those of `caretally replay` for the same input; with
+    --rules DIR the month is evaluated with the rule books in DIR, as `caretally
+    replay --rules DIR` evaluates it.
 
     \b
     Formats:
@@ -169,6 +175,7 @@ def audit(
                 patient_id,
                 month,
                 as_of=as_of,
+                catalog=rules.catalog,
             )
     except AuditNotFound as exc:
         for line in bad:

@@ -15,6 +15,7 @@ import click
 from streams.cli.exits import EXIT_REFUSED, fail
 from streams.cli.kafka_options import KafkaOptions, connect, kafka_options
 from streams.cli.options import (
+    RuleBooks,
     month_option,
     no_progress_option,
     org_option,
@@ -22,6 +23,7 @@ from streams.cli.options import (
     parse_month,
     renamed,
     require,
+    rules_option,
 )
 from streams.cli.output import output_stream
 from streams.cli.progress import ProgressBar, wanted
@@ -66,6 +68,7 @@ CLAIMS_FORMATS = ("csv", "json", "both")
     "has no records in the log.",
 )
 @output_option
+@rules_option
 @no_progress_option
 @renamed("--format", "--claims-format", "claims_format", type=click.Choice(CLAIMS_FORMATS))
 @renamed("YYYY-MM", "--month", "month", callback=parse_month)
@@ -79,6 +82,7 @@ def close(
     export_only: bool,
     force: bool,
     output: Path | None,
+    rules: RuleBooks,
     no_progress: bool,
 ) -> None:
     """Close --month of --org: append month.closed to the log (care.events.v1, every
@@ -90,6 +94,10 @@ def close(
     closed month later raise late_activity alerts naming the claim line they would
     change. The worker need not be running. What was done is printed on stdout (or
     --output FILE).
+
+    With --rules DIR the claim lines are priced with the rule books in DIR, not the
+    shipped ones (the worker's late_activity alerts name the lines it computed with its
+    own books: give it the same DIR).
 
     A claim line id is keyed by this close's random month.closed event id: the same
     with --export-only, new with --reissue, and useless for guessing patient ids.
@@ -130,7 +138,9 @@ def close(
     request = CloseRequest(org_id, month, claims_dir, formats, reissue, export_only, force)
     try:
         with ProgressBar("reading the log", wanted(no_progress), unit="records") as bar:
-            result = close_month(ctx.settings, topic, request, on_progress=bar.update)
+            result = close_month(
+                ctx.settings, topic, request, on_progress=bar.update, catalog=rules.catalog
+            )
     except CloseRefused as exc:
         fail(str(exc), EXIT_REFUSED)
     except CloseFailed as exc:
@@ -144,6 +154,12 @@ def close(
             out.write(f"exported the claims of {month} as closed by {result.event_id}\n")
         out.write(
             f"{len(result.lines)} claim line(s) for {result.patients} patient(s), "
-            f"estimated payment ${result.total:,.2f}; "
+            f"estimated payment ${result.total:,.2f}"
+            + (
+                " (provisional: priced with rules that are not final)"
+                if any(ln.payment_provisional for ln in result.lines)
+                else ""
+            )
+            + "; "
             f"wrote {', '.join(str(p) for p in result.paths)}\n"
         )

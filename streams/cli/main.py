@@ -48,6 +48,8 @@ def cli(ctx: click.Context) -> None:
       --input PATH     where events are read from (a file, - for stdin, an archive)
       --archive DIR    an archive a command writes (`archive`, `demo`)
       --format         the output format;  --output FILE  the output to a file
+                       (`rules import-rvu --output DIR` writes a folder of books)
+      --rules DIR      evaluate with the rule books in DIR instead of the shipped ones
       --bootstrap, --topic-prefix, --kafka-config   only on commands that talk to Kafka
     """
     if ctx.invoked_subcommand is None:

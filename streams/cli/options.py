@@ -6,7 +6,9 @@ Conventions:
 * ``--input PATH`` is where events are read from (a file, ``-`` for stdin, or an archive
   directory, as each command says); ``--archive DIR`` is an archive a command *writes*.
 * ``--format`` is the output format only; ``--output FILE`` writes the output to a file
-  instead of stdout.
+  instead of stdout (one exception, named in its help: ``rules import-rvu --output DIR``
+  writes a folder of rule books, as the issue that asked for it spells it).
+* ``--rules DIR`` evaluates with the rule books of a folder instead of the shipped ones.
 * Old spellings keep working for one release as hidden aliases (:func:`renamed`) that
   print one deprecation line on stderr.
 """
@@ -16,9 +18,10 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from click.core import ParameterSource
@@ -27,6 +30,9 @@ from pydantic import TypeAdapter, ValidationError
 from schemas.events import IDENTIFIER_RULE, MONTH_PATTERN, Identifier
 from streams.archive.store import DEFAULT_ARCHIVE
 from streams.ingest.sources import INPUT_FORMATS
+
+if TYPE_CHECKING:
+    from projections.rules import RuleCatalog
 
 F = Callable[..., Any]
 
@@ -83,6 +89,41 @@ def writable_file(_ctx: click.Context, _param: click.Parameter, value: Path | No
     if value is not None and not value.parent.is_dir():
         raise click.BadParameter(f"folder {str(value.parent)!r} does not exist")
     return value
+
+
+@dataclass(frozen=True)
+class RuleBooks:
+    """The rule books a command evaluates with: those of ``--rules DIR`` (``directory``),
+    or the shipped ones (``directory`` None)."""
+
+    catalog: RuleCatalog
+    directory: Path | None = None
+
+
+def describe_books(catalog: RuleCatalog) -> str:
+    """``2025, 2026, 2027 provisional``: the years of a set of books."""
+    return ", ".join(f"{b.year}{' provisional' if b.provisional else ''}" for b in catalog.books)
+
+
+def parse_rules(ctx: click.Context, _param: click.Parameter, value: Path | None) -> RuleBooks:
+    """``--rules DIR``: the books of DIR, every problem of every book refused at once (a
+    usage error, one ``file:line: key: what is wrong`` line each), else the shipped books.
+    The books used are said on stderr (stdout carries the output)."""
+    from projections.rules import SHIPPED_CATALOG, RuleBookError, RuleCatalog
+
+    if value is None:
+        return RuleBooks(SHIPPED_CATALOG)
+    try:
+        catalog = RuleCatalog.read_dir(value)
+    except RuleBookError as exc:
+        problems = "\n".join(str(p) for p in exc.problems)
+        raise click.BadParameter(
+            f"the rule books in {value} cannot be used ({len(exc.problems)} problem(s)):"
+            f"\n{problems}"
+        ) from None
+    if not ctx.resilient_parsing:
+        click.echo(f"rules: {value} ({describe_books(catalog)})", err=True)
+    return RuleBooks(catalog, value)
 
 
 # -- shared options ----------------------------------------------------------------------
@@ -193,6 +234,24 @@ def partitions_option(default: int | None, note: str = "") -> Callable[[F], F]:
         metavar="N",
         help=PARTITIONS_HELP + (f"; {note}" if note else "."),
     )
+
+
+def rules_option(f: F) -> F:
+    """``--rules DIR`` (into ``rules``, a :class:`RuleBooks`): evaluate with the books of
+    DIR instead of the shipped ones. No environment variable: a draft must be chosen on
+    the command line, never picked up unseen."""
+    return click.option(
+        "--rules",
+        "rules",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        callback=parse_rules,
+        metavar="DIR",
+        help="Evaluate with the rule books in DIR (every *.toml, a complete set replacing "
+        "the shipped books), e.g. the output of `caretally rules import-rvu --output DIR`; "
+        "refused with every problem (file:line: key) if one fails a check. "
+        "Default: the shipped books.",
+    )(f)
 
 
 def no_progress_option(f: F) -> F:

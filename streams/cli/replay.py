@@ -15,17 +15,20 @@ import click
 
 from streams.cli.exits import EXIT_BAD_LINES, fail
 from streams.cli.options import (
+    RuleBooks,
     as_of_option,
     format_option,
     input_format_option,
     input_option,
     no_progress_option,
     output_option,
+    rules_option,
 )
 from streams.cli.output import output_stream
 from streams.cli.progress import ProgressBar, wanted
 
 if TYPE_CHECKING:
+    from projections.rules import RuleCatalog
     from streams.files.logfile import Line
     from streams.ingest.sources import Source
 
@@ -87,6 +90,7 @@ def parse_day(_ctx: click.Context, _param: click.Parameter, value: str | None) -
     "(each takes a share of the patients). "
     "Default: one per CPU.",
 )
+@rules_option
 @no_progress_option
 def replay(
     input_path: Path,
@@ -97,6 +101,7 @@ def replay(
     alerts: bool,
     today: date | None,
     workers: int | None,
+    rules: RuleBooks,
     no_progress: bool,
 ) -> None:
     """Replay events offline (no broker) and print billing per patient-month, or alerts.
@@ -118,6 +123,9 @@ def replay(
     threshold_approaching comes only with --today DATE: the worker's daily sweep, run
     once after the replay as on that day.
 
+    With --rules DIR, every month is evaluated with the rule books in DIR instead of
+    the shipped ones (a draft tried on real logs before it ships).
+
     Bad lines (or CSV rows) are reported on stderr with their line number and skipped;
     the exit code is 3 if there were any, 0 otherwise.
 
@@ -132,6 +140,7 @@ def replay(
       caretally replay --alerts --input events.ndjson --format table
       caretally replay --alerts --input data/archive --as-of 2025-04-01T00:00:00Z --format csv
       caretally replay --alerts --input events.ndjson --today 2025-03-26
+      caretally replay --input events.ndjson --rules drafts/ --format table
     """
     from streams.archive.store import is_archive
 
@@ -146,6 +155,7 @@ def replay(
             "in log order in one process: leave --workers out"
         )
     show = wanted(no_progress)
+    catalog = rules.catalog
     archive = is_archive(input_path)
     if not archive and input_path.is_dir():
         raise click.UsageError(
@@ -155,14 +165,14 @@ def replay(
         # json and csv are written as the events are read: no bar over them on a terminal
         show = show and (output is not None or fmt == "table" or not sys.stdout.isatty())
         if archive:
-            _alerts_of_archive(input_path, as_of, today, fmt, output, show)
+            _alerts_of_archive(input_path, as_of, today, fmt, output, show, catalog)
         else:
-            _alerts_of_log(str(input_path), input_format, as_of, today, fmt, output, show)
+            _alerts_of_log(str(input_path), input_format, as_of, today, fmt, output, show, catalog)
         return
     if archive:
-        _replay_archive(input_path, as_of, fmt, output, workers, show)
+        _replay_archive(input_path, as_of, fmt, output, workers, show, catalog)
         return
-    _replay_log(str(input_path), input_format, as_of, fmt, output, show)
+    _replay_log(str(input_path), input_format, as_of, fmt, output, show, catalog)
 
 
 def _replay_log(
@@ -172,6 +182,7 @@ def _replay_log(
     fmt: str,
     output: Path | None,
     show: bool,
+    catalog: RuleCatalog,
 ) -> None:
     from projections.engine import billing
     from streams.files.logfile import BadLine, fold_lines
@@ -194,7 +205,7 @@ def _replay_log(
             fail(f"reading {source.name} failed: {exc}")
     if stats.lines == 0:
         click.echo(f"warning: {source.name} holds no events", err=True)
-    _write_views((b.view() for b in billing(ledger, as_of=as_of)), fmt, output)
+    _write_views((b.view() for b in billing(ledger, as_of=as_of, catalog=catalog)), fmt, output)
     click.echo(
         f"replayed {stats.lines} line(s): {stats.applied} applied, {stats.duplicates} duplicate, "
         f"{stats.skipped_as_of} after --as-of, {stats.bad} rejected",
@@ -211,11 +222,12 @@ def _replay_archive(
     output: Path | None,
     workers: int | None,
     show: bool,
+    catalog: RuleCatalog,
 ) -> None:
     from streams.archive.replay import replay_views
 
     with ProgressBar("replaying the archive", show):  # of unknown length: it pulses
-        views, stats = replay_views(path, as_of=as_of, workers=workers)
+        views, stats = replay_views(path, as_of=as_of, workers=workers, catalog=catalog)
     _write_views(views, fmt, output)
     if stats.applied == 0:
         click.echo(f"warning: the archive at {path} holds no events", err=True)
@@ -253,6 +265,7 @@ def _alerts_of_log(
     fmt: str,
     output: Path | None,
     show: bool,
+    catalog: RuleCatalog,
 ) -> None:
     from streams.files.logfile import BadLine
     from streams.ingest.sources import DecompressedTooLarge
@@ -267,7 +280,7 @@ def _alerts_of_log(
         def report(bad: BadLine) -> None:
             bar.say(f"{source.name}:{bad.line}: rejected: {bad.reason}")
 
-        values = replay_alerts(_reading(lines), as_of, today, report, stats)
+        values = replay_alerts(_reading(lines), as_of, today, report, stats, catalog)
         try:
             _write_alerts(values, fmt, out)  # as the lines are read
         except _ReadFailed as failed:
@@ -293,6 +306,7 @@ def _alerts_of_archive(
     fmt: str,
     output: Path | None,
     show: bool,
+    catalog: RuleCatalog,
 ) -> None:
     from streams.archive.store import read_raw
     from streams.files.logfile import BadLine
@@ -308,7 +322,7 @@ def _alerts_of_archive(
             bar.say(f"{path}: archived event {bad.line} (canonical order): rejected: {bad.reason}")
 
         records = enumerate(read_raw(path, as_of=as_of), 1)  # recorded at or before as_of
-        _write_alerts(replay_alerts(records, as_of, today, report, stats), fmt, out)
+        _write_alerts(replay_alerts(records, as_of, today, report, stats, catalog), fmt, out)
     if stats.records == 0:
         known = " recorded at or before --as-of" if as_of is not None else ""
         click.echo(f"warning: the archive at {path} holds no events{known}", err=True)

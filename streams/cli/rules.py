@@ -14,24 +14,28 @@ import orjson
 
 from projections.rules import SHIPPED_CATALOG, check_files
 from projections.rules.describe import book_rows, code_facts, pick_book
-from streams.cli.exits import EXIT_FAILED
+from streams.cli.exits import EXIT_FAILED, fail
 from streams.cli.options import format_option, output_option
 from streams.cli.output import output_stream
 
 
-@click.group(short_help="List the rule books, show a code's rules, check a draft book.")
+@click.group(short_help="List the rule books, show a code's rules, check a draft, import CMS fees.")
 def rules() -> None:
     """The billing rules as data: one book (TOML file) per rule year, shipped in the
-    package and checked whenever it loads.
+    package and checked whenever it loads. A provisional book (one whose final rule was
+    not read, like 2027 today) bills every month with the flag rules_provisional:<year>.
 
     \b
     Examples:
       caretally rules list
       caretally rules show 99490                 the newest book's rules for 99490
       caretally rules show 99453 --year 2025 --format json
-      caretally rules check 2027.toml --with-shipped
+      caretally rules check 2028.toml --with-shipped
+      caretally rules import-rvu rvu27a.zip --year 2027 --output books/
+      caretally replay --rules books/ --input events.ndjson   try the draft on a log
 
-    Adding a year: copy the newest book, edit it, and run `caretally rules check` until it
+    New fees from CMS: `import-rvu` reads the PPRRVU file and writes a set of books;
+    a new year: copy the newest book, edit it, and run `caretally rules check` until it
     prints OK (docs/adding-a-rule-year.md is the checklist).
     """
 
@@ -57,17 +61,21 @@ def list_books(fmt: str, output: Path | None) -> None:
         from rich.table import Table
 
         table = Table(title="caretally rule books")
-        for col in ("year", "in force", "codes", "conversion factor", "file"):
+        for col in ("year", "in force", "codes", "conversion factor (QP)", "file"):
             table.add_column(col)
         for r in rows:
             table.add_row(
-                str(r["year"]),
+                str(r["year"]) + (" provisional" if r["provisional"] else ""),
                 f"{r['effective_from']} .. {r['effective_to']}",
                 str(r["codes"]),
-                f"{r['conversion_factor']}",
+                f"{r['conversion_factor']} ({r['conversion_factor_qp']})",
                 str(r["source"]),
             )
-        _console(out).print(table)
+        console = _console(out)
+        console.print(table)
+        for r in rows:
+            if r["provisional"]:
+                console.print(f"{r['year']} is provisional: {r['provisional_reason']}")
 
 
 @rules.command("show", short_help="Show one code's rules in one year's book.")
@@ -147,6 +155,73 @@ def check(files: tuple[Path, ...], with_shipped: bool, output: Path | None) -> N
         sys.exit(EXIT_FAILED)
 
 
+@rules.command("import-rvu", short_help="Import CMS's RVU file (PPRRVU) into a year's book.")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--year",
+    type=int,
+    required=True,
+    metavar="YEAR",
+    help="The rule year the file is for (its book, or a new book carried forward from the "
+    "latest one before it).",
+)
+@click.option(
+    "--output",
+    "output_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    metavar="DIR",
+    help="Write the complete set of books (the shipped ones, with YEAR's added or replaced) "
+    "into DIR instead of only printing; here --output is a directory, not a file.",
+)
+@click.option("--force", is_flag=True, help="Write into DIR even if it is not empty.")
+@format_option(("table", "json"), "table", "table (for people) or json (one document).")
+def import_rvu(file: Path, year: int, output_dir: Path | None, force: bool, fmt: str) -> None:
+    """Import CMS's RVU file into the book of YEAR: the RVUs, status and conversion factor
+    of every code the engine knows, from PPRRVU (the National Physician Fee Schedule
+    Relative Value File).
+
+    \b
+    FILE: download the year's release (RVU27A = January 2027, a zip such as rvu27a.zip) from
+      https://www.cms.gov/medicare/payment/fee-schedules/physician/pfs-relative-value-files
+    and give the zip (its PPRRVU*nonQPP*.csv is read; the report says which member) or the
+    CSV itself.
+
+    Each code of the YEAR book (for a year with no book yet: the latest book before it,
+    carried forward) gets rvu_nf = NON-FACILITY TOTAL, rvu_fac = FACILITY TOTAL and
+    status = STATUS CODE of its row without a modifier. A status with no national amount
+    (C, contractor-priced, and any other but A, R, T) leaves the code unpriced, with a note
+    saying why. conversion_factor = CONV FACTOR; [book] fees_from names the file. Only
+    those lines of the book change; its comments stay.
+
+    Prints the fee table and a report: codes missing from the file, status changes, RVU
+    changes with the fee change at the book's conversion factor, the conversion factor
+    change, and what to check by hand. Nothing is written without --output DIR; with it,
+    DIR gets every book (each parsed and checked first), ready for `caretally rules check`
+    (docs/adding-a-rule-year.md walks the whole update).
+
+    \b
+    Examples:
+      caretally rules import-rvu rvu27a.zip --year 2027
+      caretally rules import-rvu rvu27a.zip --year 2027 --output /tmp/books
+      caretally rules check /tmp/books/*.toml
+    """
+    from streams.render.rvu_import import write_json, write_table
+    from streams.rules.rvu_import import RvuImportError, import_rvu, strangers, write_books
+
+    try:
+        imported = import_rvu(file, year)
+        written = None if output_dir is None else write_books(output_dir, imported.books, force)
+    except RvuImportError as exc:
+        fail(str(exc))
+    (write_json if fmt == "json" else write_table)(imported, written, sys.stdout)
+    if output_dir is not None:
+        for path in strangers(output_dir, imported.books):
+            click.echo(
+                f"note: {path} is not one of the books written; DIR/*.toml reads it", err=True
+            )
+
+
 # -- printing ------------------------------------------------------------------------------
 
 
@@ -173,13 +248,22 @@ def _print_facts(console: Any, facts: dict[str, Any]) -> None:
     for key, value in facts["rule"].items():
         head.add_row(key, _text(value))
     fee = facts["fee"]
-    national = fee["national_nonfacility"]
-    amount = "unpriced" if national is None else f"${national}"
-    head.add_row(
-        "fee",
-        f"{amount} (RVU {fee['rvu_nf']} x CF {fee['conversion_factor']}; "
-        f"{_sources(fee['sources'])})",
-    )
+    if fee["status"] is not None:
+        head.add_row("status", f"{fee['status']} (CMS PFS status indicator)")
+    if fee["national_nonfacility"] is None:
+        head.add_row("fee", "unpriced (no national amount in this book)")
+    else:
+        cf, cf_qp = fee["conversion_factor"], fee["conversion_factor_qp"]
+        head.add_row(
+            "fee",
+            f"${fee['national_nonfacility']} non-facility (RVU {fee['rvu_nf']} x CF {cf}), "
+            f"${fee['national_facility']} facility (RVU {fee['rvu_fac']}); "
+            f"qualifying APM participants (CF {cf_qp}): ${fee['national_nonfacility_qp']} / "
+            f"${fee['national_facility_qp']}; {_sources(fee['sources'])}"
+            + ("; PROVISIONAL" if fee["provisional"] else ""),
+        )
+    if fee["fees_from"]:
+        head.add_row("RVUs from", fee["fees_from"])
     if facts["addons"]:
         head.add_row("add-ons", ", ".join(facts["addons"]))
     head.add_row("sources", _sources(facts["sources"]))

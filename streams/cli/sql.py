@@ -16,10 +16,12 @@ from streams.archive.sql import DEFAULT_TIMEOUT_S
 from streams.archive.store import is_archive
 from streams.cli.exits import EXIT_FAILED, fail
 from streams.cli.options import (
+    RuleBooks,
     archive_input_option,
     format_option,
     output_option,
     renamed,
+    rules_option,
 )
 from streams.cli.output import output_stream
 
@@ -67,8 +69,11 @@ def _cell(value: Any) -> str:
     metavar="SECONDS",
     help="Stop the query (and the views it needs) after this long (exit 1).",
 )
+@rules_option
 @renamed("--archive", "--input", "input_path", type=click.Path(path_type=Path))
-def sql(query: str, input_path: Path, fmt: str, output: Path | None, timeout: float) -> None:
+def sql(
+    query: str, input_path: Path, fmt: str, output: Path | None, timeout: float, rules: RuleBooks
+) -> None:
     """Run a read-only DuckDB QUERY over the archive.
 
     \b
@@ -78,7 +83,8 @@ def sql(query: str, input_path: Path, fmt: str, output: Path | None, timeout: fl
       activities      one row per current activity version (amendments applied,
                       voids removed): who, role, program, start, end, minutes
       patient_months  the replayed billing: the numbers `caretally replay` prints
-                      (minutes MAP, billable/blocked lists, flags, estimated_payment)
+                      (minutes MAP, billable/blocked lists, flags, estimated_payment);
+                      with --rules DIR, evaluated with the rule books in DIR
 
     Read-only: QUERY must be one SELECT (DESCRIBE, SHOW and SUMMARIZE are SELECTs),
     as DuckDB's parser sees it; anything else, EXPLAIN included, is refused (exit 2).
@@ -106,7 +112,7 @@ def sql(query: str, input_path: Path, fmt: str, output: Path | None, timeout: fl
         raise click.UsageError(
             f"no archive at {input_path} (run `caretally archive`, or pass --input DIR)"
         )
-    db = ArchiveSql(input_path, timeout=timeout)
+    db = ArchiveSql(input_path, timeout=timeout, catalog=rules.catalog)
     try:
         try:
             names, rows = db.query(query)

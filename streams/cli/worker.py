@@ -8,7 +8,13 @@ import click
 
 from streams.cli.exits import fail
 from streams.cli.kafka_options import KafkaOptions, connect, kafka_options
-from streams.cli.options import log_format_option, loglevel_option, partitions_option
+from streams.cli.options import (
+    RuleBooks,
+    log_format_option,
+    loglevel_option,
+    partitions_option,
+    rules_option,
+)
 from streams.kafka.topics import DEFAULT_PARTITIONS
 from streams.worker.snapshots import DEFAULT_STATE_DIR
 
@@ -87,6 +93,7 @@ from streams.worker.snapshots import DEFAULT_STATE_DIR
     metavar="HOST",
     help="Address the web server binds; 0.0.0.0 only inside a container or behind a firewall.",
 )
+@rules_option
 @loglevel_option("warning")
 @log_format_option()
 def worker(
@@ -100,6 +107,7 @@ def worker(
     role: str,
     web_port: int,
     web_host: str,
+    rules: RuleBooks,
     loglevel: str,
     log_format: str,
 ) -> None:
@@ -113,6 +121,11 @@ def worker(
     The topics are created if missing. State is rebuilt from snapshots in
     --state-dir and the log itself, so a worker can be killed at any moment.
 
+    With --rules DIR the fold evaluates billing with the books in DIR (logged at
+    startup with each year's fee source). The books are configuration: give every
+    worker of one --app-id the same DIR. A snapshot folded with other books is not
+    restored: its partitions are refolded from the log with these books.
+
     \b
     Exit status: 0 after Ctrl-C or SIGTERM; 1 when it cannot start (e.g. a
     topic's partition count does not fit --partitions); 3 when it stopped
@@ -125,6 +138,7 @@ def worker(
       caretally worker
       KAFKA_BOOTSTRAP=kafka:9092 caretally worker --partitions 16
       caretally worker --role gate & caretally worker --role fold   # two cores
+      caretally worker --rules /srv/caretally/rules-2027
     """
     from streams.worker.app import WorkerConfig, WorkerStartError, run
     from streams.worker.snapshots import UnsafeStateDir, private_dir
@@ -149,6 +163,7 @@ def worker(
         role=role,
         web_port=web_port or None,
         web_host=web_host,
+        rules_dir=rules.directory,
     )
     try:
         run(cfg, loglevel=loglevel, log_format=log_format)

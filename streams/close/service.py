@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from projections.claims import ClaimLine
+from projections.rules import SHIPPED_CATALOG, RuleCatalog
 
 if TYPE_CHECKING:
     from streams.kafka.clients import Connection
@@ -91,11 +92,12 @@ def close_month(
     request: CloseRequest,
     now: datetime | None = None,
     on_progress: Callable[[int], None] | None = None,
+    catalog: RuleCatalog = SHIPPED_CATALOG,
 ) -> CloseResult:
     """Close ``request.month`` of ``request.org`` in the log ``topic`` (or export its
-    latest close), write the claim files and say what was done. ``on_progress`` is given
-    the records scanned so far. Raises :class:`CloseRefused` or :class:`CloseFailed`;
-    Kafka's own errors pass through."""
+    latest close), write the claim files (priced with the rule books of ``catalog``) and
+    say what was done. ``on_progress`` is given the records scanned so far. Raises
+    :class:`CloseRefused` or :class:`CloseFailed`; Kafka's own errors pass through."""
     from projections.calendar import epoch, month_bounds
     from projections.claims import month_claims
     from streams.close.claim_files import write_claims
@@ -151,7 +153,7 @@ def close_month(
             )
         event_id, closed_at = record.event.event_id, record.event.recorded_at
     ledger = asyncio.run(fold_until(kafka, topic, org, stops))
-    lines, total = month_claims(ledger, org, month, close_id=event_id)
+    lines, total = month_claims(ledger, org, month, close_id=event_id, catalog=catalog)
     meta: dict[str, Any] = {
         "org_id": org,
         "month": month,

@@ -32,6 +32,8 @@ from datetime import date, datetime
 
 from projections.alerts import approaching
 from projections.calendar import month_of_date
+from projections.engine import Projector
+from projections.rules import SHIPPED_CATALOG, RuleCatalog
 from projections.staff import StaffProjector
 from schemas.events import EventRejected, parse_event
 from streams.files.logfile import BadLine, Line
@@ -57,11 +59,14 @@ class AlertReplay:
 
     ``as_of``: records with a later ``recorded_at`` are skipped, as ``projections.engine.fold``
     skips them (and the replay goes on: a log is not in ``recorded_at`` order).
+    ``catalog``: the rule books the months are evaluated with.
     """
 
-    def __init__(self, as_of: datetime | None = None) -> None:
+    def __init__(
+        self, as_of: datetime | None = None, catalog: RuleCatalog = SHIPPED_CATALOG
+    ) -> None:
         self.as_of = as_of
-        self.fold = FoldPartition()
+        self.fold = FoldPartition(Projector(catalog=catalog))
         self.staff: dict[bytes, StaffProjector] = {}  # care.staff.v1 key -> its staff fold
         self.stats = AlertStats()
 
@@ -124,7 +129,7 @@ class AlertReplay:
         month = month_of_date(today)
         for (_org, _pid, m), billing in sorted(self.fold.projector.views.items()):
             if m == month:
-                for alert in approaching(billing, today):
+                for alert in approaching(billing, today, self.fold.projector.catalog):
                     self.stats.alerts += 1
                     yield alert_value(alert)
 
@@ -135,11 +140,12 @@ def replay_alerts(
     today: date | None = None,
     on_bad: Callable[[BadLine], None] | None = None,
     stats: AlertStats | None = None,
+    catalog: RuleCatalog = SHIPPED_CATALOG,
 ) -> Iterator[bytes]:
     """The ``care.alerts.v1`` values of a log (see :class:`AlertReplay`), then, with
     ``today``, those of the daily sweep run after the replay; ``stats`` (if given) is
-    filled in as the values are taken."""
-    run = AlertReplay(as_of)
+    filled in as the values are taken; the months are evaluated with ``catalog``."""
+    run = AlertReplay(as_of, catalog)
     if stats is not None:
         run.stats = stats
     yield from run.lines(lines, on_bad)

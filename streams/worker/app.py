@@ -61,6 +61,8 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from projections.engine import Projector
+from projections.rules import RuleBookError, RuleCatalog
 from projections.staff import StaffProjector
 from streams.kafka.clients import WORKER_APP, Connection, faust_app
 from streams.kafka.group_consumer import GroupConsumer, UndecodableBatch
@@ -76,6 +78,7 @@ from streams.kafka.topics import (
     topic_shapes,
 )
 from streams.observe.logs import add_repeat_filter, formatter
+from streams.worker.books import books_digest, books_summary, load_books
 from streams.worker.gate import (
     TOO_LARGE,
     IngressGate,
@@ -211,20 +214,35 @@ class WorkerConfig:
     commit_interval: float = 1.0  # seconds between offset commits (also on rebalance, stop)
     web_port: int | None = 6066  # /healthz, /readyz, /metrics; None: no web server
     web_host: str = "127.0.0.1"
+    # the rule books (every *.toml of the folder, replacing the shipped ones); None: the
+    # shipped books. Configuration: give every worker of one app id the same books
+    rules_dir: Path | None = None
 
 
 class Partitions:
-    """Slots of one agent's state per partition, loaded from snapshots on first use."""
+    """Slots of one agent's state per partition, loaded from snapshots on first use;
+    ``restored`` is given each state loaded from a snapshot (what a snapshot does not
+    keep: configuration, such as the fold's rule books)."""
 
-    def __init__(self, store: SnapshotStore, factory: Callable[[], Any]) -> None:
+    def __init__(
+        self,
+        store: SnapshotStore,
+        factory: Callable[[], Any],
+        restored: Callable[[Any], None] | None = None,
+    ) -> None:
         self.store = store
         self.factory = factory
+        self.restored = restored
         self.slots: dict[int, Slot] = {}
 
     def get(self, partition: int) -> Slot:
         slot = self.slots.get(partition)
         if slot is None:
-            slot = self.store.load(partition) or Slot(self.factory())
+            slot = self.store.load(partition)
+            if slot is None:
+                slot = Slot(self.factory())
+            elif self.restored is not None:
+                self.restored(slot.state)
             self.slots[partition] = slot
         return slot
 
@@ -277,10 +295,22 @@ def faust_datadir(cfg: WorkerConfig) -> Path:
     return cfg.state_dir / f"faust-{cfg.role}"
 
 
+def fold_books(cfg: WorkerConfig) -> RuleCatalog:
+    """The rule books of ``cfg`` (:class:`WorkerStartError` listing every problem)."""
+    try:
+        return load_books(cfg.rules_dir)
+    except RuleBookError as exc:
+        problems = "; ".join(str(p) for p in exc.problems)
+        raise WorkerStartError(
+            f"the rule books in {cfg.rules_dir} cannot be used: {problems}"
+        ) from None
+
+
 def build_app(cfg: WorkerConfig, log_ids: dict[str, str], ingress_partitions: int = 1) -> Any:
     """The Faust app; ``log_ids`` are the broker's topic ids (snapshot identity),
     ``ingress_partitions`` the ingress topic's partition count (the gate's org homes)."""
     t = cfg.topics
+    catalog = fold_books(cfg)
     app = faust_app(
         cfg.kafka,
         cfg.app_id if cfg.role == "all" else f"{cfg.app_id}-{cfg.role}",
@@ -308,7 +338,20 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str], ingress_partitions: in
     app.caretally_metrics = metrics  # type: ignore[attr-defined]
 
     gate = IngressGate(ingress_partitions)
-    folds = Partitions(SnapshotStore(cfg.state_dir, "fold", log_ids[t.events]), FoldPartition)
+
+    def new_fold() -> FoldPartition:
+        return FoldPartition(Projector(catalog=catalog))
+
+    def restored_fold(state: FoldPartition) -> None:
+        # the codec leaves the catalog out (configuration); the snapshot's books digest
+        # matched, so the months in it were evaluated with these books
+        state.projector.catalog = catalog
+
+    folds = Partitions(
+        SnapshotStore(cfg.state_dir, "fold", log_ids[t.events], books_digest(catalog)),
+        new_fold,
+        restored_fold,
+    )
     staffs = Partitions(SnapshotStore(cfg.state_dir, "staff", log_ids[t.staff]), StaffProjector)
     # A snapshot never holds state whose outputs are not yet acknowledged: the fold loop
     # (and the sweep, which writes fold state) hold these from changing state until what
@@ -775,7 +818,15 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str], ingress_partitions: in
 
     if cfg.role in ("all", "gate"):
         app.task(runner("gate", [t.ingress], gate_assigned, gate_loop))
+
+    async def announce_books() -> None:
+        """Which books the fold evaluates with, once logging is set up: a warning when
+        they are not the shipped ones (the billing differs from the shipped rules)."""
+        level = logging.INFO if cfg.rules_dir is None else logging.WARNING
+        log.log(level, "fold: %s", books_summary(catalog, cfg.rules_dir))
+
     if cfg.role in ("all", "fold"):
+        app.task(announce_books)
         app.task(runner("fold", [t.events, t.staff], fold_assigned, fold_loop))
         app.timer(cfg.sweep_interval)(daily_sweep)
         app.timer(cfg.snapshot_interval)(snapshot)

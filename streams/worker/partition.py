@@ -118,7 +118,7 @@ class FoldPartition:
     def sweep(self, now: datetime) -> list[Output]:
         """``threshold_approaching`` once per practice-local day (``now`` is passed in)."""
         out: list[Output] = []
-        ledger = self.projector.ledger
+        ledger, catalog = self.projector.ledger, self.projector.catalog
         orgs = {org for org, _pid in ledger.patients}
         for org in sorted(orgs):
             today = now.astimezone(ZoneInfo(ledger.practice(org).timezone)).date()
@@ -128,7 +128,7 @@ class FoldPartition:
             month = month_of_date(today)
             for (o, _pid, m), b in sorted(self.projector.views.items()):
                 if o == org and m == month:
-                    out.extend(alert_output(a) for a in approaching(b, today))
+                    out.extend(alert_output(a) for a in approaching(b, today, catalog))
         return out
 
 

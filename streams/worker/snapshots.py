@@ -2,7 +2,9 @@
 
 The log is the truth; a snapshot only saves refolding it from the start. A snapshot
 names the topic's id (a broker restart with memory storage makes a new topic with
-the same name) so a snapshot of another log is never applied to this one.
+the same name) so a snapshot of another log is never applied to this one, and the
+digest of the rule books it was folded with (``streams.worker.books``), so months
+evaluated with other books are refolded rather than kept.
 
 Snapshots hold PHI and are read back by the worker, so they are data only (JSON via
 :mod:`streams.worker.state_codec`: loading one can build nothing but our state classes, never
@@ -89,12 +91,15 @@ def _check_private(folder: Path) -> None:
 
 
 class SnapshotStore:
-    """Slots as JSON under ``directory/<name>-<partition>.json`` (``None``: no snapshots)."""
+    """Slots as JSON under ``directory/<name>-<partition>.json`` (``None``: no snapshots).
+    ``books``: the digest of the rule books the state is folded with ("" for state that
+    no book decides); a snapshot of other books is not loaded."""
 
-    def __init__(self, directory: Path | None, name: str, log_id: str) -> None:
+    def __init__(self, directory: Path | None, name: str, log_id: str, books: str = "") -> None:
         self.directory = directory
         self.name = name
         self.log_id = log_id
+        self.books = books
         if directory is not None:
             private_dir(directory)
 
@@ -115,7 +120,10 @@ class SnapshotStore:
             log.warning("snapshot %s unreadable (%s); refolding from the log", path.name, exc)
             return None
         if slot is None:
-            log.warning("snapshot %s is of another log or format; refolding", path.name)
+            log.warning(
+                "snapshot %s is of another log, format or set of rule books; refolding",
+                path.name,
+            )
         return slot
 
     def _read(self, path: Path) -> Slot | None:
@@ -132,6 +140,7 @@ class SnapshotStore:
             doc.get("format") != FORMAT
             or doc.get("log_id") != self.log_id
             or doc.get("name") != self.name
+            or doc.get("books", "") != self.books
             or type(offset) is not int
             or offset < 0
         ):
@@ -149,6 +158,8 @@ class SnapshotStore:
         if self.directory is None:
             return
         head = {"magic": MAGIC, "format": FORMAT, "name": self.name, "log_id": self.log_id}
+        if self.books:
+            head["books"] = self.books
         head["next_offset"] = slot.next_offset
         # the state is spliced in as the codec's bytes (not re-parsed)
         data = orjson.dumps(head)[:-1] + b',"state":' + state_codec.encode(slot.state) + b"}"
