@@ -97,10 +97,12 @@ def _tables(lines: list[str]) -> list[tuple[int, int]]:
     return [(s, starts[n + 1] if n + 1 < len(starts) else len(lines)) for n, s in enumerate(starts)]
 
 
-def _depth(line: str) -> int:
-    """Brackets and braces opened minus closed on ``line``, outside strings and comments."""
-    depth, quote, escaped = 0, "", False
-    for ch in line:
+def _scan(text: str) -> tuple[int, str]:
+    """Where a ``# comment`` starts in ``text`` (``len(text)`` if none), and the
+    characters before it that are outside TOML strings."""
+    outside: list[str] = []
+    quote, escaped = "", False
+    for n, ch in enumerate(text):
         if quote:
             if escaped:
                 escaped = False
@@ -111,12 +113,16 @@ def _depth(line: str) -> int:
         elif ch in "\"'":
             quote = ch
         elif ch == "#":
-            break
-        elif ch in "[{":
-            depth += 1
-        elif ch in "]}":
-            depth -= 1
-    return depth
+            return n, "".join(outside)
+        else:
+            outside.append(ch)
+    return len(text), "".join(outside)
+
+
+def _depth(line: str) -> int:
+    """Brackets and braces opened minus closed on ``line``, outside strings and comments."""
+    code = _scan(line)[1]
+    return sum(code.count(c) for c in "[{") - sum(code.count(c) for c in "]}")
 
 
 def _entries(lines: list[str], start: int, end: int) -> list[_Entry]:
@@ -140,20 +146,7 @@ def _entries(lines: list[str], start: int, end: int) -> list[_Entry]:
 def _literal(line: str) -> str:
     """The value of a one-line ``key = value  # comment`` (the comment dropped)."""
     value = line.split("=", 1)[1]
-    quote, escaped = "", False
-    for n, ch in enumerate(value):
-        if quote:
-            if escaped:
-                escaped = False
-            elif ch == "\\" and quote == '"':
-                escaped = True
-            elif ch == quote:
-                quote = ""
-        elif ch in "\"'":
-            quote = ch
-        elif ch == "#":
-            return value[:n].strip()
-    return value.strip()
+    return value[: _scan(value)[0]].strip()
 
 
 # -- editing -------------------------------------------------------------------------------
