@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint bench clean
+.PHONY: demo test test-fast lint bench clean browser
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (set PYTHON=...)"; exit 1; }
@@ -17,7 +17,23 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/caretally demo
 
-test: $(STAMP)
+# The browser tests drive Debian's chromium through Debian's chromedriver (the same version;
+# tests/support/browser.py); Selenium downloads nothing. Installed here when missing.
+BROWSER_PKGS := chromium chromium-driver
+
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then exit 0; fi; \
+	command -v apt-get >/dev/null 2>&1 || { echo "the browser tests need chromium and chromedriver on PATH (Debian: apt-get install $(BROWSER_PKGS))"; exit 1; }; \
+	sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	apt="$$sudo env DEBIAN_FRONTEND=noninteractive apt-get"; \
+	echo "installing $(BROWSER_PKGS) for the browser tests"; \
+	$$apt install -y --no-install-recommends $(BROWSER_PKGS) \
+	  || { $$apt update && $$apt install -y --no-install-recommends $(BROWSER_PKGS); } \
+	  || { echo "could not install $(BROWSER_PKGS) with apt-get$${sudo:+ (through sudo)}: install them or put chromium and chromedriver on PATH"; exit 1; }; \
+	command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 \
+	  || { echo "$(BROWSER_PKGS) installed but chromium or chromedriver is not on PATH"; exit 1; }
+
+test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

@@ -16,6 +16,7 @@ from streams.cli.exits import EXIT_REFUSED, fail
 from streams.cli.kafka_options import KafkaOptions, connect, kafka_options
 from streams.cli.options import (
     RuleBooks,
+    claims_dir_option,
     month_option,
     no_progress_option,
     org_option,
@@ -35,15 +36,7 @@ CLAIMS_FORMATS = ("csv", "json", "both")
 @org_option
 @month_option(required=False)
 @kafka_options
-@click.option(
-    "--claims-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("."),
-    show_default=True,
-    metavar="DIR",
-    help="Folder for claims-<org>-<digest>-<YYYY-MM>.csv / .json (replaced atomically; "
-    "created if missing).",
-)
+@claims_dir_option(Path("."))
 @click.option(
     "--claims-format",
     type=click.Choice(CLAIMS_FORMATS),

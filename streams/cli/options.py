@@ -254,6 +254,20 @@ def rules_option(f: F) -> F:
     )(f)
 
 
+def claims_dir_option(default: Path) -> Callable[[F], F]:
+    """``--claims-dir DIR``: where claim files of a close are written (``close`` and the
+    close page of ``serve``)."""
+    return click.option(
+        "--claims-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=default,
+        show_default=True,
+        metavar="DIR",
+        help="Folder for claims-<org>-<digest>-<YYYY-MM>.csv / .json (replaced atomically; "
+        "created if missing).",
+    )
+
+
 def no_progress_option(f: F) -> F:
     """``--no-progress``: see :mod:`streams.cli.progress`."""
     return click.option(

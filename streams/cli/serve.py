@@ -10,14 +10,18 @@ import click
 from streams.cli.exits import EXIT_INTERRUPTED, fail
 from streams.cli.kafka_options import KafkaOptions, connect, kafka_options
 from streams.cli.options import (
+    RuleBooks,
+    claims_dir_option,
     format_option,
     log_format_option,
     loglevel_option,
     org_option,
     partitions_option,
+    rules_option,
 )
 from streams.http.rate_limit import DEFAULT_EVENTS_PER_MINUTE, DEFAULT_PRACTICE_EVENTS_PER_MINUTE
 from streams.kafka.topics import DEFAULT_PARTITIONS
+from streams.web.config import SESSION_IDLE_S, SESSION_MAX_S
 
 MIB = 1024 * 1024
 SHUTDOWN_S = 1.0
@@ -124,6 +128,27 @@ _keys_option = click.option(
     help="Practice-wide events (practice.configured, month.closed) one org may POST a "
     "minute; each touches every patient of the org.",
 )
+@claims_dir_option(Path(".caretally/claims"))
+@rules_option
+@click.option(
+    "--session-idle",
+    envvar="CARETALLY_SERVE_SESSION_IDLE",
+    show_envvar=True,
+    default=SESSION_IDLE_S,
+    show_default=True,
+    type=click.FloatRange(min=10),
+    metavar="SECONDS",
+    help="A page session signs out after this long without a request (and always "
+    f"{SESSION_MAX_S // 3600} hours after sign-in).",
+)
+@click.option(
+    "--secure-cookies",
+    is_flag=True,
+    envvar="CARETALLY_SERVE_SECURE_COOKIES",
+    show_envvar=True,
+    help="Mark session cookies Secure even over plain HTTP: when TLS ends at a reverse "
+    "proxy in front (over TLS they are Secure anyway).",
+)
 @partitions_option(DEFAULT_PARTITIONS)
 @loglevel_option("info")
 @log_format_option()
@@ -139,12 +164,21 @@ def serve(
     max_connections: int,
     rate_limit: int,
     practice_rate_limit: int,
+    claims_dir: Path,
+    rules: RuleBooks,
+    session_idle: float,
+    secure_cookies: bool,
     partitions: int,
     loglevel: str,
     log_format: str,
 ) -> None:
-    """Run the HTTP API until Ctrl-C or SIGTERM (it stops within a few seconds, broker
-    reachable or not).
+    """Run the HTTP API and the pages for billing staff until Ctrl-C or SIGTERM (it stops
+    within a few seconds, broker reachable or not).
+
+    Open http://127.0.0.1:8080/ in a browser and sign in with an org's API key: the
+    worklist of the month (ready to bill, near a threshold, blocked, conflicts; live),
+    each patient-month's audit with "as of", month close with claim downloads (written
+    to --claims-dir, priced with --rules), and the live alerts.
 
     \b
     POST /v1/events                                  one JSON event, or an NDJSON batch
@@ -154,8 +188,9 @@ def serve(
     GET  /healthz   no key; 503 while Kafka does not answer, else 200 (warming up too)
     GET  /readyz    no key; 200 only when Kafka answers and the state has caught up
     GET  /metrics   no key; Prometheus text (no org or patient ids in labels)
+    GET  /          the pages (a session cookie from signing in; never an API key)
 
-    Every other request needs an org API key (`caretally keys create --org ORG`),
+    Every /v1/ request needs an org API key (`caretally keys create --org ORG`),
     sent as `Authorization: Bearer KEY` or `X-API-Key: KEY`; a key only reaches its
     own org. A batch is all or nothing: one invalid line (reported with its line
     number) and no event of it is written. Accepted events go to the ingress topic;
@@ -190,6 +225,7 @@ def serve(
     from streams.http.rate_limit import OrgRateLimits
     from streams.kafka.clients import AioKafkaError
     from streams.observe.logs import configure_logging
+    from streams.web.config import WebConfig
 
     configure_logging(loglevel, log_format)
     for noisy in ("aiokafka", "kafka"):
@@ -218,12 +254,21 @@ def serve(
         )
     ctx = connect(kafka, partitions=partitions)
     address = ctx.settings.describe()
+    pages = WebConfig(
+        ctx.settings,
+        ctx.topics.events,
+        claims_dir,
+        rules.catalog,
+        session_idle_s=session_idle,
+        secure_cookies=secure_cookies,
+    )
     app = build_app(
         ctx.settings,
         ctx.topics,
         keys,
         max_body_bytes=max_body_bytes,
         rate_limits=OrgRateLimits(rate_limit, practice_rate_limit),
+        pages=pages,
     )
     cap = fit_connection_cap(max_connections)
     if cap < max_connections:
@@ -237,7 +282,7 @@ def serve(
     def ready(server: Server) -> None:
         notice(
             f"caretally serve: http://{server.host}:{server.port} (Kafka {address}, "
-            f"keys {path}); Ctrl-C to stop"
+            f"keys {path}, claims to {claims_dir}); pages at /; Ctrl-C to stop"
         )
 
     async def main() -> None:

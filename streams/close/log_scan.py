@@ -13,7 +13,7 @@ from datetime import datetime
 
 from projections.calendar import DEFAULT_TIMEZONE
 from projections.ledger import Ledger
-from schemas.events import EventRejected, MonthClosed, PracticeConfigured, parse_event
+from schemas.events import Event, EventRejected, MonthClosed, PracticeConfigured, parse_event
 from streams.kafka.clients import Connection
 from streams.kafka.log_reader import read_range, read_to_end
 from streams.kafka.records import key_parts
@@ -112,3 +112,49 @@ async def fold_until(kafka: Connection, topic: str, org: str, stops: dict[int, i
             if event.org_id == org:
                 ledger.apply(event, raw)
     return ledger
+
+
+async def fold_to_end(kafka: Connection, topic: str, partitions: int, org: str) -> Ledger:
+    """Fold ``org``'s records of every partition to the end of the log, a partition after
+    the other (as :func:`fold_until` does)."""
+    by_partition: dict[int, list[bytes]] = {}
+    async for record in read_to_end(kafka, topic, range(partitions)):
+        if _org_match(record.key, org):
+            by_partition.setdefault(record.partition, []).append(record.value or b"")
+    ledger = Ledger()
+    for raw in (r for _, rs in sorted(by_partition.items()) for r in rs):
+        try:
+            event = parse_event(raw)
+        except EventRejected:
+            continue
+        if event.org_id == org:
+            ledger.apply(event, raw)
+    return ledger
+
+
+async def patient_log(
+    kafka: Connection, topic: str, partitions: int, org: str, patient: str
+) -> list[tuple[Event, bytes]]:
+    """The events one patient's fold sees, in its log order: the records keyed by the
+    patient and the org's practice-wide records (written to every partition) of the
+    partition that holds the patient (partition 0 when the log has none of theirs).
+    What the audit of a patient-month reads from the live log."""
+    wanted: dict[int, list[bytes]] = {}
+    home: int | None = None
+    async for record in read_to_end(kafka, topic, range(partitions)):
+        ids = _key_ids(record.key)
+        if ids is None or ids[0] != org or ids[1] not in ("", patient):
+            continue
+        mine = ids[1] == patient
+        if mine and home is None:
+            home = record.partition
+        wanted.setdefault(record.partition, []).append(record.value or b"")
+    out: list[tuple[Event, bytes]] = []
+    for raw in wanted.get(home if home is not None else 0, []):
+        try:
+            event = parse_event(raw)
+        except EventRejected:
+            continue  # the worker dead-letters it too
+        if event.org_id == org:
+            out.append((event, raw))
+    return out

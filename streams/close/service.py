@@ -164,3 +164,48 @@ def close_month(
     }
     paths = write_claims(lines, request.claims_dir, org, month, request.formats, meta)
     return CloseResult(request, event_id, closed_at, not request.export_only, lines, total, paths)
+
+
+@dataclass(frozen=True)
+class ClosePreview:
+    """What closing the month now would export (nothing is appended or written)."""
+
+    org: str
+    month: str
+    timezone: str
+    ended: bool  # the month is over in the practice's time zone
+    closed_by: str | None  # event_id of the month's latest month.closed, if any
+    lines: list[ClaimLine]
+    total: float
+
+    @property
+    def patients(self) -> int:
+        return len({ln.patient_id for ln in self.lines})
+
+
+def preview_month(
+    kafka: Connection,
+    topic: str,
+    org: str,
+    month: str,
+    now: datetime | None = None,
+    catalog: RuleCatalog = SHIPPED_CATALOG,
+) -> ClosePreview:
+    """The claim lines a close of ``month`` would export if made now: the org's records to
+    the end of the log, folded and priced as :func:`close_month` does (claim line ids are
+    keyed by a placeholder: the close that would key them does not exist yet)."""
+    from projections.calendar import epoch, month_bounds
+    from projections.claims import month_claims
+    from projections.ledger import Practice
+    from streams.close.log_scan import fold_to_end
+    from streams.kafka.topics import partition_counts
+
+    partitions = partition_counts(kafka, [topic])[topic]
+    if not partitions:
+        raise CloseFailed(f"no log topic {topic}")
+    ledger = asyncio.run(fold_to_end(kafka, topic, partitions, org))
+    practice = ledger.practices.get(org) or Practice()
+    lines, total = month_claims(ledger, org, month, close_id="preview", catalog=catalog)
+    ended = epoch(now or datetime.now(UTC)) >= month_bounds(month, practice.timezone)[1]
+    closed_by = practice.close_ids.get(month)
+    return ClosePreview(org, month, practice.timezone, ended, closed_by, lines, total)

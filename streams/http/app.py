@@ -46,6 +46,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -84,6 +85,8 @@ from streams.http.state_cache import StateCache
 from streams.kafka.clients import SERVE_PRODUCER, Connection, aio_producer
 from streams.kafka.settings import KafkaSettings
 from streams.kafka.topics import Topics
+from streams.web.config import WebConfig
+from streams.web.site import PAGE_MIDDLEWARES, add_pages
 
 log = logging.getLogger("caretally.serve")
 
@@ -134,8 +137,10 @@ def build_app(
     heartbeat_s: float = HEARTBEAT_S,
     cache: StateCache | None = None,
     rate_limits: OrgRateLimits | None = None,
+    pages: WebConfig | None = None,
 ) -> web.Application:
-    """The aiohttp application; Kafka clients start with it (``AppRunner.setup``)."""
+    """The aiohttp application; Kafka clients start with it (``AppRunner.setup``).
+    ``pages``: serve the pages for people at ``/`` too (:mod:`streams.web`)."""
     settings = KafkaSettings.of(kafka)
     app = routes_app(
         cache if cache is not None else StateCache(settings, topics),
@@ -144,6 +149,7 @@ def build_app(
         max_body_bytes=max_body_bytes,
         heartbeat_s=heartbeat_s,
         rate_limits=rate_limits,
+        pages=pages,
     )
     app[KAFKA_SETTINGS] = settings
     app.cleanup_ctx.append(_kafka)
@@ -158,12 +164,16 @@ def routes_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     heartbeat_s: float = HEARTBEAT_S,
     rate_limits: OrgRateLimits | None = None,
+    pages: WebConfig | None = None,
+    clock: Callable[[], datetime] | None = None,
 ) -> web.Application:
     """The routes and middleware over ``cache``, without the Kafka clients: reads are
     served from whatever fed the cache, and writes answer 503 (no producer). This is
-    :func:`build_app` minus its lifetime; the routes are tested in process with it."""
+    :func:`build_app` minus its lifetime; the routes are tested in process with it
+    (``clock``: the pages' idea of now, for tests)."""
     app = web.Application(
-        middlewares=[count_requests, json_errors, require_key], client_max_size=max_body_bytes
+        middlewares=[count_requests, json_errors, require_key, *PAGE_MIDDLEWARES],
+        client_max_size=max_body_bytes,
     )
     app[CACHE] = cache
     app[METRICS] = ServeMetrics(cache)
@@ -181,6 +191,8 @@ def routes_app(
     app.router.add_get("/v1/orgs/{org}/patients/{patient}/months/{month}", get_month)
     app.router.add_get("/v1/orgs/{org}/worklist", get_worklist)
     app.router.add_get("/v1/orgs/{org}/alerts", get_alerts)
+    if pages is not None:
+        add_pages(app, pages, keys, clock)
     return app
 
 

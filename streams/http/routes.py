@@ -30,6 +30,7 @@ from streams.kafka.records import event_key
 from streams.kafka.settings import KafkaSettings
 from streams.kafka.topics import Topics
 from streams.observe.prometheus import exposition
+from streams.web.auth import is_page
 from streams.worker.gate import TOO_LARGE, Source, deadletter_write
 
 log = logging.getLogger("caretally.serve")
@@ -114,7 +115,10 @@ async def count_requests(request: web.Request, handler: Handler) -> web.StreamRe
 
 @web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error as ``{"error": ...}``, including the router's 404/405."""
+    """Every error of the API as ``{"error": ...}``, including the router's 404/405 (the
+    pages answer theirs as pages: :mod:`streams.web.site`)."""
+    if is_page(request):
+        return await handler(request)
     try:
         return await handler(request)
     except web.HTTPException as exc:
@@ -142,7 +146,9 @@ def _presented_key(request: web.Request) -> str | None:
 
 @web.middleware
 async def require_key(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path in PUBLIC_PATHS:
+    """The API (``/v1/``) needs an org key; the probes need none; pages need a session
+    (:mod:`streams.web.auth`) and never take a key."""
+    if request.path in PUBLIC_PATHS or is_page(request):
         return await handler(request)
     org = request.app[KEYS].resolve(_presented_key(request))
     if org is None:

@@ -21,12 +21,13 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from pydantic import ValidationError
 
+from projections.calendar import DEFAULT_TIMEZONE
 from schemas.views import Alert
 from streams.http.closing import stop_within
 from streams.kafka.clients import (
@@ -58,6 +59,8 @@ class BillingEntry:
     raw: bytes
     view: dict[str, Any]
     progress: list[dict[str, Any]]
+    timezone: str = DEFAULT_TIMEZONE  # the practice's (the record's ``context`` header)
+    practitioners: tuple[str, ...] = ()  # billing practitioners its lines and tracks name
 
     @property
     def ids(self) -> BillingIds:
@@ -99,6 +102,25 @@ class Subscriber:
     dropped: bool = False
 
 
+@dataclass(eq=False, slots=True)
+class BillingWatcher:
+    """One live page of an org: the months whose billing changed since it last looked,
+    and an event set when there are any (a watcher never blocks the cache)."""
+
+    org_id: str
+    months: set[str] = field(default_factory=set)
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def changed(self, month: str) -> None:
+        self.months.add(month)
+        self.event.set()
+
+    def take(self) -> set[str]:
+        months, self.months = self.months, set()
+        self.event.clear()
+        return months
+
+
 @dataclass(slots=True)
 class _Lag:
     caught_up: bool = False
@@ -137,6 +159,7 @@ class StateCache:
         self._by_org_month: dict[str, dict[str, set[BillingIds]]] = {}
         self.alerts: dict[str, deque[StoredAlert]] = {}
         self._subscribers: dict[str, set[Subscriber]] = {}
+        self._watchers: dict[str, set[BillingWatcher]] = {}
         self._lag = _Lag()
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -248,7 +271,12 @@ class StateCache:
             for tp, records in batches.items():
                 for rec in records:
                     if tp.topic == self.topics.billing:
-                        self.apply_billing(rec.key, rec.value, header(rec.headers, "progress"))
+                        self.apply_billing(
+                            rec.key,
+                            rec.value,
+                            header(rec.headers, "progress"),
+                            header(rec.headers, "context"),
+                        )
                     else:
                         self.apply_alert(rec.value)
             if not self._lag.caught_up and await self._at_end(consumer, parts):
@@ -276,7 +304,13 @@ class StateCache:
 
     # -- applying records (synchronous: no await between a change and its fan-out) ---------
 
-    def apply_billing(self, key: bytes | None, value: bytes | None, progress: bytes | None) -> None:
+    def apply_billing(
+        self,
+        key: bytes | None,
+        value: bytes | None,
+        progress: bytes | None,
+        context: bytes | None = None,
+    ) -> None:
         ids = _billing_ids(key)
         if ids is None:
             log.warning("skipped a billing record whose key is not org:patient:month")
@@ -284,6 +318,7 @@ class StateCache:
         old = self.billing.pop(ids, None)
         if old is not None:
             self._unindex(old)
+        self._billing_changed(ids)
         if value is None:  # tombstone: the month no longer has anything in it
             return
         try:
@@ -296,7 +331,10 @@ class StateCache:
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             log.warning("skipped a billing record that is not a view: %s", exc)
             return
-        entry = BillingEntry(org_id, patient_id, month, bytes(value), view, _progress(progress))
+        tz, practitioners = _context(context)
+        entry = BillingEntry(
+            org_id, patient_id, month, bytes(value), view, _progress(progress), tz, practitioners
+        )
         self.billing[entry.ids] = entry
         self._by_org_month.setdefault(org_id, {}).setdefault(month, set()).add(entry.ids)
 
@@ -330,6 +368,44 @@ class StateCache:
                 sub.queue.put_nowait(stored)
             except asyncio.QueueFull:
                 self._drop(sub, dropped=True)
+
+    def _billing_changed(self, ids: BillingIds) -> None:
+        """Tell the org's billing watchers which month changed (once caught up: the
+        backlog read at start is not a change anyone watches for)."""
+        if not self._lag.caught_up:
+            return
+        for watcher in list(self._watchers.get(ids[0], ())):
+            watcher.changed(ids[2])
+
+    def watch_billing(self, org_id: str) -> BillingWatcher:
+        """A watcher of the org's billing changes (the live pages); :meth:`unwatch` it."""
+        watcher = BillingWatcher(org_id)
+        self._watchers.setdefault(org_id, set()).add(watcher)
+        return watcher
+
+    def unwatch(self, watcher: BillingWatcher) -> None:
+        watchers = self._watchers.get(watcher.org_id)
+        if watchers is not None:
+            watchers.discard(watcher)
+            if not watchers:
+                del self._watchers[watcher.org_id]
+
+    def org_months(self, org_id: str, month: str) -> list[BillingEntry]:
+        """The org's patient-months of ``month``, by patient id."""
+        ids = sorted(self._by_org_month.get(org_id, {}).get(month, ()))
+        return [self.billing[i] for i in ids]
+
+    def org_timezone(self, org_id: str) -> str | None:
+        """The practice's time zone as its latest billing record says, if any."""
+        months = self._by_org_month.get(org_id)
+        if not months:
+            return None
+        ids = next(iter(months[max(months)]))
+        return self.billing[ids].timezone
+
+    def org_alerts(self, org_id: str) -> list[StoredAlert]:
+        """The org's stored alerts, oldest first."""
+        return list(self.alerts.get(org_id, ()))
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -436,6 +512,21 @@ def _progress(raw: bytes | None) -> list[dict[str, Any]]:
     ]
 
 
+def _context(raw: bytes | None) -> tuple[str, tuple[str, ...]]:
+    """(time zone, billing practitioners) of a ``context`` header; a record written
+    before the header existed reads as the default zone and nobody."""
+    if not raw:
+        return DEFAULT_TIMEZONE, ()
+    try:
+        d = orjson.loads(raw)
+        tz, named = d["timezone"], d["practitioners"]
+        if not isinstance(tz, str) or not all(isinstance(p, str) for p in named):
+            raise TypeError("not strings")
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return DEFAULT_TIMEZONE, ()
+    return tz, tuple(named)
+
+
 def _nearest(progress: Iterable[dict[str, Any]]) -> tuple[int, str] | None:
     """(seconds short, code) of the track closest to its next threshold, if any is short."""
     best: tuple[int, str] | None = None
@@ -444,6 +535,3 @@ def _nearest(progress: Iterable[dict[str, Any]]) -> tuple[int, str] | None:
         if short > 0 and (best is None or (short, p["code"]) < best):
             best = (short, p["code"])
     return best
-
-
-# --- the web application -------------------------------------------------------------------

@@ -157,6 +157,17 @@ def progress_header(billing: MonthBilling) -> bytes:
     )
 
 
+def context_header(billing: MonthBilling, timezone: str) -> bytes:
+    """What a reader of the view needs besides it (the pages of ``caretally serve``): the
+    practice's time zone (days left in the month) and the billing practitioners the
+    month's lines and tracks name."""
+    named = [ln.practitioner_id for ln in billing.billable]
+    named += [b.line.practitioner_id for b in billing.blocked]
+    named += [p.practitioner_id for p in billing.progress]
+    practitioners = sorted({p for p in named if p})
+    return orjson.dumps({"timezone": timezone, "practitioners": practitioners})
+
+
 def alert_value(alert: Alert) -> bytes:
     return alert.model_dump_json().encode()
 

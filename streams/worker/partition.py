@@ -30,6 +30,7 @@ from streams.kafka.records import (
     alert_value,
     billing_key,
     billing_value,
+    context_header,
     event_key,
     progress_header,
     staff_key,
@@ -98,7 +99,9 @@ class FoldPartition:
         key = billing_key(b.org_id, b.patient_id, b.month)
         if (b.org_id, b.patient_id, b.month) not in self.projector.views:
             return Output(BILLING, key, None)  # the month has nothing left in it
-        return Output(BILLING, key, billing_value(b), (("progress", progress_header(b)),))
+        tz = self.projector.ledger.practice(b.org_id).timezone
+        headers = (("progress", progress_header(b)), ("context", context_header(b, tz)))
+        return Output(BILLING, key, billing_value(b), headers)
 
     def _staff(self, event: Event, previous: Activity | None) -> list[Output]:
         if not isinstance(event, ActivityLogged | ActivityVoided):

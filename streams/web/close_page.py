@@ -1,0 +1,134 @@
+"""Month close from a page: a preview of the claim lines, the close itself (the service of
+``caretally close``, :mod:`streams.close.service`) after a confirmation, and the claim
+files to download (written again from the latest close, exactly as
+``caretally close --export-only`` writes them)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from aiohttp import web
+
+from streams.close.service import (
+    CloseError,
+    CloseRefused,
+    CloseRequest,
+    close_month,
+    preview_month,
+)
+from streams.http.routes import CACHE, MONTH_RE
+from streams.web.auth import SESSION
+from streams.web.config import WEB
+from streams.web.site import now, render
+from streams.web.worklist_page import alerted
+
+log = logging.getLogger("caretally.serve")
+
+FORMATS = {"csv": "text/csv", "json": "application/json"}
+T = TypeVar("T")
+
+
+def _month(request: web.Request) -> str:
+    month = request.match_info["month"]
+    if not MONTH_RE.fullmatch(month):
+        raise web.HTTPBadRequest(text="month must be YYYY-MM")
+    return month
+
+
+def _claims_dir(request: web.Request) -> Path:
+    """The folder for claim files, created if missing (as ``caretally close`` does)."""
+    folder = request.app[WEB].claims_dir
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        log.error("cannot create the claims folder: %s", exc.strerror or type(exc).__name__)
+        raise web.HTTPServiceUnavailable(
+            text="The claims folder of this server cannot be written; tell its operator."
+        ) from None
+    return folder
+
+
+async def _off_loop(work: Callable[[], T]) -> T:
+    """The close service runs its own event loops and blocking Kafka calls: in a thread."""
+    return await asyncio.get_running_loop().run_in_executor(None, work)
+
+
+async def _page(
+    request: web.Request, month: str, status: int = 200, **extra: object
+) -> web.Response:
+    org = request[SESSION].org_id
+    config = request.app[WEB]
+    preview = await _off_loop(
+        lambda: preview_month(
+            config.kafka, config.log_topic, org, month, now(request), config.catalog
+        )
+    )
+    late = sorted(alerted(request.app[CACHE], org, month, "late_activity"))
+    return render(
+        request, "close.html", status=status, preview=preview, month=month, late=late, **extra
+    )
+
+
+async def preview(request: web.Request) -> web.StreamResponse:
+    return await _page(request, _month(request))
+
+
+async def close(request: web.Request) -> web.StreamResponse:
+    month = _month(request)
+    org = request[SESSION].org_id
+    form = await request.post()
+    if form.get("confirm") != "yes":
+        return await _page(
+            request, month, 400, error="Tick the box to confirm the close, then press Close."
+        )
+    config = request.app[WEB]
+    close_req = CloseRequest(
+        org,
+        month,
+        _claims_dir(request),
+        reissue=form.get("reissue") == "yes",
+        force=form.get("force") == "yes",
+    )
+    try:
+        result = await _off_loop(
+            lambda: close_month(
+                config.kafka, config.log_topic, close_req, now(request), None, config.catalog
+            )
+        )
+    except CloseRefused as exc:
+        return await _page(request, month, 409, error=str(exc))
+    except CloseError as exc:
+        log.warning("a close from a page failed: %s", type(exc).__name__)
+        return await _page(request, month, 503, error=str(exc))
+    log.info("a month was closed from a page (%d claim lines)", len(result.lines))
+    return await _page(request, month, closed=result)
+
+
+async def download(request: web.Request) -> web.StreamResponse:
+    month, fmt = _month(request), request.match_info["fmt"]
+    if fmt not in FORMATS:
+        raise web.HTTPNotFound(text="claims come as .csv or .json")
+    org = request[SESSION].org_id
+    config = request.app[WEB]
+    close_req = CloseRequest(org, month, _claims_dir(request), formats=(fmt,), export_only=True)
+    try:
+        result = await _off_loop(
+            lambda: close_month(
+                config.kafka, config.log_topic, close_req, now(request), None, config.catalog
+            )
+        )
+    except CloseRefused:
+        raise web.HTTPNotFound(text=f"{month} has not been closed: close it first.") from None
+    path = result.paths[0]
+    return web.Response(
+        body=path.read_bytes(),
+        content_type=FORMATS[fmt],
+        headers={
+            "Content-Disposition": f'attachment; filename="{path.name}"',
+            "Cache-Control": "no-store",
+        },
+    )
