@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 MAX_ACTIVITY = timedelta(hours=24)
-MONTH_PATTERN = r"^\d{4}-(0[1-9]|1[0-2])$"
+MONTH_PATTERN = r"^[0-9]{4}-(0[1-9]|1[0-2])$"  # ASCII digits: \d matches any script's
 
 # A bounded calendar (checked natively by pydantic-core): no sentinel 9999-12-31 dates
 FIRST_DAY, LAST_DAY = date(1900, 1, 1), date(2199, 12, 31)

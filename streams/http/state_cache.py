@@ -83,6 +83,8 @@ class StoredAlert:
     alert_id: str
     kind: str
     data: bytes  # compact JSON on one line (SSE data must not hold a newline)
+    patient_id: str = ""
+    month: str = ""
 
     def sse(self) -> bytes:
         alert_id = self.alert_id.replace("\r", "").replace("\n", "")
@@ -358,7 +360,13 @@ class StateCache:
                 "skipped an alert record that is not an Alert (%d errors)", exc.error_count()
             )
             return
-        stored = StoredAlert(alert.alert_id, alert.kind, alert.model_dump_json().encode())
+        stored = StoredAlert(
+            alert.alert_id,
+            alert.kind,
+            alert.model_dump_json().encode(),
+            alert.patient_id,
+            alert.month,
+        )
         recent = self.alerts.get(alert.org_id)
         if recent is None:
             recent = self.alerts[alert.org_id] = deque(maxlen=self.alerts_per_org)
@@ -394,6 +402,11 @@ class StateCache:
         """The org's patient-months of ``month``, by patient id."""
         ids = sorted(self._by_org_month.get(org_id, {}).get(month, ()))
         return [self.billing[i] for i in ids]
+
+    def knows_patient(self, org_id: str, patient_id: str) -> bool:
+        """Whether any month of the org's billing names the patient."""
+        months = self._by_org_month.get(org_id, {})
+        return any((org_id, patient_id, m) in self.billing for m in months)
 
     def org_timezone(self, org_id: str) -> str | None:
         """The practice's time zone as its latest billing record says, if any."""

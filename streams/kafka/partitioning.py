@@ -78,3 +78,9 @@ def kafka_python_ingress_partitioner() -> Any:
             return parts[home_partition(org_of_key(serialized_key), len(parts))]
 
     return _ByOrg()
+
+
+def log_partition(key: bytes, partitions: int) -> int:
+    """The log partition of a record key (``org_id:patient_id``): Kafka's default
+    partitioner, murmur2 of the whole key, as the log writer's producer places it."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions

@@ -24,6 +24,7 @@ from streams.web.sessions import (
     SIGNIN_COOKIE,
     Session,
     SessionStore,
+    TooManySessions,
     same_token,
 )
 
@@ -32,6 +33,7 @@ log = logging.getLogger("caretally.serve")
 SESSIONS = web.AppKey("sessions", SessionStore)
 SESSION = web.RequestKey("session", Session)
 OPEN_PATHS = frozenset({"/signin", "/favicon.ico"})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # nothing changes on them
 PARTS_OF_PAGES = frozenset({"/live", "/worklist/groups"})  # fetched by a page: 401, no redirect
 API_PREFIX = "/v1/"
 API_PUBLIC = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -85,12 +87,21 @@ async def csrf_ok(request: web.Request, expected: str) -> bool:
 
 def see_other(location: str) -> web.Response:
     """A 303 to ``location`` (a response, not a raised exception: it carries cookies)."""
-    return web.Response(status=303, headers={"Location": location})
+    return web.Response(status=303, headers={"Location": location, "Cache-Control": "no-store"})
 
 
 def safe_next(target: str | None) -> str:
-    """A local path to go to after sign-in (never another site)."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    """A local path to go to after sign-in, never another site: one ``/``, then no
+    second ``/`` or ``\\``, and no space or control character anywhere (browsers drop tabs
+    and newlines, so ``/\\t/evil.example`` would be ``//evil.example``)."""
+    if (
+        not target
+        or not target.startswith("/")
+        or target[1:2] in ("/", "\\")
+        or "\\" in target
+        or not target.isprintable()
+        or any(c.isspace() for c in target)
+    ):
         return "/worklist"
     return target
 
@@ -101,12 +112,14 @@ async def require_session(request: web.Request, handler: Handler) -> web.StreamR
     path = request.path
     if not is_page(request) or path in OPEN_PATHS or path.startswith("/static/"):
         return await handler(request)
-    session = request.app[SESSIONS].get(request.cookies.get(COOKIE))
+    # a page's own fetches (the live stream, the worklist's refresh) are not a person
+    # doing something: they do not keep a session from going idle
+    session = request.app[SESSIONS].get(request.cookies.get(COOKIE), path not in PARTS_OF_PAGES)
     if session is None:
         if request.method == "GET" and path not in PARTS_OF_PAGES:
             raise web.HTTPSeeOther(f"/signin?next={quote(request.path_qs, safe='')}")
         raise web.HTTPUnauthorized(text="signed out: sign in again")
-    if request.method == "POST" and not await csrf_ok(request, session.csrf):
+    if request.method not in SAFE_METHODS and not await csrf_ok(request, session.csrf):
         log.warning("refused a page form post without a valid CSRF token")
         raise web.HTTPForbidden(text="the form is stale or did not come from this site")
     request[SESSION] = session
@@ -135,7 +148,14 @@ async def signin(request: web.Request) -> web.StreamResponse:
         raise web.HTTPForbidden(text="the sign-in form is stale; load it again")
     form = await request.post()
     key, target = form.get("api_key"), form.get("next")
-    session = request.app[SESSIONS].sign_in(key if isinstance(key, str) else "")
+    try:
+        session = request.app[SESSIONS].sign_in(key if isinstance(key, str) else "")
+    except TooManySessions:
+        log.warning("sign-in refused: the session store is full")
+        raise web.HTTPServiceUnavailable(
+            text="Too many people are signed in right now; try again in a few minutes.",
+            headers={"Retry-After": "60"},
+        ) from None
     if session is None:
         token = secrets.token_urlsafe(32)
         response = render(

@@ -46,6 +46,16 @@ class DayChart:
     def color(self, program: str) -> str:
         return COLORS.get(program, "#666666")
 
+    @property
+    def ticks(self) -> list[int]:
+        """Days labelled under the bars: the 1st, every 7th day after it, the last."""
+        return sorted({1, *range(8, self.days, 7), self.days})
+
+    def x_of(self, day: int) -> float:
+        """The centre of a day's bar."""
+        step = (self.width - 2 * self.pad) / self.days
+        return round(self.pad + (day - 0.5) * step, 1)
+
 
 def minutes_by_day(report: AuditReport) -> DayChart:
     """Counted minutes of the month's current activity versions, on the local day each

@@ -5,8 +5,8 @@ files to download (written again from the latest close, exactly as
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -23,7 +23,8 @@ from streams.close.service import (
 from streams.http.routes import CACHE, MONTH_RE
 from streams.web.auth import SESSION
 from streams.web.config import WEB
-from streams.web.site import now, render
+from streams.web.heavy import HEAVY
+from streams.web.site import SECURITY_HEADERS, now, render
 from streams.web.worklist_page import alerted
 
 log = logging.getLogger("caretally.serve")
@@ -52,9 +53,10 @@ def _claims_dir(request: web.Request) -> Path:
     return folder
 
 
-async def _off_loop(work: Callable[[], T]) -> T:
-    """The close service runs its own event loops and blocking Kafka calls: in a thread."""
-    return await asyncio.get_running_loop().run_in_executor(None, work)
+async def _off_loop(request: web.Request, work: Callable[[], T]) -> T:
+    """The close service runs its own event loops and blocking Kafka calls: in the pages'
+    pool for log work (:mod:`streams.web.heavy`), counted against the session's org."""
+    return await request.app[HEAVY].run(request[SESSION].org_id, work)
 
 
 async def _page(
@@ -63,9 +65,10 @@ async def _page(
     org = request[SESSION].org_id
     config = request.app[WEB]
     preview = await _off_loop(
+        request,
         lambda: preview_month(
             config.kafka, config.log_topic, org, month, now(request), config.catalog
-        )
+        ),
     )
     late = sorted(alerted(request.app[CACHE], org, month, "late_activity"))
     return render(
@@ -95,15 +98,22 @@ async def close(request: web.Request) -> web.StreamResponse:
     )
     try:
         result = await _off_loop(
+            request,
             lambda: close_month(
                 config.kafka, config.log_topic, close_req, now(request), None, config.catalog
-            )
+            ),
         )
     except CloseRefused as exc:
         return await _page(request, month, 409, error=str(exc))
-    except CloseError as exc:
-        log.warning("a close from a page failed: %s", type(exc).__name__)
-        return await _page(request, month, 503, error=str(exc))
+    except CloseError as exc:  # its text names the broker: for the log, not the page
+        log.warning("a close from a page failed: %s", exc)
+        return await _page(
+            request,
+            month,
+            503,
+            error="The close did not complete: the event log did not answer, or took the "
+            "close on only some of its partitions. Close again to finish it.",
+        )
     log.info("a month was closed from a page (%d claim lines)", len(result.lines))
     return await _page(request, month, closed=result)
 
@@ -114,21 +124,26 @@ async def download(request: web.Request) -> web.StreamResponse:
         raise web.HTTPNotFound(text="claims come as .csv or .json")
     org = request[SESSION].org_id
     config = request.app[WEB]
-    close_req = CloseRequest(org, month, _claims_dir(request), formats=(fmt,), export_only=True)
-    try:
-        result = await _off_loop(
-            lambda: close_month(
+
+    def export() -> tuple[str, bytes]:
+        """The file as ``close --export-only`` writes it, in a folder of its own (a
+        download never touches the claim files a close or a reissue wrote)."""
+        with tempfile.TemporaryDirectory(prefix="caretally-claims-") as folder:
+            close_req = CloseRequest(org, month, Path(folder), formats=(fmt,), export_only=True)
+            result = close_month(
                 config.kafka, config.log_topic, close_req, now(request), None, config.catalog
             )
-        )
+            return result.paths[0].name, result.paths[0].read_bytes()
+
+    try:
+        name, body = await _off_loop(request, export)
     except CloseRefused:
         raise web.HTTPNotFound(text=f"{month} has not been closed: close it first.") from None
-    path = result.paths[0]
     return web.Response(
-        body=path.read_bytes(),
+        body=body,
         content_type=FORMATS[fmt],
         headers={
-            "Content-Disposition": f'attachment; filename="{path.name}"',
-            "Cache-Control": "no-store",
+            **SECURITY_HEADERS,
+            "Content-Disposition": f'attachment; filename="{name}"',
         },
     )

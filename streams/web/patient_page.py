@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
-from projections.audit import AuditNotFound, audit_month
+from projections.audit import AuditNotFound, AuditReport, audit_month
 from projections.billing import PROVISIONAL_FLAG_PREFIXES
 from projections.calendar import DEFAULT_TIMEZONE
 from schemas.views import Alert
@@ -20,6 +20,7 @@ from streams.render.audit import header, sections
 from streams.web.auth import SESSION
 from streams.web.chart import minutes_by_day
 from streams.web.config import WEB
+from streams.web.heavy import HEAVY
 from streams.web.site import render
 
 MAX_ALERTS = 200
@@ -49,22 +50,24 @@ async def patient_month(request: web.Request) -> web.StreamResponse:
     entry = cache.month_view(org, patient, month)
     tz = entry.timezone if entry is not None else cache.org_timezone(org) or DEFAULT_TIMEZONE
     as_of = parse_as_of(request.query.get("as_of", ""), tz)
-    loop = asyncio.get_running_loop()
-    counts = await loop.run_in_executor(None, partition_counts, config.kafka, [config.log_topic])
-    events = await patient_log(
-        config.kafka, config.log_topic, counts[config.log_topic], org, patient
-    )
+    if cache.caught_up and not cache.knows_patient(org, patient):
+        # nothing of that patient in the org's billing: no need to read the log
+        raise web.HTTPNotFound(text="Nothing is known of that patient in that month.")
+
+    def audit() -> AuditReport:
+        topic = config.log_topic
+        partitions = partition_counts(config.kafka, [topic])[topic]
+        events = asyncio.run(patient_log(config.kafka, topic, partitions, org, patient))
+        return audit_month(events, org, patient, month, as_of, config.catalog)
+
     try:
-        report = await loop.run_in_executor(
-            None, lambda: audit_month(events, org, patient, month, as_of, config.catalog)
-        )
+        report = await request.app[HEAVY].run(org, audit)
     except AuditNotFound:
         raise web.HTTPNotFound(text="Nothing is known of that patient in that month.") from None
     alerts: list[Alert] = []
     for stored in reversed(cache.org_alerts(org)):  # newest first
-        alert = Alert.model_validate_json(stored.data)
-        if alert.patient_id == patient and alert.month == month:
-            alerts.append(alert)
+        if stored.patient_id == patient and stored.month == month:
+            alerts.append(Alert.model_validate_json(stored.data))
             if len(alerts) == MAX_ALERTS:
                 break
     return render(

@@ -20,7 +20,9 @@ from streams.http.api_keys import ApiKeyStore
 COOKIE = "caretally_session"
 SIGNIN_COOKIE = "caretally_signin"  # double-submit CSRF token of the sign-in form
 CSRF_FIELD = "csrf_token"
-MAX_SESSIONS = 10_000
+MAX_PER_ORG = 1_000  # an org's oldest session goes when it signs in once more
+MAX_SESSIONS = 100_000  # all orgs together: beyond it, sign-in is refused
+SWEEP_S = 60.0  # expired sessions are dropped at most this often (and when met)
 
 
 @dataclass(eq=False, slots=True)
@@ -51,52 +53,74 @@ class SessionStore:
         self.max_s = max_s
         self.clock = clock
         self._sessions: dict[str, Session] = {}
+        self._by_org: dict[str, dict[str, None]] = {}  # org -> its session ids, oldest first
+        self._swept = clock()
 
     def __len__(self) -> int:
         return len(self._sessions)
 
     def sign_in(self, presented: str) -> Session | None:
-        """A new session for the key's org, or None when the key is not an active key."""
+        """A new session for the key's org, or None when the key is not an active key.
+        Raises :class:`TooManySessions` when every org together holds the maximum."""
         org = self.keys.resolve(presented.strip() or None, fresh=True)
         if org is None:
             return None
-        self._expire()
-        if len(self._sessions) >= MAX_SESSIONS:  # drop the least recently used
-            oldest = min(self._sessions.values(), key=lambda s: s.seen)
-            del self._sessions[oldest.sid]
         now = self.clock()
+        if now - self._swept > SWEEP_S:
+            self._sweep(now)
+        mine = self._by_org.setdefault(org, {})
+        while len(mine) >= MAX_PER_ORG:  # the org's own oldest, never another org's
+            self._drop(next(iter(mine)))
+        if len(self._sessions) >= MAX_SESSIONS:
+            raise TooManySessions
         s = Session(
             secrets.token_urlsafe(32), org, secrets.token_urlsafe(32), presented.strip(), now, now
         )
         self._sessions[s.sid] = s
+        mine[s.sid] = None
         return s
 
-    def get(self, sid: str | None) -> Session | None:
-        """The live session of a cookie (its idle clock restarts), else None."""
+    def get(self, sid: str | None, touch: bool = True) -> Session | None:
+        """The live session of a cookie, else None. ``touch``: a person did something, so
+        the idle clock restarts (a page's own background fetches do not touch it)."""
         s = self._sessions.get(sid) if sid else None
         if s is None:
             return None
-        now = self.clock()
-        expired = now - s.seen > self.idle_s or now - s.started > self.max_s
-        if expired or self.keys.resolve(s.key) != s.org_id:
-            del self._sessions[s.sid]
+        if not self.still_valid(s):
+            self._drop(s.sid)
             return None
-        s.seen = now
+        if touch:
+            s.seen = self.clock()
         return s
 
     def still_valid(self, s: Session) -> bool:
-        """Whether a long-lived stream's session still stands (no idle reset)."""
+        """Whether a session still stands: signed in, not idle too long, not too old, its
+        key still active."""
         now = self.clock()
-        if s.sid not in self._sessions or now - s.started > self.max_s:
+        if s.sid not in self._sessions:
+            return False
+        if now - s.seen > self.idle_s or now - s.started > self.max_s:
             return False
         return self.keys.resolve(s.key) == s.org_id
 
     def sign_out(self, sid: str | None) -> None:
         if sid:
-            self._sessions.pop(sid, None)
+            self._drop(sid)
 
-    def _expire(self) -> None:
-        now = self.clock()
+    def _drop(self, sid: str) -> None:
+        s = self._sessions.pop(sid, None)
+        if s is not None:
+            mine = self._by_org.get(s.org_id, {})
+            mine.pop(sid, None)
+            if not mine:
+                self._by_org.pop(s.org_id, None)
+
+    def _sweep(self, now: float) -> None:
+        self._swept = now
         for sid, s in list(self._sessions.items()):
             if now - s.seen > self.idle_s or now - s.started > self.max_s:
-                del self._sessions[sid]
+                self._drop(sid)
+
+
+class TooManySessions(Exception):
+    """Every org together holds :data:`MAX_SESSIONS` sessions."""

@@ -15,6 +15,7 @@ from projections.calendar import DEFAULT_TIMEZONE, local_date
 from streams.web import words
 from streams.web.auth import SESSION, SESSIONS, is_page, require_session, signin, signin_form
 from streams.web.config import WEB, WebConfig
+from streams.web.heavy import HEAVY, HeavyWork
 from streams.web.sessions import CSRF_FIELD, SessionStore
 
 log = logging.getLogger("caretally.serve")
@@ -92,9 +93,12 @@ async def html_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return render(
+        page = render(
             request, "error.html", status=exc.status, title=exc.reason, message=exc.text or ""
         )
+        if "Retry-After" in exc.headers:
+            page.headers["Retry-After"] = exc.headers["Retry-After"]
+        return page
     except Exception as exc:  # its text may quote ids: the type at ERROR, the rest at DEBUG
         log.error("internal error on a page (%s)", type(exc).__name__)
         log.debug("traceback of that internal error", exc_info=True)
@@ -121,6 +125,12 @@ def add_pages(app: web.Application, config: WebConfig, keys: Any, clock: Any = N
     app[SESSIONS] = SessionStore(keys, config.session_idle_s, config.session_max_s)
     app[JINJA] = _environment()
     app[CLOCK] = clock
+    app[HEAVY] = HeavyWork()
+
+    async def _stop_heavy(app: web.Application) -> None:
+        app[HEAVY].close()
+
+    app.on_cleanup.append(_stop_heavy)
     r = app.router
     r.add_get("/", home)
     r.add_get("/signin", signin_form)

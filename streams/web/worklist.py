@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from projections.calendar import epoch, month_bounds
+from projections.calendar import DEFAULT_TIMEZONE, epoch, local_date, month_bounds
 from streams.http.state_cache import BillingEntry
 from streams.web import words
 
@@ -74,6 +74,7 @@ class Row:
 class Worklist:
     month: str
     days_left: int | None  # None: the month is over (or not begun) in the practice's zone
+    phase: str = "under way"  # or "over", "not begun"
     groups: dict[str, list[Row]] = field(default_factory=dict)
     programs: list[str] = field(default_factory=list)
     practitioners: list[str] = field(default_factory=list)
@@ -88,13 +89,20 @@ class Worklist:
 
 
 def month_clock(month: str, tz: str, now: datetime) -> tuple[float | None, int | None]:
-    """(fraction of the month gone, whole days left including today) in zone ``tz``, or
-    (None, None) when ``now`` is outside the month."""
+    """(fraction of the month gone, calendar days left including today) in zone ``tz``,
+    or (None, None) when ``now`` is outside the month."""
     start, end = month_bounds(month, tz)
     t = epoch(now)
     if not start <= t < end:
         return None, None
-    return (t - start) / (end - start), int((end - t) // 86400) + (1 if (end - t) % 86400 else 0)
+    last_day = local_date(end - 1, tz)
+    return (t - start) / (end - start), (last_day - local_date(t, tz)).days + 1
+
+
+def _phase(month: str, tz: str, now: datetime) -> str:
+    start, end = month_bounds(month, tz)
+    t = epoch(now)
+    return "not begun" if t < start else "over" if t >= end else "under way"
 
 
 def _track(p: dict[str, Any], gone: float | None) -> Track:
@@ -180,7 +188,8 @@ def build(
         row = row_of(entry, now, overlaps)
         row.late_activity = entry.patient_id in late_ids
         rows.append(row)
-    out = Worklist(month, month_clock(month, zone, now)[1] if zone else None)
+    zone = zone or DEFAULT_TIMEZONE
+    out = Worklist(month, month_clock(month, zone, now)[1], _phase(month, zone, now))
     out.total = len(rows)
     out.programs = sorted({p for r in rows for p in r.programs})
     out.practitioners = sorted({p for r in rows for p in r.practitioners})

@@ -7,12 +7,22 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from schemas.views import Alert
 from streams.http.routes import CACHE, MONTH_RE
 from streams.http.state_cache import StateCache
 from streams.web import worklist as wl
 from streams.web.auth import SESSION
 from streams.web.site import now, render, this_month
+
+
+def caught_up(request: web.Request) -> StateCache:
+    """The read model, once it has read its topics to the end (before: 503, as the API)."""
+    cache = request.app[CACHE]
+    if not cache.caught_up:
+        raise web.HTTPServiceUnavailable(
+            text="Still reading billing state; this page loads in a moment.",
+            headers={"Retry-After": "1"},
+        )
+    return cache
 
 
 def month_of(request: web.Request, cache: StateCache, org: str) -> str:
@@ -27,22 +37,11 @@ def month_of(request: web.Request, cache: StateCache, org: str) -> str:
 
 def alerted(cache: StateCache, org: str, month: str, kind: str) -> set[str]:
     """Patients of the org with an alert of ``kind`` in ``month``."""
-    out = set()
-    for stored in cache.org_alerts(org):
-        if stored.kind == kind:
-            alert = Alert.model_validate_json(stored.data)
-            if alert.month == month:
-                out.add(alert.patient_id)
-    return out
+    return {a.patient_id for a in cache.org_alerts(org) if a.kind == kind and a.month == month}
 
 
 def build(request: web.Request) -> wl.Worklist:
-    cache = request.app[CACHE]
-    if not cache.caught_up:
-        raise web.HTTPServiceUnavailable(
-            text="Still reading billing state; this page loads in a moment.",
-            headers={"Retry-After": "1"},
-        )
+    cache = caught_up(request)
     org = request[SESSION].org_id
     month = month_of(request, cache, org)
     q = request.query

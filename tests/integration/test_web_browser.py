@@ -9,6 +9,7 @@ tests/unit/test_web_pages.py; here the whole path runs as a person would use it.
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import os
@@ -31,12 +32,13 @@ from streams.close.claim_files import claims_stem
 from streams.http.api_keys import ApiKeyStore, create_key
 from streams.http.app import build_app
 from streams.kafka.broker import EmbeddedBroker
+from streams.kafka.partitioning import log_partition
 from streams.kafka.topics import Topics
 from streams.web.config import WebConfig
 from support.browser import chromium, fill_and_submit, text_of, wait_until
 from support.builders import Log
 from support.http import ServerThread, eventually
-from support.pipeline import worker_for
+from support.pipeline import PARTS, read_all, worker_for
 
 MARCH = "2025-03"
 NEAR, READY, BLOCKED = "P-NEAR-1", "P-READY-2", "P-BLOCK-3"
@@ -181,10 +183,22 @@ def sign_in(
 
 
 def rows(driver: WebDriver, group: str) -> list[str]:
-    return [
-        tr.get_attribute("data-patient") or ""
-        for tr in driver.find_elements(By.CSS_SELECTOR, f"#group-{group} tbody tr")
-    ]
+    """The patients of a worklist group, read in one step (the live page may swap them)."""
+    found: list[str] = driver.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0]), tr => tr.dataset.patient);",
+        f"#group-{group} tbody tr",
+    )
+    return found
+
+
+SHOWN = """
+return Array.from(document.querySelectorAll("#worklist tbody tr"), tr => [
+  tr.dataset.patient,
+  Array.from(tr.querySelectorAll(".code:not(.blocked)"), c => c.textContent.trim()),
+  Array.from(tr.querySelectorAll(".code.blocked"), c => c.textContent.trim()),
+  tr.querySelector("td.num").textContent.trim(),
+]);
+"""
 
 
 def replay_month(stack: Stack, log: Log, tmp_path: Path, org: str) -> dict[str, dict[str, Any]]:
@@ -247,12 +261,10 @@ def test_the_worklist_equals_replay_moves_live_and_the_patient_page_equals_audit
         )
         # the page equals `caretally replay` of the same events: patients, codes, payments
         replay = replay_month(stack, log, tmp_path, "o1")
-        shown = {}
-        for tr in driver.find_elements(By.CSS_SELECTOR, "#worklist tbody tr"):
-            pid = tr.get_attribute("data-patient") or ""
-            codes = [c.text for c in tr.find_elements(By.CSS_SELECTOR, ".code:not(.blocked)")]
-            blocked = [c.text for c in tr.find_elements(By.CSS_SELECTOR, ".code.blocked")]
-            shown[pid] = (codes, blocked, tr.find_element(By.CSS_SELECTOR, "td.num").text)
+        shown = {
+            pid: (codes, blocked, paid)
+            for pid, codes, blocked, paid in driver.execute_script(SHOWN)
+        }
         assert shown == {
             pid: (
                 [b["code"] + (f" ×{b['units']}" if b["units"] > 1 else "") for b in v["billable"]],
@@ -263,8 +275,8 @@ def test_the_worklist_equals_replay_moves_live_and_the_patient_page_equals_audit
         }
         assert "No consent from the patient" in text_of(driver, "#group-blocked")
         assert OTHER not in driver.page_source
-        check_page(driver)
         shot(driver, "worklist.png")
+        check_page(driver)
 
         # an event posted to the API moves NEAR from near to ready on the open page
         driver.execute_script("window.__same_page = true;")
@@ -298,8 +310,15 @@ def test_the_worklist_equals_replay_moves_live_and_the_patient_page_equals_audit
         assert len(chart_bars) == len({a["start"][:10] for a in counted}) == 2
         assert counted and all(a["minutes_counted"] for a in counted)
         assert "Threshold reached" in text_of(driver, "#h-alerts + table")
-        check_page(driver)
         shot(driver, "patient-month.png")
+        check_page(driver)
+
+        # the page read the patient's partition, where the log writer put every record
+        records = asyncio.run(read_all(broker.bootstrap, stack.topics.events))
+        patient_keyed = [r for r in records if not r.key.endswith(b":")]
+        assert patient_keyed and all(
+            r.partition == log_partition(r.key, PARTS) for r in patient_keyed
+        )
 
         # "as of" before the second activity was recorded: 15 minutes, nothing to bill yet
         as_of = driver.find_element(By.ID, "as_of")

@@ -18,7 +18,11 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException, WebDriverException
+from selenium.common.exceptions import (
+    StaleElementReferenceException,
+    TimeoutException,
+    WebDriverException,
+)
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.chrome.webdriver import WebDriver
@@ -110,7 +114,10 @@ def wait_until(
     """The predicate's first truthy value; on timeout an AssertionError naming the message,
     the current URL and what the page shows."""
     try:
-        return WebDriverWait(driver, timeout).until(predicate)
+        # a live page may replace what the predicate was reading: read it again
+        return WebDriverWait(
+            driver, timeout, ignored_exceptions=(StaleElementReferenceException,)
+        ).until(predicate)
     except TimeoutException:
         raise AssertionError(
             f"{message} within {timeout:g}s at {driver.current_url}; "

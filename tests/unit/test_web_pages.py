@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
-from aiohttp import ClientResponse
+from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 
 from streams.http.api_keys import ApiKeyStore, create_key, revoke_key
@@ -21,8 +22,10 @@ from streams.http.routes import CACHE
 from streams.http.state_cache import StateCache
 from streams.kafka.records import billing_key
 from streams.kafka.topics import Topics
-from streams.web.auth import SESSIONS
+from streams.web import sessions
+from streams.web.auth import SESSIONS, safe_next
 from streams.web.config import WebConfig
+from streams.web.heavy import HeavyWork
 from support.http import alert, progress, view
 
 MONTH = "2025-03"
@@ -290,3 +293,104 @@ def test_the_live_stream_says_which_month_changed_and_brings_new_alerts(tmp_path
         assert "A-NEAR" in groups(after)["ready"]
 
     run(tmp_path, body)
+
+
+def test_sign_in_never_sends_the_browser_to_another_site(tmp_path: Path) -> None:
+    async def body(client: TestClient[Any, Any], k: dict[str, str]) -> None:
+        for target in ("//evil.example/x", "/\\evil.example", "/\t/evil.example", "/ /x", "x"):
+            form = await client.get("/signin")
+            token = TOKEN.search(await form.text())
+            assert token is not None
+            ok = await client.post(
+                "/signin",
+                data={"csrf_token": token.group(1), "api_key": k["a"], "next": target},
+                allow_redirects=False,
+            )
+            assert (ok.status, ok.headers["Location"]) == (303, "/worklist"), repr(target)
+            page = TOKEN.search(await (await client.get(f"/worklist?month={MONTH}")).text())
+            assert page is not None
+            await client.post("/signout", data={"csrf_token": page.group(1)})
+        assert safe_next("/patients/P-1/months/2025-03?as_of=x") == (
+            "/patients/P-1/months/2025-03?as_of=x"
+        )
+
+    run(tmp_path, body)
+
+
+def test_an_open_page_does_not_keep_its_session_from_going_idle(tmp_path: Path) -> None:
+    async def body(client: TestClient[Any, Any], k: dict[str, str]) -> None:
+        await sign_in(client, k["a"])
+        store = client.server.app[SESSIONS]
+        t = [1000.0]
+        store.clock = lambda: t[0]
+        for s in store._sessions.values():
+            s.started = s.seen = t[0]
+        t[0] += store.idle_s * 0.75  # the worklist refreshing itself, as live.js does
+        assert (await client.get(f"/worklist/groups?month={MONTH}")).status == 200
+        t[0] += store.idle_s * 0.75  # that refresh did not count as the person's
+        r = await client.get(f"/worklist/groups?month={MONTH}")
+        assert r.status == 401  # signed out, and no redirect for a fetch
+        assert len(store) == 0
+
+    run(tmp_path, body)
+
+
+def test_one_orgs_sign_ins_never_sign_out_another_org(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setattr(sessions, "MAX_PER_ORG", 3)
+
+    async def body(client: TestClient[Any, Any], k: dict[str, str]) -> None:
+        store = client.server.app[SESSIONS]
+        first_a = store.sign_in(k["a"])
+        bs = [store.sign_in(k["b"]) for _ in range(5)]
+        assert first_a is not None and store.get(first_a.sid) is first_a
+        alive = [b for b in bs if b is not None and store.get(b.sid) is not None]
+        assert alive == bs[-3:]  # org-b's own oldest went
+
+    run(tmp_path, body)
+
+
+def test_pages_wait_for_the_read_model_like_the_api(tmp_path: Path) -> None:
+    async def body(client: TestClient[Any, Any], k: dict[str, str]) -> None:
+        await sign_in(client, k["a"])
+        client.server.app[CACHE]._lag.caught_up = False
+        for path in (f"/worklist?month={MONTH}", "/alerts", "/live"):
+            r = await client.get(path)
+            assert (r.status, r.headers.get("Retry-After")) == (503, "1"), path
+
+    run(tmp_path, body)
+
+
+def test_a_month_in_other_digits_is_refused(tmp_path: Path) -> None:
+    async def body(client: TestClient[Any, Any], k: dict[str, str]) -> None:
+        token = await sign_in(client, k["a"])
+        for path in ("/worklist?month=２０２６-03", "/months/２０２６-03/close"):
+            assert (await client.get(path)).status == 400, path
+        post = await client.post(
+            "/months/２０２６-03/close", data={"csrf_token": token, "confirm": "yes"}
+        )
+        assert post.status == 400
+
+    run(tmp_path, body)
+
+
+def test_log_work_is_bounded_per_org_and_leaves_room_for_others() -> None:
+    heavy = HeavyWork(workers=4, per_org=2)
+    release = threading.Event()
+
+    async def main() -> None:
+        busy = [asyncio.create_task(heavy.run("org-a", release.wait)) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        try:
+            await heavy.run("org-a", lambda: True)
+            raise AssertionError("a third piece of org-a's work was not refused")
+        except web.HTTPTooManyRequests as exc:
+            assert exc.headers["Retry-After"] == "2"
+        assert await heavy.run("org-b", lambda: "done") == "done"  # not kept waiting
+        release.set()
+        assert await asyncio.gather(*busy) == [True, True]
+        assert await heavy.run("org-a", lambda: 1) == 1  # freed again
+
+    try:
+        asyncio.run(main())
+    finally:
+        heavy.close()

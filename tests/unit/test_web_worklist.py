@@ -47,6 +47,7 @@ def track(have_min: float, need_min: float = 20, code: str = "99490") -> dict[st
         (datetime(2025, 4, 1, 4, 59, tzinfo=UTC), None, 1),  # 23:59 on the 31st in Chicago
         (datetime(2025, 4, 1, 5, 0, tzinfo=UTC), None, None),  # April there: over
         (datetime(2025, 2, 28, 12, 0, tzinfo=UTC), None, None),  # not begun
+        (datetime(2025, 3, 9, 7, 30, tzinfo=UTC), None, 23),  # 01:30 on the 9th (DST day)
     ],
 )
 def test_days_left_count_today_in_the_practices_zone(
@@ -56,6 +57,11 @@ def test_days_left_count_today_in_the_practices_zone(
     assert left == days_left
     if gone is not None:
         assert fraction == pytest.approx(gone, abs=1e-6)
+
+
+def test_days_left_count_calendar_days_when_the_clock_goes_back() -> None:
+    # 2026-11-01 00:30 in Chicago (CDT): 30 days of November are left, today included
+    assert month_clock("2026-11", TZ, datetime(2026, 11, 1, 5, 30, tzinfo=UTC))[1] == 30
 
 
 def test_pace_says_whether_the_minutes_so_far_reach_the_threshold_by_the_months_end() -> None:
