@@ -393,7 +393,7 @@ REJECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], None], str]] = [
         "bad month",
         "month.closed",
         _set("data.month", "2025-13"),
-        "data.month: String should match pattern '^\\d{4}-(0[1-9]|1[0-2])$'",
+        "data.month: String should match pattern '^[0-9]{4}-(0[1-9]|1[0-2])$'",
     ),
     (
         "discharge before admission",
