@@ -69,12 +69,12 @@ from streams.http.routes import (
     RATE,
     TOPICS,
     Kafka,
+    answer_errors,
     count_requests,
     get_alerts,
     get_month,
     get_worklist,
     healthz,
-    json_errors,
     metrics,
     post_events,
     readyz,
@@ -85,8 +85,9 @@ from streams.http.state_cache import StateCache
 from streams.kafka.clients import SERVE_PRODUCER, Connection, aio_producer
 from streams.kafka.settings import KafkaSettings
 from streams.kafka.topics import Topics
+from streams.web.auth import require_session
 from streams.web.config import WebConfig
-from streams.web.site import PAGE_MIDDLEWARES, add_pages
+from streams.web.site import add_pages
 
 log = logging.getLogger("caretally.serve")
 
@@ -172,7 +173,7 @@ def routes_app(
     :func:`build_app` minus its lifetime; the routes are tested in process with it
     (``clock``: the pages' idea of now, for tests)."""
     app = web.Application(
-        middlewares=[count_requests, json_errors, require_key, *PAGE_MIDDLEWARES],
+        middlewares=[count_requests, answer_errors, require_key, require_session],
         client_max_size=max_body_bytes,
     )
     app[CACHE] = cache

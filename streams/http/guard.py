@@ -161,7 +161,7 @@ class _GuardedHandler(RequestHandler):
             self._state = _REQUEST if self._messages else _IDLE
 
     def _body_timed_out(self, payload: Any) -> None:
-        """The handler's read fails with 408 (``json_errors`` answers it); no lingering
+        """The handler's read fails with 408 (``answer_errors`` answers it); no lingering
         read of the rest, and the connection closes after the response."""
         if not payload.is_eof():
             self._lingering_time = 0.0

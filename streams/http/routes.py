@@ -113,18 +113,24 @@ async def count_requests(request: web.Request, handler: Handler) -> web.StreamRe
         request.app[METRICS].observe(route_name(request), request.method, status, elapsed)
 
 
+ErrorPage = Callable[[web.Request, int, str, str, dict[str, str]], web.StreamResponse]
+"""``(request, status, title, message, headers)``: an error as a page (:mod:`streams.web`)."""
+ERROR_PAGE: web.AppKey[ErrorPage] = web.AppKey("error_page")
+
+
 @web.middleware
-async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error of the API as ``{"error": ...}``, including the router's 404/405 (the
-    pages answer theirs as pages: :mod:`streams.web.site`)."""
-    if is_page(request):
-        return await handler(request)
+async def answer_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error as an answer, including the router's 404/405: ``{"error": ...}`` for
+    the API, a page for the pages (``ERROR_PAGE``, set by :mod:`streams.web.site`)."""
+    page = request.app.get(ERROR_PAGE) if is_page(request) else None
     try:
         return await handler(request)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+        if page is not None:
+            return page(request, exc.status, exc.reason, exc.text or "", headers)
         return error(exc.status, exc.reason.lower(), headers)
     except asyncio.CancelledError:
         raise
@@ -133,6 +139,9 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         route = route_name(request)
         log.error("internal error on %s %s (%s)", request.method, route, type(exc).__name__)
         log.debug("traceback of that internal error", exc_info=True)
+        if page is not None:
+            message = "Something went wrong on our side; the error is logged."
+            return page(request, 500, "Internal error", message, {})
         return error(500, "internal error")
 
 

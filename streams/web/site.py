@@ -3,7 +3,6 @@ HTML errors)."""
 
 from __future__ import annotations
 
-import logging
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -12,13 +11,12 @@ import jinja2
 from aiohttp import web
 
 from projections.calendar import DEFAULT_TIMEZONE, local_date
+from streams.http.routes import ERROR_PAGE
 from streams.web import words
-from streams.web.auth import SESSION, SESSIONS, is_page, require_session, signin, signin_form
+from streams.web.auth import SESSION, SESSIONS, signin, signin_form
 from streams.web.config import WEB, WebConfig
 from streams.web.heavy import HEAVY, HeavyWork
 from streams.web.sessions import CSRF_FIELD, SessionStore
-
-log = logging.getLogger("caretally.serve")
 
 HERE = Path(__file__).parent
 JINJA = web.AppKey("jinja", jinja2.Environment)
@@ -83,32 +81,13 @@ def render(request: web.Request, template: str, status: int = 200, **context: An
     )
 
 
-@web.middleware
-async def html_errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    """A page's errors as a page (the API keeps its JSON errors)."""
-    if not is_page(request):
-        return await handler(request)
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        page = render(
-            request, "error.html", status=exc.status, title=exc.reason, message=exc.text or ""
-        )
-        if "Retry-After" in exc.headers:
-            page.headers["Retry-After"] = exc.headers["Retry-After"]
-        return page
-    except Exception as exc:  # its text may quote ids: the type at ERROR, the rest at DEBUG
-        log.error("internal error on a page (%s)", type(exc).__name__)
-        log.debug("traceback of that internal error", exc_info=True)
-        return render(
-            request,
-            "error.html",
-            status=500,
-            title="Internal error",
-            message="Something went wrong on our side; the error is logged.",
-        )
+def error_page(
+    request: web.Request, status: int, title: str, message: str, headers: dict[str, str]
+) -> web.StreamResponse:
+    """An error of a page as a page (``ERROR_PAGE`` of :mod:`streams.http.routes`)."""
+    page = render(request, "error.html", status=status, title=title, message=message)
+    page.headers.update(headers)
+    return page
 
 
 async def home(request: web.Request) -> web.StreamResponse:
@@ -116,8 +95,8 @@ async def home(request: web.Request) -> web.StreamResponse:
 
 
 def add_pages(app: web.Application, config: WebConfig, keys: Any, clock: Any = None) -> None:
-    """Mount the pages on ``app`` (its middlewares must include :func:`html_errors` and
-    :func:`~streams.web.auth.require_session`, in that order)."""
+    """Mount the pages on ``app`` (its middlewares must include
+    :func:`~streams.web.auth.require_session`)."""
     from streams.web import alerts_page, close_page, live, patient_page, worklist_page
     from streams.web.auth import signout
 
@@ -126,6 +105,7 @@ def add_pages(app: web.Application, config: WebConfig, keys: Any, clock: Any = N
     app[JINJA] = _environment()
     app[CLOCK] = clock
     app[HEAVY] = HeavyWork()
+    app[ERROR_PAGE] = error_page
 
     async def _stop_heavy(app: web.Application) -> None:
         app[HEAVY].close()
@@ -145,6 +125,3 @@ def add_pages(app: web.Application, config: WebConfig, keys: Any, clock: Any = N
     r.add_get("/months/{month}/claims.{fmt}", close_page.download)
     r.add_get("/alerts", alerts_page.alerts)
     r.add_static("/static/", HERE / "static", append_version=False)
-
-
-PAGE_MIDDLEWARES = (html_errors, require_session)
