@@ -45,7 +45,13 @@ class CloseError(Exception):
 
 
 class CloseRefused(CloseError):
-    """Refused on purpose: already closed, the month not over, an org without records."""
+    """Refused on purpose; ``reason`` says which way, for callers that word it their own
+    way (the close page): ``nothing_to_export``, ``already_closed``, ``no_records``,
+    ``not_ended``."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class CloseFailed(CloseError):
@@ -116,7 +122,10 @@ def close_month(
     if request.export_only:
         complete = found.complete()
         if not complete:
-            raise CloseRefused(f"{month} of org {org} has no close to export; close it first")
+            raise CloseRefused(
+                f"{month} of org {org} has no close to export; close it first",
+                "nothing_to_export",
+            )
         latest = complete[-1]
         event_id, closed_at, stops = latest.event_id, latest.recorded_at, latest.offsets
     else:
@@ -129,19 +138,22 @@ def close_month(
                 f"{month} of org {org} is already closed: month.closed {last.event_id}, recorded "
                 f"{last.recorded_at.isoformat()}{reached}. Pass --reissue to close it again and "
                 "export the claims as now known, or --export-only to write the claim files of "
-                "that close again"
+                "that close again",
+                "already_closed",
             )
         if not request.force:
             if found.org_records == 0:
                 raise CloseRefused(
                     f"the log holds no records of org {org!r} (check --org and --topic-prefix); "
-                    "pass --force to close the month all the same"
+                    "pass --force to close the month all the same",
+                    "no_records",
                 )
             end = month_bounds(month, found.timezone)[1]
             if epoch(now) < end:
                 raise CloseRefused(
                     f"{month} has not ended yet in the practice's time zone ({found.timezone}); "
-                    "pass --force to close it early"
+                    "pass --force to close it early",
+                    "not_ended",
                 )
         record = close_record(org, month, now)
         stops, errors = asyncio.run(append(kafka, topic, partitions, record))

@@ -30,6 +30,15 @@ from streams.web.worklist_page import alerted
 log = logging.getLogger("caretally.serve")
 
 FORMATS = {"csv": "text/csv", "json": "application/json"}
+# the close service's refusals, in the page's words (its own name the command's options)
+REFUSED = {
+    "already_closed": "The month was closed meanwhile (from another page or the command "
+    "line). Look at the claim lines below; to export what is known now, reissue the close.",
+    "no_records": "The event log holds nothing of your organisation yet: there is nothing "
+    "to close.",
+    "not_ended": "The month has not ended yet in the practice's time zone. To close it now, "
+    "tick “Close before the month has ended”.",
+}
 T = TypeVar("T")
 
 
@@ -104,7 +113,7 @@ async def close(request: web.Request) -> web.StreamResponse:
             ),
         )
     except CloseRefused as exc:
-        return await _page(request, month, 409, error=str(exc))
+        return await _page(request, month, 409, error=REFUSED.get(exc.reason, str(exc)))
     except CloseError as exc:  # its text names the broker: for the log, not the page
         log.warning("a close from a page failed: %s", exc)
         return await _page(

@@ -334,7 +334,15 @@ def test_close_downloads_equal_close_files_and_another_org_sees_nothing(
 ) -> None:
     log = month_log()
     with web_stack(broker, tmp_path, log) as stack, chromium() as driver:
-        sign_in(driver, stack, "o1", f"/months/{MARCH}/close")
+        # a month not over yet is refused in the page's words unless the box is ticked
+        sign_in(driver, stack, "o1", "/months/2099-01/close")
+        driver.find_element(By.ID, "confirm").click()
+        driver.find_element(By.CSS_SELECTOR, "form.close-form button").click()
+        wait_until(driver, lambda d: d.find_elements(By.ID, "close-error"), 30, "refused")
+        assert "tick “Close before the month has ended”" in text_of(driver, "#close-error")
+        assert "--force" not in driver.page_source
+
+        driver.get(f"{stack.base}/months/{MARCH}/close")
         assert "Not closed yet." in text_of(driver, "#month-state")
         assert "1 claim line for 1 patient" in text_of(driver, "#preview-summary")
         check_page(driver)
