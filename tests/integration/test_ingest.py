@@ -324,8 +324,10 @@ class KillOnIngress(threading.Thread):
 
 FAILED_INGEST = re.compile(
     r"error: the broker acknowledged (?P<acked>[\d,]+) of the (?P<sent>[\d,]+) line\(s\) sent; "
-    r"(?P<failed>[\d,]+) failed \(KafkaTimeoutError: Expiring [\d,]+ record\(s\) for "
-    r"TopicPartition\(.+?\): \d+ ms has passed since batch creation\)"
+    r"(?P<failed>[\d,]+) failed \((?:KafkaTimeoutError: Expiring [\d,]+ record\(s\) for "
+    r"TopicPartition\(.+?\): \d+ ms has passed since batch creation"
+    # a loaded machine may see the socket close before the batches expire
+    r"|KafkaConnectionError: socket disconnected)\)"
     r"(?: and (?P<unanswered>[\d,]+) had no answer within 3 s)?; "
     r"sending stopped at line (?P<stopped>[\d,]+) of (?P<file>.+), the rest was not sent "
     r"\(the ingest is incomplete\)"
