@@ -25,6 +25,11 @@ from streams.kafka.records import org_key
 _CACHE_LIMIT = 100_000
 
 
+def key_partition(key: bytes, partitions: int) -> int:
+    """Kafka's default partitioner: murmur2 of ``key``, positive, modulo ``partitions``."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
 def org_of_key(key: bytes) -> bytes:
     """The org key of a record key (the key itself when it has no ``:``)."""
     return bytes(key).split(b":", 1)[0]
@@ -43,7 +48,7 @@ class _Homes:
         if found is None:
             if len(self.cache) > _CACHE_LIMIT:
                 self.cache.clear()
-            found = (murmur2(org) & 0x7FFFFFFF) % partitions
+            found = key_partition(org, partitions)
             self.cache[slot] = found
         return found
 
@@ -82,5 +87,5 @@ def kafka_python_ingress_partitioner() -> Any:
 
 def log_partition(key: bytes, partitions: int) -> int:
     """The log partition of a record key (``org_id:patient_id``): Kafka's default
-    partitioner, murmur2 of the whole key, as the log writer's producer places it."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    partitioner on the whole key, as the log writer's producer places it."""
+    return key_partition(key, partitions)
