@@ -328,9 +328,10 @@ FAILED_INGEST = re.compile(
     r"TopicPartition\(.+?\): \d+ ms has passed since batch creation"
     # a loaded machine may see the socket close before the batches expire
     r"|KafkaConnectionError: socket disconnected)\)"
-    r"(?: and (?P<unanswered>[\d,]+) had no answer within 3 s)?; "
-    r"sending stopped at line (?P<stopped>[\d,]+) of (?P<file>.+), the rest was not sent "
-    r"\(the ingest is incomplete\)"
+    r"(?: and (?P<unanswered>[\d,]+) had no answer within 3 s)?"
+    # a loaded machine may hand the whole file to the producer before the first expiry
+    r"(?:; sending stopped at line (?P<stopped>[\d,]+) of (?P<file>.+), the rest was not sent)?"
+    r" \(the ingest is incomplete\)"
 )
 
 
@@ -363,10 +364,13 @@ def test_a_broker_dying_mid_ingest_fails_it_with_the_count_acknowledged(
         int((match[name] or "0").replace(",", ""))
         for name in ("acked", "sent", "failed", "unanswered", "stopped")
     )
-    assert 0 < acked < sent < total, "the whole file was sent before the broker died"
-    assert failed > 0  # the first expired batch stops the sending
+    assert 0 < acked < sent <= total
+    assert failed > 0
     assert acked + failed + unanswered == sent
-    assert stopped == sent + 1 and match["file"] == str(path)
+    if match["stopped"] is None:  # every line was handed over before a batch expired
+        assert sent == total
+    else:  # the first expired batch stopped the sending
+        assert stopped == sent + 1 < total and match["file"] == str(path)
     # the failure is reported within the delivery timeout of the kill, plus the flush
     assert elapsed < 20
 
