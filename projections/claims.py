@@ -42,6 +42,13 @@ Date of service (docs/rules.md G16 and what it leaves open), in this order:
   (basis ``device_period_end``), when the whole period of service is over.
 * APCM (G0556-G0558) and anything whose time cannot be traced: docs/rules.md is silent [U];
   conservatively **the month's last day** (basis ``month_end``).
+
+Place of service and diagnoses (docs/claims.md): the CMS Place of Service code of the
+practice's ``facility_type`` (office 11, FQHC 50, RHC 72), and the ICD-10-CM codes of the
+``conditions.recorded`` list in effect for the month (the one the gates count: the latest
+recorded before the month's end in the practice's time zone), in list order, at most 12
+(an 837P claim's limit). ``needs_review`` names what a biller must look at before
+submitting the line.
 """
 
 from __future__ import annotations
@@ -55,10 +62,10 @@ from math import ceil
 from typing import Any
 
 from projections.billing import Line, MonthBilling, PatientContext
-from projections.calendar import first_day, last_day, local_date
+from projections.calendar import first_day, last_day, local_date, month_bounds
 from projections.documentation import enrollment_on
 from projections.intervals import Interval, union
-from projections.ledger import Ledger, Practice
+from projections.ledger import Ledger, PatientState, Practice
 from projections.rules import SHIPPED_CATALOG, RuleBook, RuleCatalog, Track
 
 # Columns of the claim file, in order (CSV header and JSON keys)
@@ -76,7 +83,23 @@ FIELDS = (
     "fee",
     "estimated_payment",
     "payment_provisional",
+    # appended after the first release's columns: CSV readers go by position
+    "place_of_service",
+    "diagnosis_codes",
+    "diagnosis_codes_omitted",
+    "needs_review",
 )
+
+PLACE_OF_SERVICE = {"office": "11", "fqhc": "50", "rhc": "72"}
+"""``facility_type`` -> CMS Place of Service code (the CMS Place of Service code set)."""
+MAX_DIAGNOSES = 12
+"""Diagnosis codes an 837P claim holds (its HI segments, 2300 loop)."""
+
+# needs_review reasons
+NO_DIAGNOSIS = "no_diagnosis_on_record"
+FEWER_DIAGNOSES = "fewer_diagnoses_than_required"
+DIAGNOSES_CUT = "diagnosis_codes_cut"
+CODES_NOT_KEPT = "diagnosis_codes_not_kept"  # a list is on record, its codes are not in the state
 
 # (code, units, billing practitioner, claim line id): a line as the Projector remembers it
 # at a close
@@ -99,6 +122,11 @@ class ClaimLine:
     estimated_payment: float
     # priced with rules that are not final (rules_provisional / rules_extrapolated)
     payment_provisional: bool = False
+    place_of_service: str = PLACE_OF_SERVICE["office"]
+    # ICD-10-CM codes on record for the month, claim order (the first is the primary)
+    diagnosis_codes: tuple[str, ...] = ()
+    diagnosis_codes_omitted: int = 0  # distinct codes on record beyond MAX_DIAGNOSES
+    needs_review: tuple[str, ...] = ()  # reasons, e.g. NO_DIAGNOSIS
 
     def row(self) -> dict[str, Any]:
         """The line as a claim-file record (keys: :data:`FIELDS`)."""
@@ -116,6 +144,10 @@ class ClaimLine:
             "fee": self.fee,
             "estimated_payment": self.estimated_payment,
             "payment_provisional": self.payment_provisional,
+            "place_of_service": self.place_of_service,
+            "diagnosis_codes": list(self.diagnosis_codes),
+            "diagnosis_codes_omitted": self.diagnosis_codes_omitted,
+            "needs_review": list(self.needs_review),
         }
 
 
@@ -184,10 +216,24 @@ def claim_lines(billing: MonthBilling, ctx: PatientContext, close_id: str) -> li
     book = ctx.catalog.for_month(billing.month)
     dates = _DateOfService(billing, ctx, book)
     qp, facility = ctx.practice.pricing()
+    pos = place_of_service(ctx.practice.facility_type)
+    kept = diagnoses_of_record(ctx.patient, billing.month, ctx.tz)
+    on_record = kept or ()
+    codes = on_record[:MAX_DIAGNOSES]
     out = []
     for ln, n in _numbered(billing.billable):
         fee = book.fee(ln.code, qp=qp, facility=facility)
         dos, basis = dates.of(ln, n)
+        gate = book.gates.get(ln.family)
+        review = []
+        if kept is None:
+            review.append(CODES_NOT_KEPT)
+        elif not codes:
+            review.append(NO_DIAGNOSIS)
+        elif gate is not None and len(on_record) < gate.min_conditions:
+            review.append(FEWER_DIAGNOSES)
+        if len(on_record) > MAX_DIAGNOSES:
+            review.append(DIAGNOSES_CUT)
         out.append(
             ClaimLine(
                 claim_line_id=_line_id(billing, ln, n, close_id),
@@ -203,9 +249,53 @@ def claim_lines(billing: MonthBilling, ctx: PatientContext, close_id: str) -> li
                 fee=fee,
                 estimated_payment=0.0 if fee is None else round(fee * ln.units, 2),
                 payment_provisional=billing.payment_provisional,
+                place_of_service=pos,
+                diagnosis_codes=codes,
+                diagnosis_codes_omitted=len(on_record) - len(codes),
+                needs_review=tuple(review),
             )
         )
     return out
+
+
+def place_of_service(facility_type: str) -> str:
+    """The CMS Place of Service code of a practice's ``facility_type`` (docs/claims.md)."""
+    try:
+        return PLACE_OF_SERVICE[facility_type]
+    except KeyError:
+        raise ValueError(f"no place of service for facility_type {facility_type!r}") from None
+
+
+def undotted(code: str) -> str:
+    """An ICD-10-CM code as X12 writes it: without the dot (``E11.9`` -> ``E119``)."""
+    return code.replace(".", "")
+
+
+def diagnoses_of_record(patient: PatientState, month: str, tz: str) -> tuple[str, ...] | None:
+    """The ICD-10-CM codes on record for ``month``: the ``conditions.recorded`` list the
+    gates count (``projections.documentation.condition_count``: the latest recorded before
+    the month's end in ``tz``, log order breaking ties), in its order, each code once (its
+    first spelling: ``E11.9`` and ``E119`` are one code). Empty when no list was recorded
+    by then or the list is empty; None when the state does not keep the list's codes (an
+    archive replay keeps counts only)."""
+    hi = month_bounds(month, tz)[1]
+    latest: tuple[int, int] | None = None  # (recorded, seq)
+    for seq, recorded, _ in patient.conditions:
+        if recorded < hi and (latest is None or (recorded, seq) > latest):
+            latest = (recorded, seq)
+    if latest is None:
+        return ()
+    kept = patient.condition_codes.get(latest[1])
+    if kept is None:
+        return None
+    seen: set[str] = set()
+    out = []
+    for code in kept:
+        key = undotted(code)
+        if key not in seen:
+            seen.add(key)
+            out.append(code)
+    return tuple(out)
 
 
 def month_claims(

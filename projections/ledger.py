@@ -109,6 +109,10 @@ class PatientState:
     readings: dict[str, set[int]] = field(default_factory=dict)
     # "activity:YYYY-MM" / "reading:YYYY-MM" (UTC) -> events applied, for the bounds above
     volume: dict[str, int] = field(default_factory=dict)
+    # seq of a ``conditions`` entry -> its ICD-10 codes as recorded, in list order (the
+    # diagnoses of a claim line, projections.claims); empty in a state that does not keep
+    # them (the archive replay keeps counts only)
+    condition_codes: dict[int, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -306,10 +310,10 @@ class Ledger:
         )
 
     def _conditions(self, ev: ConditionsRecorded, seq: int) -> None:
-        count = len(set(ev.data.chronic))
-        self.patient(ev.org_id, ev.patient_id).conditions.append(
-            (seq, epoch(ev.recorded_at), count)
-        )
+        chronic = ev.data.chronic
+        patient = self.patient(ev.org_id, ev.patient_id)
+        patient.conditions.append((seq, epoch(ev.recorded_at), len(set(chronic))))
+        patient.condition_codes[seq] = tuple(intern(code) for code in chronic)
 
     def _enrollment(self, ev: EnrollmentRecorded, seq: int) -> None:
         d = ev.data

@@ -78,6 +78,11 @@ _EVENT_COLS = (
 _ADDED_COLS = {"qualifying_apm_participant": "BOOLEAN", "fee_schedule": "VARCHAR"}
 """Columns of ``ev`` the archive's first files lack (``streams.archive.store.SCHEMA``): read
 by name across files, and null (the defaults) where a file has none."""
+# the codes of a conditions.recorded (the archive keeps their count only): from its log bytes
+_CHRONIC = (
+    "CASE WHEN type = 'conditions.recorded' "
+    "THEN json_extract_string(decode(raw), '$.data.chronic[*]') END AS chronic"
+)
 _READING_COLS_EMPTY = (
     'NULL::INTEGER AS partition, NULL::BIGINT AS "offset", NULL::VARCHAR AS org_id, '
     "NULL::VARCHAR AS patient_id, NULL::VARCHAR AS program, NULL::TIMESTAMPTZ AS taken_at"
@@ -159,7 +164,10 @@ class ArchiveReplay:
             k, n = self.shard
             share = f"(patient_id IS NULL OR hash(org_id, patient_id) % {n:d} = {k:d})"
         if not self.files:
-            sql(f"CREATE TABLE ev AS SELECT NULL::BIGINT AS ord, {_empty_cols()} LIMIT 0")
+            sql(
+                f"CREATE TABLE ev AS SELECT NULL::BIGINT AS ord, {_empty_cols()}, "
+                "NULL::VARCHAR[] AS chronic LIMIT 0"
+            )
             sql(f"CREATE TABLE rd AS SELECT {_READING_COLS_EMPTY} LIMIT 0")
         else:
             # canonical order -> ord, over narrow rows of the whole archive
@@ -188,8 +196,9 @@ class ArchiveReplay:
             )
             sql(
                 f"""CREATE TABLE ev AS
-                SELECT lt.ord, {", ".join("p." + c.strip() for c in _EVENT_COLS.split(","))}
-                FROM (SELECT partition, "offset", {self._event_cols()}
+                SELECT lt.ord, {", ".join("p." + c.strip() for c in _EVENT_COLS.split(","))},
+                       p.chronic
+                FROM (SELECT partition, "offset", {self._event_cols()}, {_CHRONIC}
                       FROM read_parquet(?, union_by_name = true)
                       WHERE type <> 'device.reading' AND {share}) p
                 JOIN lt USING (partition, "offset")
@@ -316,7 +325,7 @@ class ArchiveReplay:
             f"""CREATE TABLE docs AS
             SELECT org_id, patient_id, ord, type, program, practitioner_id, "on", kind, qmb,
                    complexity, fdiv(epoch_us(recorded_at), 1000000) AS recorded_s,
-                   chronic_count, setting, admitted_on, discharged_on
+                   chronic_count, setting, admitted_on, discharged_on, chronic
             FROM ev WHERE type IN {_DOCUMENT_TYPES}"""
         )
         sql(
@@ -435,13 +444,17 @@ def _add_activities(state: PatientState, rows: _Rows) -> None:
 
 def _add_documents(state: PatientState, rows: _Rows) -> None:
     """In log order, each type into its list as the ledger's handler appends it."""
-    for _, _, seq, typ, program, pract, on, kind, qmb, cx, recorded, n, setting, adm, dis in rows:
+    for row in rows:
+        _, _, seq, typ, program, pract, on, kind, qmb, cx, recorded, n, setting, adm, dis, codes = (
+            row
+        )
         if typ == "consent.recorded" or typ == "consent.revoked":
             state.consents.append(ConsentEntry(seq, program, pract, typ == "consent.revoked", on))
         elif typ == "care_plan.recorded":
             state.care_plans.append((seq, program, on, cx))
         elif typ == "conditions.recorded":
             state.conditions.append((seq, recorded, n))
+            state.condition_codes[seq] = tuple(codes)
         elif typ == "enrollment.recorded":
             state.enrollments.append(EnrollmentEntry(seq, program, pract, on, bool(qmb)))
         elif typ == "visit.recorded":

@@ -29,7 +29,15 @@ from streams.cli.options import (
 from streams.cli.output import output_stream
 from streams.cli.progress import ProgressBar, wanted
 
-CLAIMS_FORMATS = ("csv", "json", "both")
+CLAIMS_FORMATS = ("csv", "json", "both", "837p", "all")
+# what each choice writes ("both" is the first release's pair)
+_WRITES = {
+    "csv": ("csv",),
+    "json": ("json",),
+    "both": ("csv", "json"),
+    "837p": ("837p",),
+    "all": ("csv", "json", "837p"),
+}
 
 
 @click.command(short_help="Close a month: append month.closed, export its claim lines.")
@@ -42,7 +50,8 @@ CLAIMS_FORMATS = ("csv", "json", "both")
     type=click.Choice(CLAIMS_FORMATS),
     default="both",
     show_default=True,
-    help="Which claim files to write.",
+    help="Which claim files to write: csv, json, both (csv and json), 837p (the "
+    "837P-shaped .837p.json, docs/claims.md) or all three.",
 )
 @click.option(
     "--reissue",
@@ -81,11 +90,13 @@ def close(
     """Close --month of --org: append month.closed to the log (care.events.v1, every
     partition) and write the claim lines billed as of that close (org, patient, billing
     practitioner, code, units, date of service per docs/rules.md G16, estimated payment,
-    a claim line id) to claims-<org>-<digest>-<YYYY-MM>.csv and .json, where <org> is
-    the org id made file-name safe and <digest> 16 hex digits of a hash of the exact org
-    id (orgs that look alike never share a file). Activities or voids that land in a
-    closed month later raise late_activity alerts naming the claim line they would
-    change. The worker need not be running. What was done is printed on stdout (or
+    a claim line id, place of service, the diagnosis codes on record for the month and
+    what needs review; docs/claims.md) to claims-<org>-<digest>-<YYYY-MM>.csv and .json
+    (and .837p.json, an 837P-shaped claim document, with --claims-format 837p or all),
+    where <org> is the org id made file-name safe and <digest> 16 hex digits of a hash
+    of the exact org id (orgs that look alike never share a file). Activities or voids
+    that land in a closed month later raise late_activity alerts naming the claim line
+    they would change. The worker need not be running. What was done is printed on stdout (or
     --output FILE).
 
     With --rules DIR the claim lines are priced with the rule books in DIR, not the
@@ -108,6 +119,7 @@ def close(
       caretally close --org practice-17 --month 2025-03
       caretally close --org practice-17 --month 2025-03 --claims-dir out/ --claims-format csv
       caretally close --org practice-17 --month 2025-03 --export-only   # the files again
+      caretally close --org practice-17 --month 2025-03 --export-only --claims-format 837p
       caretally close --org practice-17 --month 2025-03 --reissue       # after late activity
     """
     from streams.close.service import CloseFailed, CloseRefused, CloseRequest, close_month
@@ -127,7 +139,7 @@ def close(
     logging.getLogger("kafka").setLevel(logging.CRITICAL)  # errors are reported below
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     topic = ctx.topics.events
-    formats = ("csv", "json") if claims_format == "both" else (claims_format,)
+    formats = _WRITES[claims_format]
     request = CloseRequest(org_id, month, claims_dir, formats, reissue, export_only, force)
     try:
         with ProgressBar("reading the log", wanted(no_progress), unit="records") as bar:

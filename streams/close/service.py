@@ -65,7 +65,7 @@ class CloseRequest:
     org: str
     month: str
     claims_dir: Path
-    formats: tuple[str, ...] = ("csv", "json")
+    formats: tuple[str, ...] = ("csv", "json")  # and/or "837p" (streams.close.claim_files)
     reissue: bool = False
     export_only: bool = False
     force: bool = False
@@ -73,6 +73,11 @@ class CloseRequest:
     def __post_init__(self) -> None:
         if self.reissue and self.export_only:
             raise ValueError("reissue and export_only exclude each other")
+        from streams.close.claim_files import FORMATS
+
+        unknown = set(self.formats) - set(FORMATS)  # before a close is appended, not after
+        if unknown or not self.formats:
+            raise ValueError(f"claim file formats: {sorted(unknown) or 'none'} (known: {FORMATS})")
 
 
 @dataclass(frozen=True)

@@ -339,7 +339,6 @@ def _register_all() -> None:
         ledger.Activity,
         ledger.ConsentEntry,
         ledger.EnrollmentEntry,
-        ledger.PatientState,
         accounting.ActivityTime,
         accounting.Pool,
         accounting.Pair,
@@ -351,6 +350,8 @@ def _register_all() -> None:
         fold_partition.FoldPartition,
     ):
         register_dataclass(cls)
+    # the conditions' codes (claim diagnoses) came later: older snapshots restore without them
+    register_dataclass(ledger.PatientState, added=("condition_codes",))
     # the payment settings came after format 4's first snapshots: those restore with defaults
     register_dataclass(ledger.Practice, added=("qualifying_apm_participant", "fee_schedule"))
     # a month's accounting detail: made with the billing for the audit and claim files,

@@ -118,9 +118,14 @@ def test_close_exports_the_core_billing_and_a_late_activity_names_its_line(
             "fee": f"{ln.fee:.2f}",
             "estimated_payment": f"{ln.estimated_payment:.2f}",
             "payment_provisional": "false",  # a 2025 month is priced by a final book
+            "diagnosis_codes": ";".join(ln.diagnosis_codes),
+            "needs_review": ";".join(ln.needs_review),
         }
         for ln in want
     ]
+    assert {(r["place_of_service"], r["diagnosis_codes"], r["needs_review"]) for r in rows} == {
+        ("11", "E11.9;I10", "")  # an office; the list recorded in February (docs/claims.md)
+    }
     assert doc["lines"] == [ln.row() for ln in want]
     assert (doc["org_id"], doc["month"], doc["line_count"], doc["estimated_payment"]) == (
         "o1",
