@@ -7,6 +7,7 @@ several pipelines (tests, tenants of a shared broker) can live on one cluster.
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -53,6 +54,12 @@ class Topics:
         return f"{self.prefix}care.alerts.v1"
 
     @property
+    def webhooks_parked(self) -> str:
+        """Webhook deliveries that failed every attempt (``caretally webhooks``), keyed by
+        org, and the markers that say one was since delivered (docs/webhooks.md)."""
+        return f"{self.prefix}care.webhooks.parked.v1"
+
+    @property
     def billing(self) -> str:
         """Latest billing view per patient-month, keyed ``org_id:patient_id:month``."""
         return f"{self.prefix}care.billing.v1"
@@ -81,6 +88,7 @@ class Topics:
                 "retention.bytes": UNLIMITED,
             },
             self.deadletter: {"cleanup.policy": "delete", "retention.ms": UNLIMITED},
+            self.webhooks_parked: {"cleanup.policy": "delete", "retention.ms": UNLIMITED},
             self.alerts: {"cleanup.policy": "delete", "retention.ms": str(90 * 24 * 3600 * 1000)},
             self.billing: {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"},
             self.staff: {"cleanup.policy": "delete", "retention.ms": UNLIMITED},
@@ -88,9 +96,13 @@ class Topics:
 
 
 def ensure_topics(
-    kafka: Connection, topics: Topics, partitions: int = DEFAULT_PARTITIONS
+    kafka: Connection,
+    topics: Topics,
+    partitions: int = DEFAULT_PARTITIONS,
+    only: Collection[str] | None = None,
 ) -> list[str]:
-    """Create the missing topics (existing ones are left as they are); returns those created."""
+    """Create the missing topics (existing ones are left as they are); returns those created.
+    ``only``: just these of them (a command that must not size the log, e.g. webhooks)."""
     from kafka.admin import NewTopic
 
     from streams.kafka.clients import TopicAlreadyExistsError, kafka_admin
@@ -100,7 +112,7 @@ def ensure_topics(
         existing = set(admin.list_topics())
         created = []
         for name, config in topics.settings().items():
-            if name in existing:
+            if name in existing or (only is not None and name not in only):
                 continue
             try:
                 count = partitions

@@ -1,0 +1,218 @@
+"""``caretally webhooks deliver``: a consumer group on ``care.alerts.v1`` that POSTs each
+alert to the webhooks of its org (docs/webhooks.md).
+
+At least once: a batch's offsets are committed only after every alert of it was delivered
+to, or parked for, each of its webhooks (a parked record is acknowledged by the broker
+first). A crash before that means the batch is read and delivered again; receivers dedupe
+on ``Idempotency-Key`` (the alert id). Stopped mid-batch (SIGINT/SIGTERM), the deliveries
+in flight are abandoned and, per partition, the alerts up to the first unfinished one
+are committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from schemas.views import Alert
+from streams.kafka.clients import WORKER_PRODUCER, Connection, aio_producer
+from streams.kafka.group_consumer import GroupConsumer, Partitions, UndecodableBatch
+from streams.kafka.records import alert_value, deadletter_headers
+from streams.kafka.topics import Topics
+from streams.webhooks import parked
+from streams.webhooks.fanout import Job, deliver_all
+from streams.webhooks.registry import Registry, WebhookError
+from streams.webhooks.sender import Outcome, RetryPolicy, client_session, now_iso
+
+log = logging.getLogger("caretally.webhooks")
+
+CLIENT_ID = "caretally-webhooks"
+
+
+@dataclass(frozen=True)
+class DeliverConfig:
+    kafka: Connection
+    topics: Topics
+    registry_path: Path
+    policy: RetryPolicy
+    group_id: str
+    max_records: int = 100
+
+
+def bad_alert_reason(exc: ValidationError) -> str:
+    """Why a value is not an alert, naming fields and error types only (never a value)."""
+    where = "; ".join(
+        f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['type']}" for e in exc.errors()
+    )
+    return f"webhooks: not a care.alerts.v1 alert ({where})"[:500]
+
+
+class Dispatcher:
+    """The delivery loop (see the module docstring); ``run`` until ``stop`` is set."""
+
+    def __init__(self, cfg: DeliverConfig) -> None:
+        self.cfg = cfg
+        self.registry = Registry(cfg.registry_path)
+        self.producer = aio_producer(cfg.kafka, WORKER_PRODUCER, client_id=CLIENT_ID)
+        self.consumer = GroupConsumer(
+            cfg.kafka,
+            cfg.group_id,
+            [cfg.topics.alerts],
+            max_records=cfg.max_records,
+            on_assigned=self._assigned,
+            on_undecodable=self._undecodable,
+            client_id=CLIENT_ID,
+        )
+        self.session = client_session()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        cfg = self.cfg
+        await self.producer.start()
+        try:
+            await self.consumer.start()
+            log.info(
+                "delivering %s as group %s to %d webhook(s) of %s",
+                cfg.topics.alerts,
+                cfg.group_id,
+                len(self.registry.hooks),
+                cfg.registry_path,
+            )
+            while not stop.is_set():
+                generation = self.consumer.assignments
+                batch = await self.consumer.next_batch(timeout=0.2)
+                if not batch:
+                    await self.consumer.commit_due()
+                    continue
+                async with self.consumer.turn:
+                    if self.consumer.assignments != generation:
+                        self.consumer.rewind(batch)  # a rebalance came between
+                        continue
+                    finished = await self.handle(batch, stop)
+                    self.consumer.done(finished)
+                    await self.consumer.commit()
+        finally:
+            await self.consumer.stop()
+            await self.session.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.producer.stop(), 5)
+
+    async def handle(self, batch: list[Any], stop: asyncio.Event) -> list[Any]:
+        """Deliver a batch; returns the records that are finished, per partition those
+        before the first unfinished one (all of them unless ``stop`` came first)."""
+        self._refresh()
+        left: dict[int, int] = {}
+        alerts: dict[int, Alert] = {}
+        jobs: list[Job] = []
+        for i, record in enumerate(batch):
+            alert = await self._alert(record)
+            targets = [] if alert is None else self.registry.targets(alert.org_id, alert.kind)
+            left[i] = len(targets)
+            if alert is None or not targets:
+                continue
+            alerts[i] = alert
+            body = alert_value(alert)
+            jobs += [Job(i, hook, alert.alert_id, alert.org_id, body) for hook in targets]
+
+        async def on_done(job: Job, outcome: Outcome) -> None:
+            i = job.tag
+            assert isinstance(i, int)
+            if not outcome.delivered:
+                await self._park(job, outcome, alerts[i], batch[i])
+            left[i] -= 1
+
+        if jobs:
+            work = asyncio.ensure_future(deliver_all(self.session, jobs, self.cfg.policy, on_done))
+            stopping = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if not work.done():
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await work
+                log.info("stopping: deliveries in flight abandoned (read again at restart)")
+            else:
+                work.result()  # a park that failed stops the process, nothing committed
+        finished, blocked = [], set()
+        for i, record in enumerate(batch):
+            if left[i] > 0:
+                blocked.add((record.topic, record.partition))
+            elif (record.topic, record.partition) not in blocked:
+                finished.append(record)
+        return finished
+
+    async def _alert(self, record: Any) -> Alert | None:
+        if record.value is None:
+            return None
+        try:
+            return Alert.model_validate_json(record.value)
+        except ValidationError as exc:
+            reason = bad_alert_reason(exc)
+            log.error(
+                "%s/%d@%d: %s: dead-lettered", record.topic, record.partition, record.offset, reason
+            )
+            headers = deadletter_headers(reason, record.topic, record.partition, record.offset)
+            await self.producer.send_and_wait(
+                self.cfg.topics.deadletter, key=record.key, value=record.value, headers=headers
+            )
+            return None
+
+    async def _park(self, job: Job, outcome: Outcome, alert: Alert, record: Any) -> None:
+        item = parked.Parked(
+            parked_id=parked.new_parked_id(),
+            webhook_id=job.hook.webhook_id,
+            org_id=alert.org_id,
+            alert_id=alert.alert_id,
+            kind=alert.kind,
+            alert=orjson.loads(job.body),
+            attempts=outcome.attempts,
+            last_status=outcome.status,
+            last_error=outcome.error,
+            first_attempt_at=outcome.first_attempt_at,
+            last_attempt_at=outcome.last_attempt_at,
+            parked_at=now_iso(),
+            source={"topic": record.topic, "partition": record.partition, "offset": record.offset},
+        )
+        key, value, headers = parked.record(item)
+        await self.producer.send_and_wait(
+            self.cfg.topics.webhooks_parked, key=key, value=value, headers=headers
+        )
+        log.warning(
+            "parked alert %s of org %s for webhook %s after %d attempt(s): %s",
+            alert.alert_id,
+            alert.org_id,
+            job.hook.webhook_id,
+            outcome.attempts,
+            outcome.error,
+        )
+
+    def _refresh(self) -> None:
+        try:
+            if self.registry.refresh():
+                log.info(
+                    "webhook registry %s re-read: %d webhook(s)",
+                    self.cfg.registry_path,
+                    len(self.registry.hooks),
+                )
+        except WebhookError as exc:
+            log.error("%s; delivering with the webhooks read before", exc)
+
+    async def _assigned(self, now: Partitions, gained: Partitions, lost: Partitions) -> None:
+        log.info("assigned %d partition(s) of %s", len(now), self.cfg.topics.alerts)
+
+    async def _undecodable(self, bad: UndecodableBatch) -> None:
+        headers = deadletter_headers(bad.reason, bad.topic, bad.partition, bad.base_offset)
+        await self.producer.send_and_wait(
+            self.cfg.topics.deadletter, key=None, value=bad.raw, headers=headers
+        )
+
+
+async def run_deliver(cfg: DeliverConfig, stop: asyncio.Event) -> None:
+    """Deliver until ``stop`` is set."""
+    await Dispatcher(cfg).run(stop)
