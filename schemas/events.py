@@ -31,12 +31,14 @@ MONTH_PATTERN = r"^[0-9]{4}-(0[1-9]|1[0-2])$"  # ASCII digits: \d matches any sc
 
 # A bounded calendar (checked natively by pydantic-core): no sentinel 9999-12-31 dates
 FIRST_DAY, LAST_DAY = date(1900, 1, 1), date(2199, 12, 31)
-Day = Annotated[date, Field(ge=FIRST_DAY, le=LAST_DAY)]
+_YEARS = {"pattern": "^(19|20|21)[0-9]{2}-"}  # the bound in JSON Schema terms (strings)
+Day = Annotated[date, Field(ge=FIRST_DAY, le=LAST_DAY, json_schema_extra=_YEARS)]
 Instant = Annotated[
     AwareDatetime,
     Field(
         ge=datetime(1900, 1, 2, tzinfo=UTC),
         le=datetime(2199, 12, 30, tzinfo=UTC),
+        json_schema_extra=_YEARS,
     ),
 ]
 _ID_CHAR = r"[^\p{C}\p{Z}:/]"

@@ -1,10 +1,18 @@
-"""Public views: the patient-month billing line, and alerts."""
+"""Public views: the patient-month billing line, alerts, and the worklist of the API.
+
+These models are the published output contract (``caretally schema --type billing.view``,
+``GET /openapi.json``, ``docs/asyncapi.yaml``); :func:`billing_line` holds every billing
+line that leaves a process to :class:`PatientMonthView`.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.events import MONTH_PATTERN
 
 
 class _View(BaseModel):
@@ -29,7 +37,7 @@ class PatientMonthView(_View):
 
     org_id: str
     patient_id: str
-    month: str = Field(pattern=r"^\d{4}-\d{2}$")
+    month: str = Field(pattern=MONTH_PATTERN, description="YYYY-MM")
     rule_year: int = Field(
         description="the rule book the month was priced with; a month after the last book "
         "is priced with it and flagged rules_extrapolated:<year>; a month of a provisional "
@@ -71,7 +79,44 @@ class Alert(_View):
     kind: AlertKind
     org_id: str
     patient_id: str
-    month: str
+    month: str = Field(pattern=MONTH_PATTERN, description="YYYY-MM")
     code: str | None = None
     detail: str = Field(description="what happened, in words; never contains patient identifiers")
     cause_event_id: str | None = None
+
+
+def billing_line(view: Mapping[str, Any] | bytes) -> None:
+    """Raise :class:`pydantic.ValidationError` unless ``view`` (a
+    :meth:`~projections.billing.MonthBilling.view` dict, or its JSON) is a
+    :class:`PatientMonthView`. Strict: nothing is coerced, so what passes is exactly what
+    is published (a failure is a bug of the producer, not of its input)."""
+    if isinstance(view, bytes):
+        PatientMonthView.model_validate_json(view, strict=True)
+    else:
+        PatientMonthView.model_validate(view, strict=True)
+
+
+# --- the worklist of ``GET /v1/orgs/{org}/worklist`` -------------------------------------
+
+
+class NextThreshold(_View):
+    code: str = Field(description="the code of the nearest threshold not yet met")
+    minutes_short: float = Field(description="minutes still to log to meet it")
+
+
+class WorklistItem(_View):
+    patient_id: str
+    month: str = Field(pattern=MONTH_PATTERN)
+    billable: list[CodeUnits]
+    blocked: list[BlockedCode]
+    minutes: dict[str, float]
+    next: NextThreshold | None = Field(description="null when no threshold is ahead")
+
+
+class Worklist(_View):
+    """The org's patient-months of one month by billing status, nearest threshold first."""
+
+    month: str = Field(pattern=MONTH_PATTERN)
+    billable: list[WorklistItem]
+    blocked: list[WorklistItem]
+    in_progress: list[WorklistItem]

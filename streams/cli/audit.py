@@ -69,7 +69,7 @@ def read_events(
         raise InputError(f"{path} is a folder but not a caretally archive")
     from streams.files.logfile import reporting
     from streams.ingest.csv_events import CsvHeaderError
-    from streams.ingest.sources import DecompressedTooLarge, event_lines, open_source
+    from streams.ingest.sources import DecompressedTooLarge, NotEvents, event_lines, open_source
 
     with contextlib.ExitStack() as stack:
         try:
@@ -77,6 +77,8 @@ def read_events(
             lines = event_lines(source, input_format)
         except CsvHeaderError as exc:
             raise InputError(f"{path}: CSV header: {exc}") from None
+        except NotEvents as exc:
+            raise InputError(f"{path}: {exc}") from None
         except (OSError, EOFError) as exc:
             raise InputError(f"cannot read {path}: {exc}") from None
         if on_progress is not None and source.position is not None:

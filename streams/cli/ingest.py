@@ -34,6 +34,7 @@ fails the ingest, with how many lines were acknowledged.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sys
@@ -48,6 +49,7 @@ from streams.cli.options import (
     input_format_option,
     input_option,
     no_progress_option,
+    org_option,
     partitions_option,
     renamed,
     require,
@@ -56,8 +58,9 @@ from streams.ingest.csv_events import CsvHeaderError, mapping_summary
 from streams.ingest.delivery import COMPRESSIONS, DEFAULT_COMPRESSION, DEFAULT_DELIVERY_TIMEOUT
 from streams.ingest.sources import (
     DEFAULT_MAX_DECOMPRESSED,
-    INPUT_FORMATS,
+    INGEST_FORMATS,
     DecompressedTooLarge,
+    FhirNeedsOrg,
     open_source,
     records_of,
 )
@@ -154,10 +157,14 @@ class ByteSize(click.ParamType):
 def _help() -> str:
     return f"""Send a file of events to the ingress topic (care.ingress.v1).
 
-    --input is NDJSON (one wire-contract event per line) or CSV (one event per row),
-    plain or gzip-compressed; `-` reads stdin (--input-format says which, or it is
-    told from the file name, else the content). Every non-empty line is sent as it is, keyed
-    org_id:patient_id; the worker dead-letters the invalid ones with their reason.
+    --input is NDJSON (one wire-contract event per line), CSV (one event per row) or
+    FHIR R4 (a Bundle, or NDJSON of resources, mapped to events as docs/fhir.md says; it
+    needs --org), plain or gzip-compressed; `-` reads stdin (--input-format says which,
+    or it is told from the content: JSON with a resourceType is FHIR, else from the file
+    name, else the content). A FHIR entry that cannot be mapped is rejected and
+    dead-lettered here (care.deadletter.v1, its JSON and the reason), not sent. Every
+    non-empty line is sent as it is, keyed org_id:patient_id; the worker dead-letters the
+    invalid ones with their reason.
     Each line is also validated here: rejected lines are listed on stderr (the first
     {MAX_REPORTED}) as FILE:LINE: rejected: REASON. A line (or CSV row, or the event
     it becomes) longer than {EVENT_MAX_BYTES:,} bytes is rejected as too_large and not
@@ -183,6 +190,7 @@ def _help() -> str:
       caretally ingest --input events.ndjson.gz --bootstrap kafka:9092 --compression zstd
       caretally ingest --input activities.csv --topic-prefix staging.
       my-ehr-export --since yesterday | caretally ingest --input - --no-progress
+      caretally ingest --input bundle.json --input-format fhir --org practice-17
 
     \b
     A CSV file:
@@ -195,10 +203,20 @@ def _help() -> str:
     short_help="Send an NDJSON or CSV file of events to the ingress topic.", help=_help()
 )
 @input_option(
-    "an NDJSON or CSV file, plain or gzip-compressed; - for stdin.",
+    "an NDJSON, CSV or FHIR file, plain or gzip-compressed; - for stdin.",
     type=INPUT_TYPE,
 )
-@input_format_option
+@functools.partial(
+    input_format_option,
+    formats=INGEST_FORMATS,
+    note="fhir: FHIR R4 (needs --org); auto takes JSON whose first object has a "
+    "resourceType for FHIR.",
+)
+@functools.partial(
+    org_option,
+    required=False,
+    note="FHIR input only, and needed there: FHIR resources do not name the practice.",
+)
 @kafka_options
 @partitions_option(DEFAULT_PARTITIONS)
 @click.option(
@@ -233,10 +251,11 @@ def _help() -> str:
 )
 @no_progress_option
 @renamed("FILE", "--input", "input_path", type=INPUT_TYPE)
-@renamed("--format", "--input-format", "input_format", type=click.Choice(INPUT_FORMATS))
+@renamed("--format", "--input-format", "input_format", type=click.Choice(INGEST_FORMATS))
 def ingest(
     input_path: str | None,
     input_format: str,
+    org_id: str | None,
     kafka: KafkaOptions,
     partitions: int,
     delivery_timeout: float,
@@ -248,16 +267,24 @@ def ingest(
     require(input_path, "--input")
     assert input_path is not None
     file = input_path
+    from streams.fhir.convert import FhirInputError
     from streams.ingest.delivery import deliver, make_producer
+    from streams.ingest.fhir_input import FhirInputTooLarge
     from streams.kafka.clients import KafkaError, describe
 
     kafka.settings()  # a usage error before anything is read
     with contextlib.ExitStack() as stack:
         try:
             source = open_source(file, stack, max_decompressed, click.get_binary_stream("stdin"))
-            records = records_of(source, input_format)
+            records = records_of(source, input_format, org_id)
         except CsvHeaderError as exc:
             raise click.UsageError(f"{source.name}: CSV header: {exc}") from None
+        except FhirNeedsOrg as exc:
+            raise click.UsageError(f"{source.name}: {exc}") from None
+        except FhirInputError as exc:
+            raise click.UsageError(f"{source.name}: not FHIR R4 this can read: {exc}") from None
+        except FhirInputTooLarge as exc:
+            fail(f"{source.name}: {exc}; nothing was sent")
         except DecompressedTooLarge as exc:
             fail(f"{file}: {exc}; nothing was sent")
         except (OSError, EOFError) as exc:
@@ -288,8 +315,13 @@ def ingest(
                 f"{stats.too_large:,} too large: dead-lettered to {topics.deadletter}, "
                 "not sent as events"
             )
-        if stats.rejected > stats.too_large:
-            others = stats.rejected - stats.too_large
+        if stats.unmapped:
+            notes.append(
+                f"{stats.unmapped:,} FHIR entr{'y' if stats.unmapped == 1 else 'ies'} not "
+                f"mapped: dead-lettered to {topics.deadletter}"
+            )
+        if stats.rejected > stats.too_large + stats.unmapped:
+            others = stats.rejected - stats.too_large - stats.unmapped
             them = f"the other {others:,}" if stats.too_large else "them"
             notes.append(f"the worker will dead-letter {them} to {topics.deadletter}")
         if notes:

@@ -13,6 +13,7 @@ from streams.cli.archive import archive
 from streams.cli.audit import audit
 from streams.cli.broker import broker
 from streams.cli.close import close
+from streams.cli.convert import convert
 from streams.cli.demo import demo
 from streams.cli.ingest import ingest
 from streams.cli.replay import replay
@@ -21,6 +22,7 @@ from streams.cli.rules import rules
 from streams.cli.schema import schema
 from streams.cli.serve import keys, serve
 from streams.cli.sql import sql
+from streams.cli.webhooks import webhooks
 from streams.cli.worker import worker
 
 
@@ -62,6 +64,7 @@ for command in (
     audit,
     broker,
     close,
+    convert,
     demo,
     ingest,
     keys,
@@ -71,6 +74,7 @@ for command in (
     schema,
     serve,
     sql,
+    webhooks,
     worker,
 ):
     cli.add_command(command)

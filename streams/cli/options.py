@@ -150,15 +150,22 @@ def archive_input_option(accepts: str, allow_dash: bool = False) -> Callable[[F]
     )
 
 
-def input_format_option(f: F) -> F:
-    """``--input-format``: how to read an ``--input`` file."""
+INPUT_FORMAT_HELP = (
+    "How to read an --input file; auto: by its name (.csv, .ndjson, .jsonl, .json, "
+    "each maybe .gz), else by its first byte ({ is NDJSON)."
+)
+
+
+def input_format_option(f: F, formats: tuple[str, ...] = INPUT_FORMATS, note: str = "") -> F:
+    """``--input-format``: how to read an ``--input`` file; ``formats`` the choices (all of
+    :data:`INPUT_FORMATS`, and more where a command reads more), ``note`` what the extra
+    ones are."""
     return click.option(
         "--input-format",
-        type=click.Choice(INPUT_FORMATS),
+        type=click.Choice(formats),
         default="auto",
         show_default=True,
-        help="How to read an --input file; auto: by its name (.csv, .ndjson, .jsonl, .json, "
-        "each maybe .gz), else by its first byte ({ is NDJSON).",
+        help=INPUT_FORMAT_HELP + (f" {note}" if note else ""),
     )(f)
 
 
@@ -212,15 +219,19 @@ def month_option(default: str | None = None, required: bool | None = None) -> Ca
     )
 
 
-def org_option(f: F) -> F:
-    """``--org ORG`` (into ``org_id``), validated as the wire contract validates org ids."""
+ORG_HELP = "The practice (its org_id)."
+
+
+def org_option(f: F, required: bool = True, note: str = "") -> F:
+    """``--org ORG`` (into ``org_id``), validated as the wire contract validates org ids;
+    ``note`` says when an optional one is needed."""
     return click.option(
         "--org",
         "org_id",
-        required=True,
+        required=required,
         callback=parse_org,
         metavar="ORG",
-        help="The practice (its org_id).",
+        help=ORG_HELP + (f" {note}" if note else ""),
     )(f)
 
 

@@ -246,8 +246,15 @@ def _replay_archive(
 
 
 def _write_views(views: Iterable[dict[str, Any]], fmt: str, output: Path | None) -> None:
+    """Every line held to the published model first (``schemas.views.billing_line``)."""
+    from schemas.views import billing_line
     from streams.render.views import write_csv, write_json_lines, write_table
 
+    def checked(view: dict[str, Any]) -> dict[str, Any]:
+        billing_line(view)
+        return view
+
+    views = map(checked, views)
     with output_stream(output, f"{fmt} billing") as out:
         if fmt == "json":
             write_json_lines(views, out)
@@ -340,13 +347,15 @@ def _open_lines(
 ) -> tuple[Source, Iterator[Line]]:
     """The input file (or stdin) and its event lines; unreadable input is a usage error."""
     from streams.ingest.csv_events import CsvHeaderError
-    from streams.ingest.sources import event_lines, open_source
+    from streams.ingest.sources import NotEvents, event_lines, open_source
 
     try:
         source = open_source(path, stack)
         return source, event_lines(source, input_format)
     except CsvHeaderError as exc:
         raise click.UsageError(f"{path}: CSV header: {exc}") from None
+    except NotEvents as exc:
+        raise click.UsageError(f"{path}: {exc}") from None
     except (OSError, EOFError) as exc:
         raise click.UsageError(f"cannot read {path}: {exc}") from None
 

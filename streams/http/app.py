@@ -10,10 +10,10 @@ what enters the log); reads come from an in-memory :class:`StateCache` that foll
 (every server holds the whole state, so any number of them can run side by side and none
 waits for a group rebalance, which Tansu makes slow).
 
-Every route but ``/healthz``, ``/readyz`` and ``/metrics`` needs an org API key
-(:mod:`streams.http.api_keys`); a key reads and writes its own org's data only. Patient
-ids never appear in logs at info level: the access log names the route template, not the
-path.
+Every route but ``/healthz``, ``/readyz``, ``/metrics`` and ``/openapi.json`` needs an org
+API key (:mod:`streams.http.api_keys`); a key reads and writes its own org's data only.
+Patient ids never appear in logs at info level: the access log names the route template,
+not the path.
 
 Endpoints (errors are always ``{"error": "..."}``):
 
@@ -32,6 +32,8 @@ Endpoints (errors are always ``{"error": "..."}``):
 * ``GET /readyz`` readiness, no auth: 200 only when every request can be answered (Kafka
   answers and the cache has caught up), else 503. For a load balancer, and for the
   container healthcheck that other services wait on (``docker-compose.yml``).
+* ``GET /openapi.json`` the OpenAPI 3.1 document of every route, no auth
+  (:mod:`streams.http.openapi`).
 * ``GET /metrics`` Prometheus text, no auth (:mod:`streams.http.metrics`); labels hold no
   org or patient id. Keep it off the public side of the reverse proxy.
 
@@ -53,8 +55,10 @@ from aiohttp.abc import AbstractAccessLogger
 
 from streams.http.api_keys import ApiKeyStore
 from streams.http.closing import stop_within
+from streams.http.fhir_route import post_fhir_bundle
 from streams.http.guard import ConnectionLimits, GuardedRunner, redact_aiohttp_logs
 from streams.http.metrics import ServeMetrics
+from streams.http.openapi import add_openapi
 from streams.http.rate_limit import OrgRateLimits
 from streams.http.routes import (
     CACHE,
@@ -189,9 +193,11 @@ def routes_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/v1/events", post_events)
+    app.router.add_post("/fhir/r4", post_fhir_bundle)  # a FHIR R4 Bundle (docs/fhir.md)
     app.router.add_get("/v1/orgs/{org}/patients/{patient}/months/{month}", get_month)
     app.router.add_get("/v1/orgs/{org}/worklist", get_worklist)
     app.router.add_get("/v1/orgs/{org}/alerts", get_alerts)
+    add_openapi(app)  # GET /openapi.json, built from the routes above (and below)
     if pages is not None:
         add_pages(app, pages, keys, clock)
     return app

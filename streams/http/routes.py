@@ -46,7 +46,7 @@ OFFLOAD_BYTES = 256 * 1024  # validate bigger bodies off the event loop
 JSON_TYPES = frozenset({"application/json"})
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson"})
 MONTH_RE = re.compile(MONTH_PATTERN)  # the wire contract's YYYY-MM
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
 CLIENT_GONE = 499  # the status a request is counted under when its handler was cancelled
 
 MAX_STREAMS_PER_ORG = 64

@@ -131,23 +131,25 @@ def make_producer(
 class Stats:
     """Lines read and their local verdicts; ``too_large``: rejected for their size here and
     never sent (counted in ``rejected``), each dead-lettered (``dead_lettered``: handed to
-    the producer); ``not_sent``: refused by the producer as too
-    large (not expected: its limit is above ours); ``errors`` end the ingest as failed;
-    ``stopped_at``: the line at which sending stopped early (a delivery or send failed),
-    the rest of the input unread."""
+    the producer); ``unmapped``: input entries that are no event (FHIR entries that could
+    not be mapped), rejected and dead-lettered the same way; ``not_sent``: refused by the
+    producer as too large (not expected: its limit is above ours); ``errors`` end the
+    ingest as failed; ``stopped_at``: the line at which sending stopped early (a delivery
+    or send failed), the rest of the input unread."""
 
     lines: int = 0
     valid: int = 0
     rejected: int = 0
     sent_bytes: int = 0
     too_large: int = 0
+    unmapped: int = 0
     dead_lettered: int = 0
     not_sent: int = 0
 
     @property
     def handed(self) -> int:
         """Lines given to the producer and accepted by it (each to be acknowledged)."""
-        return self.lines - self.too_large - self.not_sent
+        return self.lines - self.too_large - self.unmapped - self.not_sent
 
     errors: list[str] = field(default_factory=list)
     stopped_at: int | None = None
@@ -182,14 +184,21 @@ def send_all(
         if delivery.failed or dead.failed:
             stats.stopped_at = record.line
             break
-        if record.too_large:
+        if record.too_large or record.letter_only:
             stats.lines += 1
             stats.rejected += 1
-            stats.too_large += 1
-            reporter.rejected(record.line, record.reason or too_large_reason())
-            if record.oversize is None:  # not expected: every too-large record is measured
-                continue
-            letter = too_large_letter(record.line, record.key, record.oversize, origin)
+            if record.letter_only:  # an input entry that is no event (FHIR not mapped)
+                stats.unmapped += 1
+                reason = record.reason or "not an event"
+                reporter.rejected(record.line, reason)
+                place = ingress_gate.Source(origin, -1, record.line)
+                letter = deadletter_write(reason, record.key, record.value, place)
+            else:
+                stats.too_large += 1
+                reporter.rejected(record.line, record.reason or too_large_reason())
+                if record.oversize is None:  # not expected: every too-large record is measured
+                    continue
+                letter = too_large_letter(record.line, record.key, record.oversize, origin)
             try:
                 sent = send(
                     targets.deadletter, value=letter.value, key=letter.key, headers=letter.headers

@@ -38,15 +38,29 @@ STDIN_NAME = "<stdin>"
 READ_BUFFER = 1 << 20
 DEFAULT_MAX_DECOMPRESSED = 4_000_000_000  # bytes (--max-decompressed): ~10M events
 
-Format = Literal["ndjson", "csv"]
+Format = Literal["ndjson", "csv", "fhir"]
 INPUT_FORMATS = ("auto", "ndjson", "csv")
+INGEST_FORMATS = (*INPUT_FORMATS, "fhir")  # FHIR R4 is mapped to events by ingest alone
+CONVERT_FIRST = (
+    "it is FHIR: send it with `caretally ingest --input-format fhir --org ORG`, or make "
+    "wire-contract events of it with `caretally convert --from fhir FILE --org ORG`"
+)
+
+
+class FhirNeedsOrg(ValueError):
+    """FHIR input without ``--org``: FHIR resources do not name caretally's org."""
+
+
+class NotEvents(ValueError):
+    """Input a command cannot read as events (FHIR where events are expected)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
     """One line to send: its line number, bytes, key, and why it is invalid (if it is);
     ``too_large``: rejected for its size and dead-lettered as ``oversize`` describes it,
-    not sent (``value`` is then empty)."""
+    not sent (``value`` is then empty); ``letter_only``: an input entry that is no event
+    (a FHIR entry that could not be mapped), dead-lettered here with ``reason``."""
 
     line: int
     value: bytes
@@ -54,6 +68,7 @@ class Outgoing:
     reason: str | None
     too_large: bool = False
     oversize: Oversize | None = None
+    letter_only: bool = False  # dead-letter ``value`` with ``reason``; never send it as an event
 
 
 def oversized(
@@ -245,22 +260,50 @@ def open_source(
     return Source(name, stream, size, position)
 
 
+def _is_fhir(head: bytes) -> bool:
+    """Whether the start of a JSON input is a FHIR resource: a complete top-level member
+    ``resourceType`` (wire-contract events have none: unknown keys are refused)."""
+    text = _utf8_prefix(head[:4096]) or ""
+    try:
+        return any(name == "resourceType" for name, _ in _top_level_members(text))
+    except (ValueError, RecursionError):
+        return False
+
+
 def detect_format(source: Source) -> Format:
     """From the file name (``.csv``, ``.ndjson``, ``.jsonl``, ``.json``, each maybe ``.gz``),
-    else from the first byte: ``{`` is NDJSON, anything else CSV."""
+    else from the first byte: ``{`` is NDJSON, anything else CSV; JSON whose first object
+    has a ``resourceType`` is FHIR."""
     base = source.name.lower().removesuffix(".gz")
     if base.endswith(".csv"):
         return "csv"
-    if base.endswith((".ndjson", ".jsonl", ".json")):
+    named = base.endswith((".ndjson", ".jsonl", ".json"))
+    try:
+        head = source.stream.peek(4096)[:4096].lstrip(b"\xef\xbb\xbf \t\r\n")  # type: ignore[attr-defined]
+    except (OSError, EOFError):
+        if not named:
+            raise
+        return "ndjson"  # the read error is reported where the lines are read
+    if head.startswith(b"{") and _is_fhir(head):
+        return "fhir"
+    if named:
         return "ndjson"
-    head = source.stream.peek(4096)[:4096].lstrip(b"\xef\xbb\xbf \t\r\n")  # type: ignore[attr-defined]
     return "ndjson" if not head or head.startswith(b"{") else "csv"
 
 
-def records_of(source: Source, input_format: str = "auto") -> Iterator[Outgoing]:
+def records_of(
+    source: Source, input_format: str = "auto", org_id: str | None = None
+) -> Iterator[Outgoing]:
     """The records of ``source`` read as ``input_format`` (``auto``: :func:`detect_format`);
-    a CSV header is read at once (``CsvHeaderError``)."""
+    a CSV header is read at once (``CsvHeaderError``), and so is FHIR input, mapped for the
+    org ``org_id`` (:class:`FhirNeedsOrg` without it; ``FhirInputError`` if it is no FHIR)."""
     kind = detect_format(source) if input_format == "auto" else input_format
+    if kind == "fhir":
+        if org_id is None:
+            raise FhirNeedsOrg("FHIR input needs --org ORG: FHIR resources do not name the org")
+        from streams.ingest.fhir_input import fhir_records
+
+        return fhir_records(source.stream, org_id)
     return (csv_records if kind == "csv" else ndjson_records)(source.stream)
 
 
@@ -270,6 +313,8 @@ def event_lines(source: Source, input_format: str = "auto") -> Iterator[Line]:
     unread; for the commands that read events without sending them (``replay``,
     ``audit``). A CSV header is read at once (``CsvHeaderError``)."""
     kind = detect_format(source) if input_format == "auto" else input_format
+    if kind == "fhir":
+        raise NotEvents(CONVERT_FIRST)
     if kind != "csv":
         return ndjson_lines(source.stream)
     text = io.TextIOWrapper(

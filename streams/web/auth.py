@@ -35,8 +35,8 @@ SESSION = web.RequestKey("session", Session)
 OPEN_PATHS = frozenset({"/signin", "/favicon.ico"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # nothing changes on them
 PARTS_OF_PAGES = frozenset({"/live", "/worklist/groups"})  # fetched by a page: 401, no redirect
-API_PREFIX = "/v1/"
-API_PUBLIC = frozenset({"/healthz", "/readyz", "/metrics"})
+API_PREFIXES = ("/v1/", "/fhir/")  # the JSON API and the FHIR endpoint: keys, never sessions
+API_PUBLIC = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -45,7 +45,7 @@ def is_page(request: web.Request) -> bool:
     """Whether a request is for the pages: the app serves them and the path is not the JSON
     API's or a probe's."""
     path = request.path
-    return WEB in request.app and not path.startswith(API_PREFIX) and path not in API_PUBLIC
+    return WEB in request.app and not path.startswith(API_PREFIXES) and path not in API_PUBLIC
 
 
 def _secure(request: web.Request) -> bool:

@@ -25,7 +25,7 @@ from schemas.events import (
     parse_event,
 )
 from schemas.trusted import decode_trusted
-from schemas.views import Alert
+from schemas.views import Alert, billing_line
 from streams.kafka.records import (
     alert_value,
     billing_key,
@@ -101,7 +101,10 @@ class FoldPartition:
             return Output(BILLING, key, None)  # the month has nothing left in it
         tz = self.projector.ledger.practice(b.org_id).timezone
         headers = (("progress", progress_header(b)), ("context", context_header(b, tz)))
-        return Output(BILLING, key, billing_value(b), headers)
+        value = billing_value(b)
+        if value is not None:  # always, for a billing: held to the published contract
+            billing_line(value)
+        return Output(BILLING, key, value, headers)
 
     def _staff(self, event: Event, previous: Activity | None) -> list[Output]:
         if not isinstance(event, ActivityLogged | ActivityVoided):

@@ -18,7 +18,19 @@ from streams.cli.main import cli
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 KAFKA_OPTIONS = frozenset({"--bootstrap", "--topic-prefix", "--kafka-config"})
-KAFKA_COMMANDS = frozenset({"archive", "close", "demo", "ingest", "restore", "serve", "worker"})
+KAFKA_COMMANDS = frozenset(
+    {
+        "archive",
+        "close",
+        "demo",
+        "ingest",
+        "restore",
+        "serve",
+        "webhooks deliver",
+        "webhooks replay",
+        "worker",
+    }
+)
 """Commands that talk to a Kafka cluster named by the user: every Kafka option, each once."""
 KAFKA_ADJACENT = {
     "broker": frozenset({"--topic-prefix"}),  # it *is* the broker; the prefix of topics it creates
@@ -41,6 +53,16 @@ OWN_MEANING = {
 """The few places a shared option means something else, on purpose (and says so in its help,
 with this metavar): ``rules import-rvu`` writes a set of books, so its ``--output`` is a
 directory (docs/adding-a-rule-year.md)."""
+
+MORE_CHOICES = {
+    ("ingest", "--input-format"): ("fhir",),
+}
+"""Shared options with more choices where a command reads more (and says so in its help):
+``ingest`` maps FHIR R4 to events (docs/fhir.md); the commands that only read events do not."""
+
+OPTIONAL_HERE = {("ingest", "--org")}
+"""Shared options a command takes only sometimes (its help says when): ``ingest`` needs
+``--org`` for FHIR input alone."""
 
 
 def commands() -> Iterator[tuple[str, click.Command]]:
@@ -89,6 +111,17 @@ def test_shared_options_are_defined_once(name: str, command: click.Command) -> N
         if (name, option_name) in OWN_MEANING:
             assert option.metavar == OWN_MEANING[name, option_name], (name, option_name)
             assert option.help and "not a file" in option.help, (name, option_name)
+        elif (name, option_name) in MORE_CHOICES:
+            ref, more = reference(option_name), MORE_CHOICES[name, option_name]
+            assert isinstance(option.type, click.Choice) and isinstance(ref.type, click.Choice)
+            assert tuple(option.type.choices) == (*ref.type.choices, *more), name
+            assert option.help and ref.help and option.help.startswith(ref.help), name
+            assert all(choice in option.help for choice in more), name
+        elif (name, option_name) in OPTIONAL_HERE:
+            ref = reference(option_name)
+            assert option.help and ref.help and option.help.startswith(ref.help + " "), name
+            assert signature(option)[1:] == signature(ref)[1:], name
+            assert not option.required, name
         elif option_name in SHARED:
             assert signature(option) == signature(reference(option_name)), (name, option_name)
         if option_name == "--input":

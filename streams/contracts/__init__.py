@@ -1,0 +1,1 @@
+"""Published contracts built from the code: the AsyncAPI document of the topics."""

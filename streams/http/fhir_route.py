@@ -1,0 +1,208 @@
+"""``POST /fhir/r4``: a FHIR R4 Bundle in, wire-contract events to ingress (docs/fhir.md).
+
+The Bundle is mapped by :mod:`streams.fhir` with the org of the presented key (FHIR
+resources do not name caretally's org). The answer is FHIR too:
+
+* ``transaction``: all or nothing. One entry that cannot be mapped refuses the Bundle
+  (400, an ``OperationOutcome`` with one issue per such entry) and nothing is written.
+* ``batch`` and ``collection``: the entries that map are written, each other entry is
+  answered with its own ``OperationOutcome`` and dead-lettered (``care.deadletter.v1``,
+  the entry's JSON with the reason, keyed ``org_id:``, ``source_topic`` ``http:fhir``,
+  ``source_offset`` the entry's index), so nothing is silently dropped.
+
+A written entry is answered ``202 Accepted``: its events are in the ingress topic, and the
+gate then logs them, drops exact re-sends (a resource re-sent with the same
+``meta.versionId`` maps to the same events) or dead-letters a conflict. An entry read only
+to resolve references (a ``Patient``) is answered ``200 OK``. Errors before the Bundle is
+read (no key, wrong content type, too large) keep the API's JSON error shape, except
+those of the body itself, which are ``OperationOutcome``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from schemas.events import EventRejected, parse_event
+from streams.fhir.convert import (
+    Conversion,
+    EntryProblem,
+    FhirInputError,
+    convert_document,
+    operation_outcome,
+)
+from streams.http.routes import (
+    KAFKA,
+    MAX_BODY,
+    METRICS,
+    OFFLOAD_BYTES,
+    ORG,
+    RATE,
+    TOPICS,
+    _read_limited,
+    _refusal,
+)
+from streams.kafka.clients import AioKafkaError
+from streams.kafka.records import event_key
+from streams.worker.gate import Source, deadletter_write
+
+log = logging.getLogger("caretally.serve")
+
+FHIR_JSON = "application/fhir+json"
+FHIR_TYPES = frozenset({FHIR_JSON, "application/json"})
+BUNDLE_TYPES = ("transaction", "batch", "collection")
+SOURCE = "fhir"
+DEADLETTER_ORIGIN = "http:fhir"
+
+
+def outcome(
+    status: int, problems: list[EntryProblem] | str, headers: dict[str, str] | None = None
+) -> web.Response:
+    """An ``OperationOutcome`` answer: one issue per problem (or one for a message)."""
+    if isinstance(problems, str):
+        problems = [EntryProblem(entry=-1, where="Bundle", resource=None, reason=problems)]
+    return _fhir(operation_outcome(problems), status, headers)
+
+
+def _fhir(body: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(body), status=status, content_type=FHIR_JSON, headers=headers
+    )
+
+
+def _records(conversion: Conversion, org_id: str) -> list[tuple[bytes, bytes]]:
+    """(key, value) of each converted event; every one passes the wire contract (the
+    mapper builds them through it), so a failure here is a bug, not bad input."""
+    records = []
+    for raw in conversion.events:
+        try:
+            event = parse_event(raw)
+        except EventRejected as exc:  # not expected
+            raise RuntimeError(f"a FHIR mapping produced an invalid event: {exc.reason}") from None
+        if event.org_id != org_id:  # not expected: the mapper is given the org
+            raise RuntimeError("a FHIR mapping produced an event of another org")
+        records.append((event_key(event.org_id, event.patient_id), raw))
+    return records
+
+
+def _entry_json(document: Any, index: int) -> bytes:
+    """An entry of the Bundle as JSON (for its dead letter); the document's bytes if the
+    entry cannot be found."""
+    entries = document.get("entry") if isinstance(document, dict) else None
+    if isinstance(entries, list) and 0 <= index < len(entries):
+        return orjson.dumps(entries[index])
+    return orjson.dumps(document)
+
+
+def response_bundle(conversion: Conversion) -> dict[str, Any]:
+    """The ``batch-response`` / ``transaction-response`` Bundle: one entry per entry sent,
+    in order."""
+    kind = "transaction-response" if conversion.bundle_type == "transaction" else "batch-response"
+    problems = {p.entry: p for p in conversion.problems}
+    entries = []
+    for i in range(conversion.entries):
+        if (problem := problems.get(i)) is not None:
+            entries.append(
+                {
+                    "response": {
+                        "status": "400 Bad Request",
+                        "outcome": operation_outcome([problem]),
+                    }
+                }
+            )
+        elif i < len(conversion.entry_events) and conversion.entry_events[i]:
+            entries.append({"response": {"status": "202 Accepted"}})
+        else:
+            entries.append({"response": {"status": "200 OK"}})
+    return {"resourceType": "Bundle", "type": kind, "entry": entries}
+
+
+async def _dead_letter(
+    request: web.Request, org_id: str, document: Any, problems: list[EntryProblem]
+) -> None:
+    """Each entry that could not be mapped, as a dead letter with its reason. Best effort:
+    the client has its answer either way."""
+    producer = request.app[KAFKA].producer
+    if producer is None or not problems:
+        return
+    topic = request.app[TOPICS].deadletter
+    try:
+        pending = []
+        for p in problems:
+            reason = f"fhir: {p.where}: {p.reason}"
+            w = deadletter_write(
+                reason,
+                event_key(org_id, None),
+                _entry_json(document, p.entry),
+                Source(DEADLETTER_ORIGIN, -1, p.entry),
+            )
+            pending.append(await producer.send(topic, value=w.value, key=w.key, headers=w.headers))
+        await asyncio.gather(*pending)
+        request.app[METRICS].events_dead_lettered.inc(len(problems))
+    except AioKafkaError as exc:
+        request.app[METRICS].produce_errors.labels("deadletter").inc()
+        log.warning("dead-lettering %d FHIR entries failed: %s", len(problems), exc)
+
+
+def _convert(body: bytes, org_id: str) -> tuple[Conversion, Any]:
+    document = orjson.loads(body)  # the converter has accepted it as JSON
+    return convert_document(body, org_id, source=SOURCE), document
+
+
+async def post_fhir_bundle(request: web.Request) -> web.Response:
+    """Map a FHIR R4 Bundle to events and write them to ingress (the module's docstring)."""
+    if request.content_type not in FHIR_TYPES:
+        return outcome(415, f"send a FHIR R4 Bundle as {FHIR_JSON}")
+    org_id = request[ORG]
+    rate = request.app[RATE]
+    if (refused := rate.exhausted(org_id)) is not None:
+        return _refusal(refused)
+    limit = request.app[MAX_BODY]
+    body = await _read_limited(request, limit)
+    if body is None:
+        return outcome(413, f"body larger than {limit} bytes; split the Bundle")
+    try:
+        if len(body) > OFFLOAD_BYTES:
+            loop = asyncio.get_running_loop()
+            conversion, document = await loop.run_in_executor(None, _convert, body, org_id)
+        else:
+            conversion, document = _convert(body, org_id)
+    except (FhirInputError, orjson.JSONDecodeError) as exc:
+        return outcome(400, str(exc))
+    if conversion.bundle_type not in BUNDLE_TYPES:
+        return outcome(400, "send a Bundle of type transaction, batch or collection")
+    records = _records(conversion, org_id)
+    if (refused := rate.check(org_id, max(len(records), 1))) is not None:
+        return _refusal(refused)
+    practice_key = event_key(org_id, None)
+    practice_wide = sum(1 for key, _ in records if key == practice_key)
+    if practice_wide and (refused := rate.check(org_id, 0, practice_wide)) is not None:
+        return _refusal(refused)
+    if conversion.problems:
+        request.app[METRICS].events_rejected.inc(len(conversion.problems))
+        if conversion.bundle_type == "transaction":
+            return outcome(400, list(conversion.problems))
+    producer = request.app[KAFKA].producer
+    if producer is None:
+        return outcome(503, "not connected to the event log yet", {"Retry-After": "1"})
+    await _dead_letter(request, org_id, document, list(conversion.problems))
+    topic = request.app[TOPICS].ingress
+    try:
+        pending = [await producer.send(topic, value=raw, key=key) for key, raw in records]
+        await asyncio.gather(*pending)
+    except AioKafkaError as exc:
+        request.app[METRICS].produce_errors.labels("ingress").inc()
+        log.warning("producing %d FHIR event(s) to ingress failed: %s", len(records), exc)
+        return outcome(
+            503,
+            "the event log is unavailable; part of the Bundle may have been written; resend "
+            "it (the events' ids make that safe)",
+            {"Retry-After": "5"},
+        )
+    request.app[METRICS].events_accepted.inc(len(records))
+    log.debug("accepted %d FHIR event(s) for org %s", len(records), org_id)
+    return _fhir(response_bundle(conversion), 200)
