@@ -43,8 +43,10 @@ from streams.http.routes import (
     ORG,
     RATE,
     TOPICS,
+    IngressUnavailable,
     _read_limited,
     _refusal,
+    write_ingress,
 )
 from streams.kafka.clients import AioKafkaError
 from streams.kafka.records import event_key
@@ -186,23 +188,13 @@ async def post_fhir_bundle(request: web.Request) -> web.Response:
         request.app[METRICS].events_rejected.inc(len(conversion.problems))
         if conversion.bundle_type == "transaction":
             return outcome(400, list(conversion.problems))
-    producer = request.app[KAFKA].producer
-    if producer is None:
+    if request.app[KAFKA].producer is None:
         return outcome(503, "not connected to the event log yet", {"Retry-After": "1"})
     await _dead_letter(request, org_id, document, list(conversion.problems))
-    topic = request.app[TOPICS].ingress
     try:
-        pending = [await producer.send(topic, value=raw, key=key) for key, raw in records]
-        await asyncio.gather(*pending)
-    except AioKafkaError as exc:
-        request.app[METRICS].produce_errors.labels("ingress").inc()
-        log.warning("producing %d FHIR event(s) to ingress failed: %s", len(records), exc)
-        return outcome(
-            503,
-            "the event log is unavailable; part of the Bundle may have been written; resend "
-            "it (the events' ids make that safe)",
-            {"Retry-After": "5"},
-        )
+        await write_ingress(request, records, "Bundle")
+    except IngressUnavailable as exc:
+        return outcome(503, exc.message, {"Retry-After": exc.retry_after})
     request.app[METRICS].events_accepted.inc(len(records))
     log.debug("accepted %d FHIR event(s) for org %s", len(records), org_id)
     return _fhir(response_bundle(conversion), 200)

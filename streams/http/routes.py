@@ -270,6 +270,39 @@ def _refusal(refused: Refusal) -> web.Response:
     return error(refused.status, refused.message, retry)
 
 
+class IngressUnavailable(Exception):
+    """The ingress topic cannot be written now: the client may resend after ``retry_after``
+    seconds."""
+
+    def __init__(self, message: str, retry_after: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+
+async def write_ingress(
+    request: web.Request, records: list[tuple[bytes, bytes]], what: str
+) -> list[Any]:
+    """Produce ``(key, value)`` records to ingress and wait for every acknowledgement (their
+    metadata, in order); :class:`IngressUnavailable` if there is no producer yet or the
+    broker fails (a prefix may then be written: ``what`` names it in the message)."""
+    producer = request.app[KAFKA].producer
+    if producer is None:
+        raise IngressUnavailable("not connected to the event log yet", "1")
+    topic = request.app[TOPICS].ingress
+    try:
+        pending = [await producer.send(topic, value=raw, key=key) for key, raw in records]
+        return list(await asyncio.gather(*pending))
+    except AioKafkaError as exc:
+        request.app[METRICS].produce_errors.labels("ingress").inc()
+        log.warning("producing %d event(s) to ingress failed: %s", len(records), exc)
+        raise IngressUnavailable(
+            f"the event log is unavailable; part of the {what} may have been written; "
+            "resend it (event_id makes that safe)",
+            "5",
+        ) from None
+
+
 async def post_events(request: web.Request) -> web.Response:
     """Validate every event, then produce all of them to ingress, or none.
 
@@ -316,22 +349,10 @@ async def post_events(request: web.Request) -> web.Response:
     practice_wide = sum(1 for key, _ in records if key == practice_key)
     if practice_wide and (refused := rate.check(org_id, 0, practice_wide)) is not None:
         return _refusal(refused)
-    producer = request.app[KAFKA].producer
-    if producer is None:
-        return error(503, "not connected to the event log yet", {"Retry-After": "1"})
-    topic = request.app[TOPICS].ingress
     try:
-        pending = [await producer.send(topic, value=raw, key=key) for key, raw in records]
-        written = await asyncio.gather(*pending)
-    except AioKafkaError as exc:
-        request.app[METRICS].produce_errors.labels("ingress").inc()
-        log.warning("producing %d event(s) to ingress failed: %s", len(records), exc)
-        return error(
-            503,
-            "the event log is unavailable; part of the batch may have been written; "
-            "resend it (event_id makes that safe)",
-            {"Retry-After": "5"},
-        )
+        written = await write_ingress(request, records, "batch")
+    except IngressUnavailable as exc:
+        return error(503, exc.message, {"Retry-After": exc.retry_after})
     request.app[METRICS].events_accepted.inc(len(records))
     log.debug("accepted %d event(s) for org %s", len(records), org_id)
     # 202: in the ingress topic; the gate then writes each event to the log, drops it as an

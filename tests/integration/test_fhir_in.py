@@ -6,23 +6,19 @@ and what the worker bills from them is what an offline fold of the same events b
 from __future__ import annotations
 
 import copy
-import uuid
 from pathlib import Path
 from typing import Any
 
 import orjson
-from kafka import KafkaProducer
 
 from projections.engine import billing
 from streams.cli.exits import EXIT_BAD_LINES
 from streams.fhir.convert import convert_document
 from streams.files.logfile import fold_lines
-from streams.http.api_keys import ApiKeyStore, create_key
-from streams.http.app import build_app
 from streams.kafka.broker import EmbeddedBroker
 from streams.kafka.records import header
-from streams.kafka.topics import Topics, ensure_topics
-from support.http import MAX_BODY, Api, ServerThread, eventually
+from streams.kafka.topics import Topics
+from support.http import Api, eventually, served_pipeline
 from support.ingest import ingest, read_deadletter, read_ingress, read_topic
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "fhir" / "bundle.json"
@@ -149,56 +145,31 @@ def test_post_fhir_refusals_are_operation_outcomes(api: Api) -> None:
 def test_a_bundle_posted_to_fhir_bills_as_its_events_folded_offline_and_resending_changes_nothing(
     broker: EmbeddedBroker, tmp_path: Path
 ) -> None:
-    from streams.demo.client import WorkerProcess
-
     org = "org-fhir"
-    topics = Topics(prefix=f"t{uuid.uuid4().hex[:10]}.")
-    ensure_topics(broker.bootstrap, topics, partitions=2)
-    keys_path = tmp_path / "api-keys.json"
-    _, key = create_key(keys_path, org)
     doc = bundle("transaction")
     ledger, _ = fold_lines(enumerate(events_of(doc, org), 1))
     expected = {(v["patient_id"], v["month"]): v for v in (b.view() for b in billing(ledger))}
     assert any(v["billable"] for v in expected.values())
 
-    worker = WorkerProcess(
-        broker.bootstrap,
-        topics,
-        2,
-        tmp_path / "state",
-        "--app-id",
-        f"app-{topics.prefix}",
-        log_path=tmp_path / "worker.log",
-    ).start()
-    app = build_app(
-        broker.bootstrap, topics, ApiKeyStore(keys_path), max_body_bytes=MAX_BODY, heartbeat_s=1.0
-    )
-    producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
-    try:
-        with ServerThread(app) as server:
-            api = Api(broker.bootstrap, topics, server.port, key, key, keys_path, producer)
-            eventually(lambda: api.get("/healthz")[1]["caught_up"] is True, 30)
+    with served_pipeline(broker, tmp_path, org) as api:
+        key = api.key_a
 
-            def served() -> bool:
-                return all(
-                    api.get(f"/v1/orgs/{org}/patients/{p}/months/{m}", key)[1] == v
-                    for (p, m), v in expected.items()
-                )
+        def served() -> bool:
+            return all(
+                api.get(f"/v1/orgs/{org}/patients/{p}/months/{m}", key)[1] == v
+                for (p, m), v in expected.items()
+            )
 
-            assert post(api, doc, key)[0] == 200
-            eventually(served, 30)
-            assert post(api, doc, key)[0] == 200  # the same Bundle again
-            # the gate drops exact re-sends: no conflict is dead-lettered, the views stand
-            marker = orjson.loads(events_of(bundle("batch"), org)[0])
-            marker["event_id"] = "after-the-resend"
-            assert api.post(orjson.dumps(marker), "application/json", key)[0] == 202
-            eventually(lambda: _logged(broker, topics, "after-the-resend"), 30)
-            assert served()
-            letters = read_topic(broker, topics.deadletter, 0).records
-            assert letters == []
-    finally:
-        producer.close()
-        worker.stop()
+        assert post(api, doc, key)[0] == 200
+        eventually(served, 30)
+        assert post(api, doc, key)[0] == 200  # the same Bundle again
+        # the gate drops exact re-sends: no conflict is dead-lettered, the views stand
+        marker = orjson.loads(events_of(bundle("batch"), org)[0])
+        marker["event_id"] = "after-the-resend"
+        assert api.post(orjson.dumps(marker), "application/json", key)[0] == 202
+        eventually(lambda: _logged(broker, api.topics, "after-the-resend"), 30)
+        assert served()
+        assert read_topic(broker, api.topics.deadletter, 0).records == []
 
 
 def _logged(broker: EmbeddedBroker, topics: Topics, event_id: str) -> bool:

@@ -11,30 +11,27 @@ import http.client
 import json
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 
-from streams.http.api_keys import ApiKeyStore, create_key, list_keys, revoke_key
-from streams.http.app import build_app
+from streams.http.api_keys import create_key, list_keys, revoke_key
 from streams.kafka.broker import EmbeddedBroker
 from streams.kafka.records import event_key
-from streams.kafka.topics import Topics, ensure_topics
 from support.http import (
     MAX_BODY,
     MONTH,
     Api,
-    ServerThread,
     activity,
     alert,
     eventually,
     practice,
     progress,
+    served_pipeline,
     view,
 )
 
@@ -398,13 +395,8 @@ def test_posted_events_come_back_as_billing_and_live_alerts_through_the_worker(
 ) -> None:
     """POST /v1/events -> ingress -> worker -> care.billing.v1 / care.alerts.v1 -> GET and
     SSE: what the HTTP API serves is what an offline replay gives for the same events."""
-    from streams.demo.client import WorkerProcess
     from support.builders import Log
 
-    topics = Topics(prefix=f"t{uuid.uuid4().hex[:10]}.")
-    ensure_topics(broker.bootstrap, topics, partitions=2)
-    keys_path = tmp_path / "api-keys.json"
-    _, key = create_key(keys_path, "org-e2e")
     log = Log(org="org-e2e", recorded_at="2025-03-20T12:00:00Z")
     log.documented("P-9")
     log.activity("P-9", "a1", "2025-03-03T10:00:00-05:00", 12)
@@ -413,44 +405,19 @@ def test_posted_events_come_back_as_billing_and_live_alerts_through_the_worker(
     expected = log.view("P-9", "2025-03")
     assert expected["billable"]
 
-    worker = WorkerProcess(
-        broker.bootstrap,
-        topics,
-        2,
-        tmp_path / "state",
-        "--app-id",
-        f"app-{topics.prefix}",
-        log_path=tmp_path / "worker.log",
-    ).start()
-    app = build_app(
-        broker.bootstrap, topics, ApiKeyStore(keys_path), max_body_bytes=MAX_BODY, heartbeat_s=1.0
-    )
-    try:
-        with ServerThread(app) as server:
-            api = Api(
-                broker.bootstrap,
-                topics,
-                server.port,
-                key,
-                key,
-                keys_path,
-                KafkaProducer(bootstrap_servers=broker.bootstrap),
-            )
-            eventually(lambda: api.get("/healthz")[1]["caught_up"] is True, 30)
-            sse = Sse(api, "/v1/orgs/org-e2e/alerts", key)
-            try:
-                status, counts = api.post(body, "application/x-ndjson", key)
-                assert (status, counts["accepted"]) == (202, len(log.raw))
+    with served_pipeline(broker, tmp_path, "org-e2e") as api:
+        key = api.key_a
+        sse = Sse(api, "/v1/orgs/org-e2e/alerts", key)
+        try:
+            status, counts = api.post(body, "application/x-ndjson", key)
+            assert (status, counts["accepted"]) == (202, len(log.raw))
+            crossed = sse.next_event()
+            while crossed["event"] != "threshold_crossed":
                 crossed = sse.next_event()
-                while crossed["event"] != "threshold_crossed":
-                    crossed = sse.next_event()
-                alert_body = orjson.loads(crossed["data"])
-                assert (alert_body["patient_id"], alert_body["code"]) == ("P-9", "99490")
-            finally:
-                sse.close()
-            path = "/v1/orgs/org-e2e/patients/P-9/months/2025-03"
-            eventually(lambda: api.get(path, key)[0] == 200, 30)
-            eventually(lambda: api.get(path, key)[1] == expected, 30)
-            api.producer.close()
-    finally:
-        worker.stop()
+            alert_body = orjson.loads(crossed["data"])
+            assert (alert_body["patient_id"], alert_body["code"]) == ("P-9", "99490")
+        finally:
+            sse.close()
+        path = "/v1/orgs/org-e2e/patients/P-9/months/2025-03"
+        eventually(lambda: api.get(path, key)[0] == 200, 30)
+        eventually(lambda: api.get(path, key)[1] == expected, 30)

@@ -4,10 +4,12 @@ client bound to two orgs' keys, and builders of the events, views and alerts it 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,9 +17,11 @@ from typing import Any
 import orjson
 from kafka import KafkaProducer
 
-from streams.http.app import Server, start
+from streams.http.api_keys import ApiKeyStore, create_key
+from streams.http.app import Server, build_app, start
+from streams.kafka.broker import EmbeddedBroker
 from streams.kafka.records import billing_key, event_key
-from streams.kafka.topics import Topics
+from streams.kafka.topics import Topics, ensure_topics
 
 MONTH = "2025-03"
 MAX_BODY = 1024 * 1024
@@ -122,6 +126,40 @@ class Api:
         key = event_key(alert["org_id"], alert["patient_id"])
         self.producer.send(self.topics.alerts, key=key, value=orjson.dumps(alert))
         self.producer.flush()
+
+
+@contextlib.contextmanager
+def served_pipeline(broker: EmbeddedBroker, tmp_path: Path, org: str) -> Iterator[Api]:
+    """The whole path behind the API: fresh topics, a ``caretally worker`` process and
+    ``serve`` with one key of ``org`` (as both ``key_a`` and ``key_b``), caught up; all
+    stopped on exit."""
+    from streams.demo.client import WorkerProcess
+
+    topics = Topics(prefix=f"t{uuid.uuid4().hex[:10]}.")
+    ensure_topics(broker.bootstrap, topics, partitions=2)
+    keys_path = tmp_path / "api-keys.json"
+    _, key = create_key(keys_path, org)
+    worker = WorkerProcess(
+        broker.bootstrap,
+        topics,
+        2,
+        tmp_path / "state",
+        "--app-id",
+        f"app-{topics.prefix}",
+        log_path=tmp_path / "worker.log",
+    ).start()
+    app = build_app(
+        broker.bootstrap, topics, ApiKeyStore(keys_path), max_body_bytes=MAX_BODY, heartbeat_s=1.0
+    )
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
+    try:
+        with ServerThread(app) as server:
+            api = Api(broker.bootstrap, topics, server.port, key, key, keys_path, producer)
+            eventually(lambda: api.get("/healthz")[1]["caught_up"] is True, 30)
+            yield api
+    finally:
+        producer.close()
+        worker.stop()
 
 
 def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
