@@ -90,8 +90,8 @@ def webhooks() -> None:
     "--url",
     required=True,
     metavar="URL",
-    help="Where alerts are POSTed: https://... (http:// only to 127.0.0.1, ::1 or "
-    "localhost); no user:password@.",
+    help="Where alerts are POSTed: https://... (http:// only to a loopback address or "
+    "localhost); no user:password@, no private, link-local or other non-public IP address.",
 )
 @click.option(
     "--kinds",
@@ -195,13 +195,8 @@ def _registry_or_fail(webhooks_file: Path | None) -> Path:
     from streams.webhooks.registry import Registry, WebhookError, resolve_path
 
     path = resolve_path(webhooks_file)
-    if not path.exists():
-        fail(
-            f"no webhook registry at {path}: add a webhook with `caretally webhooks add` "
-            "or pass --webhooks FILE"
-        )
     try:
-        Registry(path)
+        Registry(path)  # refuses a missing file
     except WebhookError as exc:
         fail(str(exc))
     return path
@@ -227,6 +222,32 @@ def _registry_or_fail(webhooks_file: Path | None) -> Path:
     metavar="N",
     help="Alerts read at a time; their offsets are committed once all are delivered or parked.",
 )
+@click.option(
+    "--cooldown",
+    "cooldown_s",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(0.0),
+    metavar="SECONDS",
+    help="After a delivery to a webhook is parked, its next alerts are parked without an "
+    "attempt for SECONDS; then one alert is tried once (a probe) before the others.",
+)
+@click.option(
+    "--batch-deadline",
+    "batch_deadline_s",
+    default=120.0,
+    show_default=True,
+    type=click.FloatRange(1.0, 240.0),
+    metavar="SECONDS",
+    help="Longest time for one batch: deliveries still pending then are parked, so the "
+    "batch is committed (at most 240 s: the group's poll interval is 300 s).",
+)
+@click.option(
+    "--from-beginning",
+    is_flag=True,
+    help="A group with no committed offsets starts at the earliest alert kept (90 days) "
+    "[default: at the end: only alerts written from now on].",
+)
 @loglevel_option("info")
 @log_format_option()
 def webhooks_deliver(
@@ -237,6 +258,9 @@ def webhooks_deliver(
     timeout_s: float,
     group_id: str | None,
     max_records: int,
+    cooldown_s: float,
+    batch_deadline_s: float,
+    from_beginning: bool,
     loglevel: str,
     log_format: str,
 ) -> None:
@@ -246,11 +270,14 @@ def webhooks_deliver(
     Failed attempts (a status other than 2xx, no connection, a timeout) are retried
     with exponential backoff; after --attempts the delivery is parked on
     care.webhooks.parked.v1 (see `caretally webhooks replay`) and delivery moves on.
-    Webhooks are served concurrently: a dead receiver delays only its own alerts.
+    Webhooks are served concurrently; after a parked delivery a webhook's alerts are
+    parked without an attempt until a probe after --cooldown succeeds, and a batch
+    never takes longer than --batch-deadline (what is pending then is parked).
     Offsets are committed once every alert read is delivered or parked, so a crash
     means some alerts are sent again (receivers dedupe on Idempotency-Key). The
     registry is re-read when it changes. A new webhook gets the alerts read after it
-    was added; earlier ones are not sent to it.
+    was added; earlier ones are not sent to it. A new --group starts at the end of
+    care.alerts.v1 (--from-beginning: at its start).
 
     \b
     Exit status: 0 after Ctrl-C or SIGTERM; 1 when it cannot start or a parked
@@ -272,7 +299,7 @@ def webhooks_deliver(
     ctx = connect(kafka)
     topics = ctx.topics
     try:  # never the log's topics: their partition count is the worker's to choose
-        only = {topics.alerts, topics.webhooks_parked}
+        only = {topics.alerts, topics.webhooks_parked, topics.deadletter}
         ensure_topics(ctx.settings, topics, DEFAULT_PARTITIONS, only=only)
     except Exception as exc:  # kafka-python raises a zoo of errors for a sick broker
         fail(f"cannot create the topics at {ctx.settings.describe()}: {describe(exc)}")
@@ -284,6 +311,9 @@ def webhooks_deliver(
         policy=RetryPolicy(attempts=attempts, base_delay_s=backoff_s, timeout_s=timeout_s),
         group_id=group_id or f"{topics.prefix}caretally-webhooks",
         max_records=max_records,
+        cooldown_s=cooldown_s,
+        batch_deadline_s=batch_deadline_s,
+        from_beginning=from_beginning,
     )
 
     async def main() -> None:

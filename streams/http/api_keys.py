@@ -14,23 +14,16 @@ takes effect within about a second, without a restart.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import hmac
 import os
 import re
 import secrets
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-import orjson
-
-from streams.files.atomic import write_bytes
+from streams.files.json_store import JsonStore, utc_now
 
 ENV = "CARETALLY_API_KEYS"
 DEFAULT_PATH = Path(".caretally/api-keys.json")
@@ -76,45 +69,25 @@ def digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def _now() -> str:
-    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+def _store(path: Path) -> JsonStore:
+    return JsonStore(
+        path,
+        items="keys",
+        version=FORMAT_VERSION,
+        noun="key file",
+        error=ApiKeyError,
+        malformed="key file {path} is not a caretally key file ({error})",
+    )
 
 
 def load_records(path: Path) -> list[KeyRecord]:
     """The records in ``path`` (none when the file does not exist)."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return []
-    except OSError as exc:
-        raise ApiKeyError(f"cannot read key file {str(path)!r}: {exc.strerror}") from None
-    try:
-        doc = orjson.loads(raw)
-        return [KeyRecord(**item) for item in doc["keys"]]
-    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ApiKeyError(f"key file {str(path)!r} is not a caretally key file ({exc})") from None
+    return _store(path).read(lambda item: KeyRecord(**item))
 
 
 def _write_records(path: Path, records: list[KeyRecord]) -> None:
     """Replace the file atomically (temp file in the same folder, fsync, rename), mode 0600."""
-    doc: dict[str, Any] = {"version": FORMAT_VERSION, "keys": [asdict(r) for r in records]}
-    data = orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n"
-    write_bytes(path, data)  # a temporary file is created 0600
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Serialize read-modify-write of the key file between processes."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        lock = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError as exc:
-        raise ApiKeyError(f"cannot write key file {str(path)!r}: {exc.strerror}") from None
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(lock)
+    _store(path).write([asdict(r) for r in records])
 
 
 def create_key(path: Path, org_id: str) -> tuple[KeyRecord, str]:
@@ -123,7 +96,7 @@ def create_key(path: Path, org_id: str) -> tuple[KeyRecord, str]:
         raise ApiKeyError("org id must be 1 to 128 characters")
     secret = secrets.token_urlsafe(_SECRET_BYTES)
     key = f"ct_{org_slug(org_id)}_{secret}"
-    with _locked(path):
+    with _store(path).locked():
         records = load_records(path)
         taken = {r.key_id for r in records}
         key_id = secrets.token_hex(4)
@@ -134,7 +107,7 @@ def create_key(path: Path, org_id: str) -> tuple[KeyRecord, str]:
             org_id=org_id,
             prefix=key[: len(key) - len(secret) + 4],
             sha256=digest(key),
-            created_at=_now(),
+            created_at=utc_now(),
         )
         _write_records(path, [*records, record])
     return record, key
@@ -142,12 +115,12 @@ def create_key(path: Path, org_id: str) -> tuple[KeyRecord, str]:
 
 def revoke_key(path: Path, key_id: str) -> KeyRecord:
     """Mark a key revoked (the record stays, for audit); revoking twice is harmless."""
-    with _locked(path):
+    with _store(path).locked():
         records = load_records(path)
         for i, r in enumerate(records):
             if r.key_id == key_id:
                 if r.active:
-                    records[i] = r = KeyRecord(**{**asdict(r), "revoked_at": _now()})
+                    records[i] = r = KeyRecord(**{**asdict(r), "revoked_at": utc_now()})
                     _write_records(path, records)
                 return r
     raise ApiKeyError(f"no key with id {key_id!r} in {str(path)!r}")

@@ -88,7 +88,11 @@ class Topics:
                 "retention.bytes": UNLIMITED,
             },
             self.deadletter: {"cleanup.policy": "delete", "retention.ms": UNLIMITED},
-            self.webhooks_parked: {"cleanup.policy": "delete", "retention.ms": UNLIMITED},
+            # parked deliveries hold alerts (PHI): kept as long as care.alerts.v1, no longer
+            self.webhooks_parked: {
+                "cleanup.policy": "delete",
+                "retention.ms": str(90 * 24 * 3600 * 1000),
+            },
             self.alerts: {"cleanup.policy": "delete", "retention.ms": str(90 * 24 * 3600 * 1000)},
             self.billing: {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"},
             self.staff: {"cleanup.policy": "delete", "retention.ms": UNLIMITED},

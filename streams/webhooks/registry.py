@@ -6,36 +6,39 @@ the delivery process signs every request with it, so it must be able to read it.
 file is therefore as sensitive as the receivers' own credentials (docs/webhooks.md).
 
 The file (``--webhooks``, else ``$CARETALLY_WEBHOOKS``, else ``.caretally/webhooks.json``)
-is rewritten atomically with mode 0600 under an advisory lock, as the API key file is
-(``streams.http.api_keys``); ``caretally webhooks deliver`` re-reads it when it changes.
+is a :class:`~streams.files.json_store.JsonStore`, as the API key file is;
+``caretally webhooks deliver`` re-reads it when it changes. Every URL is checked when it
+is added and again whenever the file is read (a hand-edited entry could skip the first
+check): one a delivery could not use is skipped with a warning, never sent to.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import ipaddress
+import logging
 import os
+import re
 import secrets
-import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, get_args
 from urllib.parse import urlsplit
 
-import orjson
-
 from schemas.views import AlertKind
-from streams.files.atomic import write_bytes
+from streams.files.json_store import JsonStore, utc_now
+
+log = logging.getLogger("caretally.webhooks")
 
 ENV = "CARETALLY_WEBHOOKS"
 DEFAULT_PATH = Path(".caretally/webhooks.json")
 FORMAT_VERSION = 1
 ALERT_KINDS: tuple[str, ...] = get_args(AlertKind)
-LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+LOOPBACK_NAMES = frozenset({"localhost"})
 MAX_URL_CHARS = 2048
+MAX_HOST_CHARS = 253
+MAX_LABEL_CHARS = 63
+_NUMERIC_LABEL = re.compile(r"(0x[0-9a-f]*|[0-9]+)")
 _SECRET_BYTES = 32
 
 
@@ -79,7 +82,10 @@ def resolve_path(option: str | os.PathLike[str] | None) -> Path:
 
 def check_url(url: str) -> str:
     """``url`` if a webhook may use it, else :class:`WebhookError` saying why: https (http
-    only to a loopback host, for local relays and tests), a host, no credentials."""
+    only to a loopback host, for local relays and tests), a host a client can look up, no
+    credentials, and no literal address of a private, link-local, multicast, unspecified or
+    reserved network (a loopback one excepted). A DNS name is not resolved here: only an
+    operator registers webhooks, and where a name points is theirs to vouch for."""
     if not url or len(url) > MAX_URL_CHARS:
         raise WebhookError(f"a webhook URL is 1 to {MAX_URL_CHARS} characters")
     if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
@@ -102,23 +108,81 @@ def check_url(url: str) -> str:
         )
     if parts.fragment:
         raise WebhookError("a webhook URL cannot have a #fragment (it is never sent)")
-    if scheme == "http" and not _loopback(host):
+    loopback = _check_host(host)
+    if scheme == "http" and not loopback:
         raise WebhookError(
-            "a webhook URL must use https; http is allowed only to 127.0.0.1, ::1 or "
-            "localhost (a local relay)"
+            "a webhook URL must use https; http is allowed only to a loopback address "
+            "(127.0.0.1, ::1) or localhost (a local relay)"
         )
     return url
 
 
-def _loopback(host: str) -> bool:
-    if host in LOOPBACK_HOSTS:
+def _check_host(host: str) -> bool:
+    """Refuse a host no request could go to, or a literal non-public address; whether
+    it is a loopback one."""
+    if host in LOOPBACK_NAMES:
         return True
-    with contextlib.suppress(ValueError):
-        return ipaddress.ip_address(host) in (
-            ipaddress.ip_address("127.0.0.1"),
-            ipaddress.ip_address("::1"),
+    address = _address(host)
+    if address is None:
+        _check_name(host)
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if address.is_loopback:
+        return True
+    kinds = [
+        what
+        for what, flag in (
+            ("unspecified", address.is_unspecified),
+            ("multicast", address.is_multicast),
+            ("link-local", address.is_link_local),
+            ("private", address.is_private),
+            ("reserved", address.is_reserved),
         )
-    return False
+        if flag
+    ]
+    if not kinds and address.is_global:
+        return False
+    raise WebhookError(
+        f"a webhook URL cannot point at a non-public address ({host}: "
+        f"{kinds[0] if kinds else 'not global'}); a receiver on a private network needs a "
+        "public DNS name (e.g. a relay's)"
+    )
+
+
+def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address a host literal names; None for a DNS name. Numbers in other forms
+    than a dotted quad (``0x7f000001``, ``2130706433``, ``127.1``, ``0177.0.0.1``) name
+    an IPv4 address too for many clients: they are refused, not guessed at."""
+    if ":" in host:
+        try:
+            return ipaddress.IPv6Address(host)
+        except ValueError:
+            raise WebhookError(f"not a valid IPv6 address: {host}") from None
+    if _NUMERIC_LABEL.fullmatch(host.rstrip(".").rsplit(".", 1)[-1]):
+        try:
+            return ipaddress.IPv4Address(host)
+        except ValueError:
+            raise WebhookError(
+                f"a numeric host must be a dotted-quad IPv4 address like 203.0.113.7 (not {host})"
+            ) from None
+    return None
+
+
+def _check_name(host: str) -> None:
+    """A DNS name a client can encode (IDNA): labels of 1 to 63 characters, 253 in all."""
+    try:
+        ascii_host = host.encode("idna").decode("ascii")
+    except UnicodeError as exc:
+        raise WebhookError(f"not a valid host name ({host[:80]}): {exc}") from None
+    labels = ascii_host.rstrip(".").split(".")
+    if len(ascii_host.rstrip(".")) > MAX_HOST_CHARS or not all(
+        0 < len(label) <= MAX_LABEL_CHARS for label in labels
+    ):
+        raise WebhookError(
+            f"not a valid host name ({host[:80]}): each dot-separated part is 1 to "
+            f"{MAX_LABEL_CHARS} characters, {MAX_HOST_CHARS} in all"
+        )
 
 
 def parse_kinds(text: str | None) -> tuple[str, ...] | None:
@@ -137,12 +201,10 @@ def parse_kinds(text: str | None) -> tuple[str, ...] | None:
     return tuple(sorted(kinds))
 
 
-def _now() -> str:
-    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
 def _record(item: dict[str, Any]) -> Webhook:
     kinds = item["kinds"]
+    if kinds is not None and not isinstance(kinds, list):
+        raise TypeError(f"kinds of {item.get('webhook_id')!r} is neither a list nor null")
     return Webhook(
         webhook_id=str(item["webhook_id"]),
         org_id=str(item["org_id"]),
@@ -153,21 +215,41 @@ def _record(item: dict[str, Any]) -> Webhook:
     )
 
 
+def _store(path: Path) -> JsonStore:
+    return JsonStore(
+        path,
+        items="webhooks",
+        version=FORMAT_VERSION,
+        noun="webhook registry",
+        error=WebhookError,
+        malformed="{path} is not a caretally webhook registry ({type}: {error})",
+    )
+
+
+def usable(hooks: Iterable[Webhook], path: Path) -> list[Webhook]:
+    """The webhooks whose URL passes :func:`check_url`; each other one is left out with a
+    warning naming its id (a hand-edited file must not stop every org's deliveries)."""
+    out = []
+    for hook in hooks:
+        try:
+            check_url(hook.url)
+        except WebhookError as exc:
+            log.warning(
+                "webhook %s of %s is skipped, its URL is refused: %s", hook.webhook_id, path, exc
+            )
+            continue
+        out.append(hook)
+    return out
+
+
 def load(path: Path) -> list[Webhook]:
-    """The webhooks in ``path`` (none when the file does not exist)."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return []
-    except OSError as exc:
-        raise WebhookError(f"cannot read webhook registry {str(path)!r}: {exc.strerror}") from None
-    try:
-        doc = orjson.loads(raw)
-        return [_record(item) for item in doc["webhooks"]]
-    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-        raise WebhookError(
-            f"{str(path)!r} is not a caretally webhook registry ({type(exc).__name__}: {exc})"
-        ) from None
+    """The usable webhooks in ``path`` (see :func:`usable`; none when there is no file)."""
+    return usable(load_all(path), path)
+
+
+def load_all(path: Path) -> list[Webhook]:
+    """Every webhook in ``path``, usable or not (what ``add`` and ``remove`` rewrite)."""
+    return _store(path).read(_record)
 
 
 def _write(path: Path, hooks: Iterable[Webhook]) -> None:
@@ -176,30 +258,15 @@ def _write(path: Path, hooks: Iterable[Webhook]) -> None:
         item = asdict(h)
         item["kinds"] = list(h.kinds) if h.kinds is not None else None
         items.append(item)
-    doc = {"version": FORMAT_VERSION, "webhooks": items}
-    write_bytes(path, orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")  # 0600
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Serialize read-modify-write of the registry between processes."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        lock = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError as exc:
-        raise WebhookError(f"cannot write webhook registry {str(path)!r}: {exc.strerror}") from None
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(lock)
+    _store(path).write(items)
 
 
 def add_webhook(path: Path, org_id: str, url: str, kinds: tuple[str, ...] | None) -> Webhook:
     """Register a webhook; the returned record holds its new secret (print it once)."""
     check_url(url)
-    with _locked(path):
-        hooks = load(path)
+    store = _store(path)
+    with store.locked():
+        hooks = load_all(path)
         taken = {h.webhook_id for h in hooks}
         webhook_id = f"wh_{secrets.token_hex(4)}"
         while webhook_id in taken:
@@ -210,7 +277,7 @@ def add_webhook(path: Path, org_id: str, url: str, kinds: tuple[str, ...] | None
             url=url,
             kinds=kinds,
             secret=f"whsec_{secrets.token_urlsafe(_SECRET_BYTES)}",
-            created_at=_now(),
+            created_at=utc_now(),
         )
         _write(path, [*hooks, hook])
     return hook
@@ -218,8 +285,8 @@ def add_webhook(path: Path, org_id: str, url: str, kinds: tuple[str, ...] | None
 
 def remove_webhook(path: Path, webhook_id: str) -> Webhook:
     """Delete a webhook (its secret with it); its parked deliveries are then skipped."""
-    with _locked(path):
-        hooks = load(path)
+    with _store(path).locked():
+        hooks = load_all(path)
         for hook in hooks:
             if hook.webhook_id == webhook_id:
                 _write(path, [h for h in hooks if h.webhook_id != webhook_id])
@@ -231,13 +298,18 @@ class Registry:
     """The registry as a long-running process sees it: re-read when the file changes
     (one ``stat`` per :meth:`refresh`); a file that cannot be read, or is gone, keeps the
     last good webhooks (a half-edited or misplaced file must not stop or redirect
-    deliveries: alerts read for no webhook are committed, never sent)."""
+    deliveries: alerts read for no webhook are committed, never sent). For the same
+    reason there must be a file to begin with (:class:`WebhookError` if not)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.hooks: list[Webhook] = []
         self._stamp: tuple[int, int, int] | None = None
-        self.checked = 0.0
+        if self._stat() is None:
+            raise WebhookError(
+                f"no webhook registry at {path}: add a webhook with `caretally webhooks add` "
+                "or pass --webhooks FILE"
+            )
         self.reload()
 
     def _stat(self) -> tuple[int, int, int] | None:
@@ -252,12 +324,10 @@ class Registry:
         stamp = self._stat()
         self.hooks = load(self.path) if stamp is not None else []
         self._stamp = stamp
-        self.checked = time.monotonic()
 
     def refresh(self) -> bool:
         """Re-read the file if it changed; whether it did (and was read)."""
         stamp = self._stat()
-        self.checked = time.monotonic()
         if stamp == self._stamp:
             return False
         if stamp is None:  # keep delivering: reading alerts for no one would lose them

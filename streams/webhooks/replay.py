@@ -8,7 +8,10 @@ is delivered to its webhook's *current* URL with its current secret; then a ``re
 record is written (``delivered``), or, when it fails again, a new ``parked`` record and a
 ``resolved`` record pointing at it (``parked_again``). Records written by this run lie
 past the end it read, so none is replayed twice in one run. A webhook since removed is
-skipped (its records stay pending).
+skipped (its records stay pending), and so is a record whose alert is of another org
+than the webhook: the alert's own ``org_id`` decides, never the record's. The body is the
+parked alert as compact JSON (the bytes first sent, as the worker writes alerts compactly),
+and its ``alert_id`` is the ``Idempotency-Key``.
 """
 
 from __future__ import annotations
@@ -16,17 +19,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import orjson
 from pydantic import ValidationError
 
-from schemas.views import Alert
 from streams.kafka.clients import WORKER_PRODUCER, Connection, aio_producer
 from streams.kafka.log_reader import read_to_end
-from streams.kafka.records import alert_value
 from streams.kafka.topics import Topics, partition_counts
 from streams.webhooks import parked
+from streams.webhooks.alert_head import read_head
+from streams.webhooks.circuit import Circuit
 from streams.webhooks.fanout import Job, deliver_all
 from streams.webhooks.registry import Registry
 from streams.webhooks.sender import Outcome, RetryPolicy, client_session, now_iso
@@ -93,18 +98,26 @@ async def replay(
             continue
         seen.add(item.parked_id)
         hook = registry.get(item.webhook_id)
-        if hook is None or hook.org_id != item.org_id:  # removed (an org's alerts go to it alone)
+        if hook is None:  # removed
             report.skipped += 1
             missing[item.webhook_id] = missing.get(item.webhook_id, 0) + 1
             continue
         try:
-            body = alert_value(Alert.model_validate(item.alert))  # the bytes first sent
+            head = read_head(item.alert)
         except ValidationError:
             report.skipped += 1
             report.notes.append(f"skipped parked delivery {item.parked_id}: not an alert")
             continue
+        if head.org_id != hook.org_id:  # an org's alerts go to its own webhooks alone
+            report.skipped += 1
+            report.notes.append(
+                f"skipped parked delivery {item.parked_id}: its alert is not of the org of "
+                f"webhook {hook.webhook_id}"
+            )
+            continue
+        body = orjson.dumps(item.alert)
         by_id[item.parked_id] = item
-        jobs.append(Job(item.parked_id, hook, item.alert_id, item.org_id, body))
+        jobs.append(Job(item.parked_id, hook, head.alert_id, head.org_id, body))
     for hook_id, n in sorted(missing.items()):
         report.notes.append(
             f"skipped {n} parked deliver{'y' if n == 1 else 'ies'} of webhook {hook_id}: "
@@ -133,8 +146,8 @@ async def replay(
                 parked.Parked(
                     parked_id=again,
                     webhook_id=old.webhook_id,
-                    org_id=old.org_id,
-                    alert_id=old.alert_id,
+                    org_id=job.org_id,  # the alert's (the same as the old record's)
+                    alert_id=job.alert_id,
                     kind=old.kind,
                     alert=old.alert,
                     attempts=old.attempts + outcome.attempts,
@@ -160,7 +173,7 @@ async def replay(
         )
 
     try:
-        await deliver_all(session, jobs, policy, on_done)
+        await deliver_all(session, jobs, policy, on_done, Circuit(math.inf))
     finally:
         await session.close()
         with contextlib.suppress(Exception):

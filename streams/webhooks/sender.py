@@ -53,7 +53,29 @@ class Outcome:
     last_attempt_at: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class Deadline:
+    """When a set of deliveries must have ended (``time.monotonic()``) and how long it was
+    given (``seconds``, for the reason a delivery cut short is parked with)."""
+
+    at: float
+    seconds: float
+
+    @classmethod
+    def after(cls, seconds: float) -> Deadline:
+        return cls(time.monotonic() + seconds, seconds)
+
+    def left(self) -> float:
+        return self.at - time.monotonic()
+
+    def reason(self) -> str:
+        return f"the batch deadline ({self.seconds:g} s) was reached"
+
+
 def now_iso() -> str:
+    """Now as ISO-8601 UTC to the millisecond. The delivery records (attempts, parking)
+    use milliseconds, unlike the registry's ``created_at`` (seconds, for people): retries
+    come within one second, and their times must still say which came first."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -88,6 +110,9 @@ async def attempt(
         return None, f"{type(exc).__name__}: {exc}"[:300]
     except OSError as exc:
         return None, f"{type(exc).__name__}: {exc.strerror or exc}"[:300]
+    except Exception as exc:  # e.g. UnicodeError, ValueError: a host the client cannot use
+        # one webhook's bad URL (or a client bug) fails its attempt, never the process
+        return None, f"{type(exc).__name__}: {exc}"[:300]
 
 
 async def deliver(
@@ -97,15 +122,24 @@ async def deliver(
     org_id: str,
     body: bytes,
     policy: RetryPolicy,
+    deadline: Deadline | None = None,
 ) -> Outcome:
-    """POST ``body`` to ``hook`` until a 2xx or ``policy.attempts`` failures. Logs the
-    alert id, org, webhook id and status: never the body (it holds a patient id)."""
+    """POST ``body`` to ``hook`` until a 2xx, ``policy.attempts`` failures or the
+    ``deadline`` (no attempt or wait goes past it). Logs the alert id, org, webhook id and
+    status: never the body (it holds a patient id)."""
     first = last = now_iso()
     status: int | None = None
     error = ""
+    made = 0
     for number in range(1, policy.attempts + 1):
+        left = deadline.left() if deadline is not None else policy.timeout_s
+        if left <= 0:
+            break
         last = now_iso()
-        status, error = await attempt(session, hook, alert_id, body, number, policy.timeout_s)
+        made = number
+        status, error = await attempt(
+            session, hook, alert_id, body, number, min(policy.timeout_s, left)
+        )
         if not error:
             log.info(
                 "delivered alert %s of org %s to webhook %s: HTTP %s (attempt %d)",
@@ -115,29 +149,53 @@ async def deliver(
                 status,
                 number,
             )
-            return Outcome(hook.webhook_id, alert_id, True, number, status, "", first, last)
-        if number < policy.attempts:
-            wait = policy.delay(number)
-            log.warning(
-                "alert %s of org %s to webhook %s: attempt %d/%d failed (%s); retrying in %.2f s",
-                alert_id,
-                org_id,
-                hook.webhook_id,
-                number,
-                policy.attempts,
-                error,
-                wait,
+            return Outcome(
+                webhook_id=hook.webhook_id,
+                alert_id=alert_id,
+                delivered=True,
+                attempts=number,
+                status=status,
+                error="",
+                first_attempt_at=first,
+                last_attempt_at=last,
             )
-            await asyncio.sleep(wait)
+        if number == policy.attempts:
+            break
+        wait = policy.delay(number)
+        if deadline is not None and wait >= deadline.left():
+            break
+        log.warning(
+            "alert %s of org %s to webhook %s: attempt %d/%d failed (%s); retrying in %.2f s",
+            alert_id,
+            org_id,
+            hook.webhook_id,
+            number,
+            policy.attempts,
+            error,
+            wait,
+        )
+        await asyncio.sleep(wait)
+    if made < policy.attempts and deadline is not None:
+        last_error = f"; last: {error}" if error else ""
+        error = f"{deadline.reason()} after {made} attempt(s){last_error}"
     log.warning(
-        "alert %s of org %s to webhook %s: all %d attempts failed (%s)",
+        "alert %s of org %s to webhook %s: %d attempt(s) failed (%s)",
         alert_id,
         org_id,
         hook.webhook_id,
-        policy.attempts,
+        made,
         error,
     )
-    return Outcome(hook.webhook_id, alert_id, False, policy.attempts, status, error, first, last)
+    return Outcome(
+        webhook_id=hook.webhook_id,
+        alert_id=alert_id,
+        delivered=False,
+        attempts=made,
+        status=status,
+        error=error,
+        first_attempt_at=first if made else None,
+        last_attempt_at=last if made else None,
+    )
 
 
 def client_session() -> aiohttp.ClientSession:

@@ -5,8 +5,11 @@ reads the alerts topic of a unique prefix; each test registers its own webhooks 
 process re-reads the registry) for its own orgs and produces alerts as the worker does
 (key ``org_id:patient_id``, value ``alert_value``). The receiver is an aiohttp server on
 127.0.0.1 that verifies every signature with the webhook's secret and answers each path
-by a script: ``ok`` (200), ``fail`` (500) or ``slow`` (answers after the delivery
-timeout).
+by a script: ``ok`` (200), ``fail`` (500), ``slow`` (answers after the delivery timeout)
+or ``hang`` (answers after any test has ended).
+
+A new group starts at the end of the alerts topic, so a ``deliver`` process is waited for
+until it has its partitions before alerts are produced.
 
 "No other delivery" is proven without waiting for time to pass: a batch's deliveries all
 end before the next batch is read, so once an alert produced *after* a first delivery was
@@ -16,6 +19,7 @@ seen has arrived, every delivery of the earlier alerts has ended.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -24,7 +28,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +41,9 @@ from kafka import KafkaProducer
 from schemas.views import Alert
 from streams.cli.main import cli
 from streams.kafka.broker import EmbeddedBroker
+from streams.kafka.log_reader import read_to_end
 from streams.kafka.records import alert_value, event_key
-from streams.kafka.topics import Topics, ensure_topics
+from streams.kafka.topics import Topics, ensure_topics, partition_counts
 from streams.webhooks import parked
 from streams.webhooks.registry import add_webhook, remove_webhook
 from streams.webhooks.replay import read_parked
@@ -46,8 +51,9 @@ from streams.webhooks.signing import verify
 from support.http import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
-TIMEOUT_S = 0.4
-SLOW_S = 1.2  # longer than the delivery timeout
+TIMEOUT_S = 2.0  # an attempt's timeout: reached only by the ``slow`` answer
+SLOW_S = 3.0  # longer than the delivery timeout
+HANG_S = 60.0  # longer than any test
 RETRY = ["--attempts", "3", "--backoff", "0.02", "--timeout", str(TIMEOUT_S)]
 
 
@@ -110,6 +116,8 @@ class Receiver:
             return web.Response(status=500, text="down")
         if answer == "slow":
             await asyncio.sleep(SLOW_S)
+        if answer == "hang":
+            await asyncio.sleep(HANG_S)
         return web.Response(status=200 if signed else 401, text="ok")
 
 
@@ -180,8 +188,23 @@ class Pipeline:
         self.producer.flush()
         return alert
 
+    def raw(self, org: str, value: bytes, patient: str = "P-1") -> None:
+        """Produce ``value`` as is, under the key of ``org``'s alerts of ``patient``."""
+        key = event_key(org, f"{patient}-{org}-SECRETPHI")
+        self.producer.send(self.topics.alerts, key=key, value=value)
+        self.producer.flush()
+
     def parked(self) -> tuple[list[parked.Parked], set[str]]:
         return asyncio.run(read_parked(self.bootstrap, self.topics.webhooks_parked))
+
+    def records(self, topic: str) -> list[Any]:
+        """Every record of ``topic`` so far."""
+
+        async def read() -> list[Any]:
+            count = partition_counts(self.bootstrap, [topic])[topic]
+            return [r async for r in read_to_end(self.bootstrap, topic, range(count))]
+
+        return asyncio.run(read())
 
     def replay(self, *args: str) -> tuple[int, str, str]:
         base = ["webhooks", "replay", "--bootstrap", self.bootstrap]
@@ -200,34 +223,61 @@ def pipeline(
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", linger_ms=0)
     p = Pipeline(broker.bootstrap, topics, folder / "webhooks.json", producer, receiver)
     p.hook("seed", "org-seed")  # deliver needs a registry file
-    log = folder / "deliver.log"
-    with open(log, "wb") as err:
+    proc, log = start_deliver(p, folder / "deliver.log")
+    try:
+        yield p
+    finally:
+        producer.close()
+        text = stop_deliver(proc, log)
+        assert "delivered alert" in text  # the log names what it did ...
+        assert not [pid for pid in p.patients if pid in text]  # ... never a patient
+
+
+def start_deliver(p: Pipeline, log: Path, *args: str) -> tuple[subprocess.Popen[bytes], Path]:
+    """``caretally webhooks deliver`` (the real CLI) on ``p``'s topics and registry, once
+    it has its partitions (a new group starts at the end: what is produced then is read)."""
+    with open(log, "ab") as err:
         proc = subprocess.Popen(
             [
                 *(sys.executable, "-m", "streams.cli", "webhooks", "deliver"),
-                *("--bootstrap", broker.bootstrap, "--topic-prefix", topics.prefix),
-                *("--webhooks", str(p.registry), "--loglevel", "info", *RETRY),
+                *("--bootstrap", p.bootstrap, "--topic-prefix", p.topics.prefix),
+                *("--webhooks", str(p.registry), "--loglevel", "info", *RETRY, *args),
             ],
             cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
             stdout=subprocess.DEVNULL,
             stderr=err,
         )
+    starts = log.read_text(errors="replace").count("partition(s) of")
     try:
-        yield p
+        eventually(
+            lambda: (
+                proc.poll() is not None
+                or log.read_text(errors="replace").count("partition(s) of") > starts
+            ),
+            timeout=60,
+        )
+        assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
+    except BaseException:
+        proc.kill()
+        proc.wait(10)
+        raise
+    return proc, log
+
+
+def stop_deliver(proc: subprocess.Popen[bytes], log: Path) -> str:
+    """SIGTERM, the exit status 0 and the log."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        code = proc.wait(30)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            producer.close()
-        text = log.read_text(errors="replace")
-        assert code == 0, text[-3000:]
-        assert "caretally webhooks deliver: stopped" in text
-        assert "delivered alert" in text  # the log names what it did ...
-        assert not [pid for pid in p.patients if pid in text]  # ... never a patient
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    text = log.read_text(errors="replace")
+    assert code == 0, text[-3000:]
+    assert text.count("caretally webhooks deliver: stopped") == text.count("Ctrl-C to stop")
+    return text
 
 
 def test_signed_alerts_go_only_to_their_orgs_webhooks_of_matching_kinds(
@@ -239,13 +289,26 @@ def test_signed_alerts_go_only_to_their_orgs_webhooks_of_matching_kinds(
     a1 = pipeline.alert("org-a", "threshold_crossed")
     a2 = pipeline.alert("org-a", "cap_reached")
     b1 = pipeline.alert("org-b", "threshold_crossed")
-    eventually(lambda: len(receiver.keys("a-all")) >= 2 and len(receiver.keys("b")) >= 1)
-    # later alerts: once they arrive, every delivery of the first three has ended
+    # a kind and a field a later worker may write: sent as is, byte for byte
+    future = orjson.loads(alert_value(a1)) | {"alert_id": uuid.uuid4().hex, "kind": "future"}
+    future_value = json.dumps({**future, "severity": "high"}, indent=1).encode()
+    pipeline.raw("org-a", future_value)
+    not_an_alert = b'{"org_id": "org-a", "kind": "cap_reached"}'  # no alert_id
+    pipeline.raw("org-a", not_an_alert)
+    eventually(lambda: len(receiver.keys("a-all")) >= 3 and len(receiver.keys("b")) >= 1)
+    # later alerts: once they arrive, every delivery of the first ones has ended
     a3 = pipeline.alert("org-a", "cap_reached")
     b2 = pipeline.alert("org-b", "overlap")
-    eventually(lambda: len(receiver.keys("a-cap")) >= 2 and len(receiver.keys("b")) >= 2)
+    eventually(
+        lambda: (
+            len(receiver.keys("a-all")) >= 4
+            and len(receiver.keys("a-cap")) >= 2
+            and len(receiver.keys("b")) >= 2
+        )
+    )
 
-    assert receiver.keys("a-all") == [a1.alert_id, a2.alert_id, a3.alert_id]
+    assert receiver.keys("a-all") == [a1.alert_id, a2.alert_id, future["alert_id"], a3.alert_id]
+    assert receiver.received("a-all")[2].body == future_value
     assert receiver.keys("a-cap") == [a2.alert_id, a3.alert_id]
     assert receiver.keys("b") == [b1.alert_id, b2.alert_id]
     for name in ("a-all", "a-cap", "b"):
@@ -259,6 +322,9 @@ def test_signed_alerts_go_only_to_their_orgs_webhooks_of_matching_kinds(
     assert first.body == alert_value(a1)  # the alert exactly as on the topic
     assert first.headers["Caretally-Webhook-Id"] == hook_a
     assert receiver.received("seed") == []
+    (dead,) = [r for r in pipeline.records(pipeline.topics.deadletter) if r.value == not_an_alert]
+    reason = dict(dead.headers)["reason"].decode()
+    assert reason == "webhooks: not a care.alerts.v1 alert (alert_id: missing)"
 
 
 def test_failed_and_timed_out_attempts_are_retried_until_one_succeeds(
@@ -301,8 +367,10 @@ def test_a_dead_receiver_is_parked_and_replayed_once_it_recovers(
     assert first.first_attempt_at and first.last_attempt_at
     assert first.first_attempt_at < first.last_attempt_at
     assert first.source is not None and first.source["topic"] == pipeline.topics.alerts
-    assert second.attempts in (0, 3)  # not attempted if it came in the same batch
-    assert receiver.keys("dead", "fail").count(d1.alert_id) == 3
+    # its circuit is open: the next alerts are parked without an attempt
+    assert second.attempts == 0 and second.first_attempt_at is None
+    assert second.last_error.startswith("not attempted: the circuit is open")
+    assert receiver.keys("dead", "fail") == [d1.alert_id] * 3
 
     # removing a webhook takes effect without a restart
     remove_webhook(pipeline.registry, gone)
@@ -311,8 +379,11 @@ def test_a_dead_receiver_is_parked_and_replayed_once_it_recovers(
     d4 = pipeline.alert("org-d", "overlap")
     eventually(lambda: receiver.keys("live")[-1:] == [d4.alert_id])
     assert d3.alert_id not in receiver.keys("gone", "fail")
+    eventually(lambda: len(parked_for(dead)) == 4)  # parked beside the live deliveries
     assert len(parked_for(gone)) == 2
-    assert len(parked_for(dead)) == 4
+    # the circuit outlives a batch: no attempt for d3, d4 (the cool-down is 60 s)
+    assert [p.attempts for p in parked_for(dead)] == [3, 0, 0, 0]
+    assert receiver.keys("dead", "fail") == [d1.alert_id] * 3
 
     # replay while the receiver is still down: parked again, exit 1
     code, out, err = pipeline.replay("--org", "org-d")
@@ -320,29 +391,78 @@ def test_a_dead_receiver_is_parked_and_replayed_once_it_recovers(
     assert out.strip() == "delivered 0, still failing 4 (parked again), skipped 2, already done 0"
     assert f"skipped 2 parked deliveries of webhook {gone}: it is no longer registered" in err
 
+    # parked records that name this webhook: the alert's own org and id decide, never
+    # the record's (another org's alert is skipped; an alert of org-d goes with its id)
+    template = parked_for(dead)[0]
+    other = orjson.loads(alert_value(pipeline.alert("org-x", "overlap")))
+    own = orjson.loads(alert_value(d1)) | {"alert_id": "alert-own-id"}
+    forged = replace(template, parked_id="forged-1", alert=other, alert_id="x")
+    renamed = replace(template, parked_id="forged-2", alert=own, alert_id="record-id")
+    for item in (forged, renamed):
+        key, value, headers = parked.record(item)
+        pipeline.producer.send(
+            pipeline.topics.webhooks_parked, key=key, value=value, headers=headers
+        )
+    pipeline.producer.flush()
+
     receiver.set("dead", "ok")
     code, out, err = pipeline.replay("--webhook", dead, "--format", "json")
     assert code == 0, err
     assert orjson.loads(out) == {
-        "delivered": 4,
+        "delivered": 5,
         "still_failing": 0,
-        "skipped": 0,
+        "skipped": 1,
         "already_done": 4,
     }
+    assert f"skipped parked delivery forged-1: its alert is not of the org of webhook {dead}" in err
     replayed = [r for r in receiver.received("dead") if r.answer == "ok"]
     assert [r.headers["Idempotency-Key"] for r in replayed] == [
         d1.alert_id,
         d2.alert_id,
         d3.alert_id,
         d4.alert_id,
+        "alert-own-id",
     ]
     assert all(r.signed for r in replayed)
+    assert all(r.alert["org_id"] == "org-d" for r in replayed)
 
     # nothing is sent twice: every parked delivery of the webhook is now resolved
     code, out, err = pipeline.replay("--webhook", dead)
     assert code == 0, err
-    assert out.strip() == "delivered 0, still failing 0 (parked again), skipped 0, already done 8"
-    assert len(receiver.keys("dead")) == 4
+    assert out.strip() == "delivered 0, still failing 0 (parked again), skipped 1, already done 9"
+    assert len(receiver.keys("dead")) == 5
     items, resolved = pipeline.parked()
-    assert {p.parked_id for p in items if p.webhook_id == dead} <= resolved
+    assert {p.parked_id for p in items if p.webhook_id == dead} - resolved == {"forged-1"}
     assert all(p.org_id == "org-d" for p in items if p.webhook_id in (dead, gone))
+
+
+def test_a_new_group_starts_at_the_end_and_a_stop_mid_batch_sends_again_what_was_not_done(
+    broker: EmbeddedBroker, receiver: Receiver, tmp_path: Path
+) -> None:
+    topics = Topics(prefix=f"t{uuid.uuid4().hex[:10]}.")
+    ensure_topics(broker.bootstrap, topics, partitions=1)
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", linger_ms=0)
+    p = Pipeline(broker.bootstrap, topics, tmp_path / "webhooks.json", producer, receiver)
+    try:
+        p.hook("s-fast", "org-s")
+        p.hook("s-hold", "org-s")
+        old = p.alert("org-s", "cap_reached")  # before the group's first start: never sent
+        receiver.set("s-hold", "ok", ["hang"])
+        log = tmp_path / "deliver.log"
+        proc, _ = start_deliver(p, log, "--timeout", "30")
+        alert = p.alert("org-s", "overlap")
+        # one webhook has it, the other is still answering: stop then, mid-batch
+        eventually(lambda: len(receiver.received("s-hold")) == 1 and bool(receiver.keys("s-fast")))
+        text = stop_deliver(proc, log)
+        assert "deliveries in flight abandoned" in text
+
+        proc, _ = start_deliver(p, log)  # the same group: from its last commit
+        eventually(lambda: receiver.keys("s-hold") == [alert.alert_id])
+        stop_deliver(proc, log)
+    finally:
+        producer.close()
+    hung = receiver.received("s-hold")[0]
+    assert (hung.answer, hung.headers["Idempotency-Key"]) == ("hang", alert.alert_id)
+    # at least once: the unfinished alert is read again, so its other webhook gets it twice
+    assert receiver.keys("s-fast") == [alert.alert_id, alert.alert_id]
+    assert old.alert_id not in [r.headers["Idempotency-Key"] for r in receiver.received("s-fast")]

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from streams.webhooks.sender import RetryPolicy
-from streams.webhooks.signing import request_headers, signature
+from streams.webhooks.signing import request_headers, signature, verify
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "webhooks.md"
 SECRET = "whsec_test-secret"
@@ -42,6 +42,9 @@ def test_the_documented_receiver_accepts_what_is_sent(doc_verify: Callable[..., 
     assert not doc_verify(SECRET, stale, BODY)
     moved = {**headers, "Caretally-Timestamp": str(int(headers["Caretally-Timestamp"]) + 1)}
     assert not doc_verify(SECRET, moved, BODY)
+    for odd in ("²", "١٧٠٠٠٠٠٠٠٠", "+1700000000", ""):  # digits int() refuses or reads
+        assert not doc_verify(SECRET, {**headers, "Caretally-Timestamp": odd}, BODY)
+        assert not verify(SECRET, odd, BODY, headers["Caretally-Signature"], time.time())
 
 
 def test_the_signature_is_hmac_sha256_of_timestamp_dot_body() -> None:
