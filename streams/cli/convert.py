@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import gzip
+import contextlib
 import sys
 import zlib
 from pathlib import Path
@@ -13,40 +13,26 @@ from streams.cli.exits import EXIT_BAD_LINES, fail
 from streams.cli.options import org_option, output_option
 from streams.cli.output import output_stream
 
-MAX_BYTES = 256 * 1024 * 1024
-"""The input is read whole (references resolve across it); this bounds it, decompressed."""
 
+def _read(file: str) -> tuple[str, bytes]:
+    """The name and bytes of FILE (``-``: stdin), gunzipped (every member) if it is gzip,
+    bounded by the FHIR input limit (it is read whole)."""
+    from streams.fhir.convert import FHIR_MAX_BYTES
+    from streams.ingest.sources import DecompressedTooLarge, open_source
+    from streams.kafka.clients import describe
 
-def _read(path: str) -> bytes:
-    """The bytes of FILE (``-``: stdin), gunzipped if they are gzip."""
-    try:
-        if path == "-":
-            raw = sys.stdin.buffer.read(MAX_BYTES + 1)
-        else:
-            with open(path, "rb") as stream:
-                raw = stream.read(MAX_BYTES + 1)
-        if raw[:2] == b"\x1f\x8b":
-            inflate = zlib.decompressobj(wbits=31)  # gzip, bounded as it inflates
-            out = inflate.decompress(raw, MAX_BYTES + 1)
-            if not inflate.eof and len(out) <= MAX_BYTES:
-                raise EOFError("truncated gzip")
-            raw = out
-    except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
-        fail(f"reading {path} failed: {exc}")
-    if len(raw) > MAX_BYTES:
-        fail(f"{path}: larger than {MAX_BYTES:,} bytes; split it (e.g. one NDJSON per resource)")
-    return raw
-
-
-def _one_document(text: bytes) -> bool:
-    """``text`` is one JSON value (a Bundle or a resource), not NDJSON."""
-    import orjson
-
-    try:
-        orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return False
-    return True
+    too_large = f"larger than {FHIR_MAX_BYTES:,} bytes; split it (e.g. one NDJSON per resource)"
+    with contextlib.ExitStack() as stack:
+        try:
+            source = open_source(file, stack, FHIR_MAX_BYTES, click.get_binary_stream("stdin"))
+            raw = source.stream.read(FHIR_MAX_BYTES + 1)
+        except DecompressedTooLarge:
+            fail(f"{file}: {too_large}")
+        except (OSError, EOFError, zlib.error) as exc:
+            raise click.UsageError(f"cannot read {file}: {describe(exc)}") from None
+    if len(raw) > FHIR_MAX_BYTES:
+        fail(f"{source.name}: {too_large}")
+    return source.name, raw
 
 
 @click.command(short_help="Convert FHIR R4 resources to wire-contract events (NDJSON), offline.")
@@ -68,12 +54,14 @@ def convert(file: str, source_format: str, org_id: str, output: Path | None) -> 
     FHIR does not name caretally's org: give it with --org. How each resource maps
     (Condition, Consent, CarePlan, EpisodeOfCare, Encounter, Procedure, Task,
     Observation) is in docs/fhir.md. The same input always gives the same bytes, so
-    converting and sending a file twice changes nothing.
+    converting and sending a file twice changes nothing. FILE is read whole (at most
+    64 MB decompressed): references resolve across it.
 
     Each entry that cannot be mapped is one line on stderr (its entry index or line
     number, the resource and the reason); the events of the other entries are still
-    written. Exit code: 0 when every entry converted, 3 when some could not be
-    (as for rejected lines everywhere), 1 when FILE is no FHIR at all, 2 for usage.
+    written. Exit code: 0 when every entry converted, 3 when some could not be (as for
+    rejected lines everywhere), 2 when FILE cannot be read or is no FHIR at all (a
+    usage error, as for `ingest` and `replay`), 1 when it is too large.
 
     \b
     Examples:
@@ -81,36 +69,26 @@ def convert(file: str, source_format: str, org_id: str, output: Path | None) -> 
       caretally convert --from fhir Encounter.ndjson.gz --org practice-17 --output events.ndjson
       my-export | caretally convert --from fhir - --org practice-17 | caretally replay --input -
     """
-    from streams.fhir.convert import FhirInputError, convert_document, convert_ndjson
+    from streams.fhir.convert import FhirInputError, convert_input
 
     assert source_format == "fhir"
-    raw = _read(file)
-    text = raw.strip()
-    if not text:
-        fail(f"{file}: empty; give a FHIR Bundle, a resource or NDJSON of resources")
-    ndjson = not _one_document(text)
+    name, raw = _read(file)
     try:
-        if not ndjson:
-            conversion = convert_document(text, org_id)
-        else:
-            first = text.split(b"\n", 1)[0].strip()
-            if not _one_document(first):
-                raise FhirInputError("neither one JSON document nor NDJSON (one JSON per line)")
-            conversion = convert_ndjson(raw.split(b"\n"), org_id)
+        conversion = convert_input(raw, org_id)
     except FhirInputError as exc:
-        fail(f"{file}: {exc}")
+        raise click.UsageError(f"{name}: not FHIR R4 this can read: {exc}") from None
     with output_stream(output, "the events") as out:
         for value in conversion.events:
             out.write(value.decode() + "\n")
     for p in conversion.problems:
         about = f" {p.resource}" if p.resource else ""
-        click.echo(f"{file}: {p.where}{about}: {p.reason}", err=True)
-    if ndjson:
-        unit = f"{conversion.entries} line(s)"
-    elif conversion.bundle_type is not None:
+        click.echo(f"{name}: {p.where}{about}: {p.reason}", err=True)
+    if conversion.bundle_type is not None:
         unit = f"a {conversion.bundle_type} Bundle of {conversion.entries} entries"
-    else:
+    elif conversion.entries == 1:
         unit = "1 resource"
+    else:
+        unit = f"{conversion.entries} NDJSON lines"
     click.echo(
         f"converted {unit}: {len(conversion.events)} event(s), "
         f"{len(conversion.problems)} problem(s)",

@@ -18,11 +18,23 @@ CONDITION_CLINICAL: Final = "http://terminology.hl7.org/CodeSystem/condition-cli
 CONDITION_VERIFICATION: Final = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
 CONDITION_CATEGORY: Final = "http://terminology.hl7.org/CodeSystem/condition-category"
 OBSERVATION_CATEGORY: Final = "http://terminology.hl7.org/CodeSystem/observation-category"
+V2_0203: Final = "http://terminology.hl7.org/CodeSystem/v2-0203"
+"""Identifier types; ``MR`` is a medical record number."""
+US_SSN: Final = "http://hl7.org/fhir/sid/us-ssn"
+US_MBI: Final = "http://hl7.org/fhir/sid/us-mbi"
+REFUSED_IDENTIFIERS: Final = frozenset({US_SSN, US_MBI})
+"""Never a caretally id (nor digested into one): a Social Security number or a Medicare
+Beneficiary Identifier names a person outside the practice."""
 
 PROGRAM: Final = "urn:caretally:program"
 """Codes ``ccm pcm bhi rpm rtm tcm apcm``: the program a resource is for."""
 STAFF_ROLE: Final = "urn:caretally:staff-role"
-"""Codes ``clinical_staff physician qhp non_clinical``: who did the time."""
+"""Codes ``clinical_staff physician qhp non_clinical``: who did the time (required on
+time: only clinical staff and billing practitioners' time counts, and FHIR cannot say
+which a Practitioner is)."""
+CONTACT: Final = "urn:caretally:contact"
+"""Code ``interactive``: a real-time exchange with the patient (telephone, video, in
+person); without it time is not interactive (an ``Encounter.class`` VR includes email)."""
 COMPLEXITY: Final = "urn:caretally:complexity"
 """Codes ``low moderate high``: the medical decision making of a care plan."""
 CONSENT_METHOD: Final = "urn:caretally:consent-method"
@@ -52,10 +64,10 @@ CPT_PROGRAMS: Final[dict[str, str]] = {
 names the program of the time."""
 
 VIRTUAL: Final = frozenset({"VR"})
-"""``Encounter.class`` of a virtual contact (telephone, video): interactive, not face to
-face."""
+"""``Encounter.class`` of a virtual contact (telephone, video, email, portal): not face to
+face; interactive only with a :data:`CONTACT` coding."""
 IN_PERSON: Final = frozenset({"AMB", "HH", "FLD"})
-"""Ambulatory, home health and field contacts: interactive and face to face."""
+"""Ambulatory, home health and field contacts: face to face."""
 INPATIENT: Final = frozenset({"IMP", "ACUTE", "NONAC"})
 """Inpatient encounters: a stay (CCM time on those days does not count, docs/rules.md G17)."""
 

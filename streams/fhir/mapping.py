@@ -15,8 +15,9 @@ from typing import Any
 
 from streams.fhir import codes
 from streams.fhir.refs import (
-    Entries,
     Identity,
+    Lookup,
+    Span,
     Unmapped,
     code_of,
     codings,
@@ -25,9 +26,10 @@ from streams.fhir.refs import (
     has_code,
     instant,
     label,
-    period_bounds,
     recorded_at,
+    ref_type,
     resolve,
+    span,
 )
 
 PATIENT = ("Patient",)
@@ -57,7 +59,7 @@ class ConditionPart:
 
 @dataclass(frozen=True, slots=True)
 class Context:
-    entries: Entries
+    entries: Lookup  # notes the entries a mapping consults (their versions go in the event id)
     identity: Identity
 
 
@@ -92,12 +94,15 @@ def _billing(resource: dict[str, Any], ctx: Context) -> str | None:
     return resolve(ctx.entries, ref, PRACTITIONER, f"extension[{codes.BILLING_PRACTITIONER}]")
 
 
-def _role(*concepts: Any) -> str:
-    """The staff role of a caretally staff-role coding; without one, clinical staff (the
-    reading that never bills a code of the practitioner's personal time)."""
+def _role(field_name: str, *concepts: Any) -> str:
+    """The staff role of a caretally staff-role coding, required: FHIR cannot say whether
+    a Practitioner is clinical staff, and non-clinical time never counts."""
     role = code_of(codes.STAFF_ROLE, *concepts)
     if role is None:
-        return "clinical_staff"
+        raise Unmapped(
+            f"staff role: not known; add a coding of {codes.STAFF_ROLE} "
+            f"({', '.join(sorted(codes.STAFF_ROLES))}) to {field_name}"
+        )
     if role not in codes.STAFF_ROLES:
         raise Unmapped(
             f"staff role: unknown code {role!r} of {codes.STAFF_ROLE}; one of "
@@ -128,21 +133,24 @@ def _activity(
     ctx: Context,
     *,
     subject: str,
-    period: tuple[datetime, datetime],
+    time: Span,
     staff: str | None,
     staff_field: str,
-    role: str,
+    role: tuple[str, Any],
     program: str | None,
     practitioner: str | None,
     activity: str,
     fallbacks: tuple[tuple[str, Any], ...],
     face_to_face: bool = False,
-    interactive: bool = False,
+    interactive: tuple[Any, ...] = (),
 ) -> Mapped:
+    """``role``: where its coding goes and the concepts that may hold it; ``interactive``:
+    the concepts that may hold the :data:`~streams.fhir.codes.CONTACT` coding."""
     patient = resolve(ctx.entries, resource.get(subject), PATIENT, subject)
     assert patient is not None
     if staff is None:
         raise Unmapped(f"{staff_field}: missing (a reference to the Practitioner who did the time)")
+    staff_role = _role(*role)
     if program is None:
         raise Unmapped(
             f"program: not known; add a coding of {codes.PROGRAM} (ccm, pcm, bhi, rpm, rtm, "
@@ -153,22 +161,28 @@ def _activity(
             f"billing practitioner: not known; add the extension {codes.BILLING_PRACTITIONER} "
             "(valueReference to the Practitioner)"
         )
-    start, end = period
     data: dict[str, Any] = {
         "activity_id": ctx.identity.activity_id,
         "staff_id": staff,
-        "staff_role": role,
+        "staff_role": staff_role,
         "practitioner_id": practitioner,
         "program": program,
         "activity": activity,
-        "started_at": start.isoformat(),
-        "ended_at": end.isoformat(),
+        "started_at": time.start.isoformat(),
     }
+    if time.end is not None:
+        data["ended_at"] = time.end.isoformat()
+    if time.minutes is not None:
+        data["minutes"] = int(time.minutes) if time.minutes.is_integer() else time.minutes
     if face_to_face:
         data["face_to_face"] = True
-    if interactive:
+    if has_code(codes.CONTACT, ("interactive",), *interactive):
         data["interactive"] = True
     return Mapped("activity.logged", patient, data, recorded_at(resource, *fallbacks))
+
+
+_NOT_LABELS = (codes.PROGRAM, codes.STAFF_ROLE, codes.CONTACT)
+"""Code systems whose codes say nothing of what was done."""
 
 
 def _refuse_status(rtype: str, status: Any, allowed: str) -> Unmapped:
@@ -201,7 +215,7 @@ def encounter(res: dict[str, Any], ctx: Context) -> Mapped:
     if status != "finished":
         raise _refuse_status("Encounter", status, "finished is time, entered-in-error a void")
     episode = _episode(res, ctx)
-    staff, role = None, "clinical_staff"
+    staff, role = None, ("Encounter.participant.type", None)
     for i, participant in enumerate(res.get("participant") or []):
         if isinstance(participant.get("individual"), dict):
             staff = resolve(
@@ -210,7 +224,7 @@ def encounter(res: dict[str, Any], ctx: Context) -> Mapped:
                 PRACTITIONER,
                 f"Encounter.participant[{i}].individual",
             )
-            role = _role(participant.get("type"))
+            role = (f"Encounter.participant[{i}].type", participant.get("type"))
             break
     program = _program(res.get("type"), res.get("serviceType"))
     practitioner = _billing(res, ctx)
@@ -224,18 +238,18 @@ def encounter(res: dict[str, Any], ctx: Context) -> Mapped:
         res,
         ctx,
         subject="subject",
-        period=period_bounds(res.get("period"), "Encounter.period", res.get("length")),
+        time=span(res.get("period"), "Encounter.period", res.get("length"), "Encounter.length"),
         staff=staff,
         staff_field="Encounter.participant.individual",
         role=role,
         program=program,
         practitioner=practitioner,
         activity=label(
-            res.get("type"), "virtual_contact" if code == "VR" else "contact", (codes.PROGRAM,)
+            res.get("type"), "virtual_contact" if code == "VR" else "contact", _NOT_LABELS
         ),
         fallbacks=(("period.end", (res.get("period") or {}).get("end")),),
         face_to_face=code in codes.IN_PERSON,
-        interactive=True,
+        interactive=(res.get("type"), res.get("serviceType")),
     )
 
 
@@ -280,25 +294,26 @@ def procedure(res: dict[str, Any], ctx: Context) -> Mapped:
             "Procedure.performedPeriod: missing (the time needs a start and an end; "
             "performedDateTime has no duration)"
         )
-    staff, role = None, "clinical_staff"
+    staff, role = None, ("Procedure.performer.function", None)
     for i, performer in enumerate(res.get("performer") or []):
         staff = resolve(
             ctx.entries, performer.get("actor"), PRACTITIONER, f"Procedure.performer[{i}].actor"
         )
-        role = _role(performer.get("function"))
+        role = (f"Procedure.performer[{i}].function", performer.get("function"))
         break
     return _activity(
         res,
         ctx,
         subject="subject",
-        period=period_bounds(res.get("performedPeriod"), "Procedure.performedPeriod"),
+        time=span(res.get("performedPeriod"), "Procedure.performedPeriod"),
         staff=staff,
         staff_field="Procedure.performer.actor",
         role=role,
         program=_program(res.get("category"), res.get("code")),
         practitioner=_billing(res, ctx),
-        activity=label(res.get("code"), "procedure", (codes.PROGRAM,)),
+        activity=label(res.get("code"), "procedure", _NOT_LABELS),
         fallbacks=(("performedPeriod.end", res["performedPeriod"].get("end")),),
+        interactive=(res.get("category"), res.get("code")),
     )
 
 
@@ -313,25 +328,20 @@ def task(res: dict[str, Any], ctx: Context) -> Mapped:
     staff = resolve(ctx.entries, res.get("owner"), PRACTITIONER, "Task.owner")
     practitioner = _billing(res, ctx)
     requester = res.get("requester")
-    if practitioner is None and isinstance(requester, dict):
-        reference = requester.get("reference")
-        if (
-            not isinstance(reference, str)
-            or _is(ctx, reference, "Practitioner")
-            or ("Practitioner/" in reference)
-        ):
-            practitioner = resolve(ctx.entries, requester, PRACTITIONER, "Task.requester")
+    if practitioner is None and ref_type(ctx.entries, requester) == "Practitioner":
+        practitioner = resolve(ctx.entries, requester, PRACTITIONER, "Task.requester")
     return _activity(
         res,
         ctx,
         subject="for",
-        period=period_bounds(res.get("executionPeriod"), "Task.executionPeriod"),
+        time=span(res.get("executionPeriod"), "Task.executionPeriod"),
         staff=staff,
         staff_field="Task.owner",
-        role=_role(res.get("performerType")),
+        role=("Task.performerType", res.get("performerType")),
         program=_program(res.get("code")),
         practitioner=practitioner,
-        activity=label(res.get("code"), "task", (codes.PROGRAM,)),
+        activity=label(res.get("code"), "task", _NOT_LABELS),
+        interactive=(res.get("code"),),
         fallbacks=(
             ("lastModified", res.get("lastModified")),
             ("executionPeriod.end", (res.get("executionPeriod") or {}).get("end")),
@@ -366,11 +376,10 @@ def condition(res: dict[str, Any], ctx: Context) -> ConditionPart:
 
 
 def consent(res: dict[str, Any], ctx: Context) -> Mapped:
-    """active -> consent.recorded; inactive or rejected -> consent.revoked."""
+    """active (``provision.type`` permit) -> consent.recorded; active with ``provision.type``
+    deny (an opt-out), inactive or rejected -> consent.revoked."""
     status = res.get("status")
-    kinds = {"active": "consent.recorded", "inactive": "consent.revoked"}
-    kinds["rejected"] = "consent.revoked"
-    if status not in kinds:
+    if status not in ("active", "inactive", "rejected"):
         raise _refuse_status(
             "Consent", status, "active is a consent, inactive or rejected a revocation"
         )
@@ -383,11 +392,7 @@ def consent(res: dict[str, Any], ctx: Context) -> Mapped:
     practitioner = _billing(res, ctx)
     if practitioner is None:
         for i, actor in enumerate(provision.get("actor") or []):
-            reference = (actor.get("reference") or {}).get("reference")
-            if isinstance(reference, str) and (
-                "Practitioner/" in reference
-                or (reference.startswith("urn:") and _is(ctx, reference, "Practitioner"))
-            ):
+            if ref_type(ctx.entries, actor.get("reference")) == "Practitioner":
                 practitioner = resolve(
                     ctx.entries,
                     actor["reference"],
@@ -404,22 +409,31 @@ def consent(res: dict[str, Any], ctx: Context) -> Mapped:
     if method is None:
         written = res.get("sourceAttachment") is not None or res.get("sourceReference") is not None
         method = "written" if written else "verbal"
-    if res.get("dateTime") is not None:
-        on = day(res.get("dateTime"), "Consent.dateTime")
-    else:
-        on = day((provision.get("period") or {}).get("start"), "Consent.dateTime")
+    period = provision.get("period") or {}
+    meta = res.get("meta") or {}
+    if status == "active" and provision.get("type") != "deny":
+        kind = "consent.recorded"
+        given = res.get("dateTime") or period.get("start")
+        on = day(given, "Consent.dateTime")
+    elif status == "active":  # an opt-out in force: from its start, else its issue
+        kind = "consent.revoked"
+        given = period.get("start") or res.get("dateTime") or meta.get("lastUpdated")
+        on = day(given, "Consent.provision.period.start (or dateTime, meta.lastUpdated)")
+    else:  # withdrawn: when the consent ended, never its issue date (that is back-dating)
+        kind = "consent.revoked"
+        ended = period.get("end") or meta.get("lastUpdated")
+        on = day(ended, "Consent.provision.period.end (or meta.lastUpdated)")
     data = {
         "program": program,
         "practitioner_id": practitioner,
         "method": method,
         "on": on.isoformat(),
     }
-    return Mapped(kinds[status], patient, data, recorded_at(res, ("dateTime", res.get("dateTime"))))
-
-
-def _is(ctx: Context, reference: str, rtype: str) -> bool:
-    found = ctx.entries.get(reference)
-    return found is not None and found.get("resourceType") == rtype
+    if kind == "consent.recorded":
+        moment = recorded_at(res, ("dateTime", res.get("dateTime")))
+    else:
+        moment = recorded_at(res, ("the date of the revocation", on.isoformat()))
+    return Mapped(kind, patient, data, moment)
 
 
 def care_plan(res: dict[str, Any], ctx: Context) -> Mapped:

@@ -7,14 +7,20 @@ never repeats a reference's value (it may be a patient id).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+import math
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time
+from functools import lru_cache
 from typing import Any
 
 import orjson
 
+from schemas.events import FIRST_DAY, LAST_DAY
+from streams.fhir import codes
+
 MAX_ID = 128  # schemas.events: event_id and Identifier are at most 128 characters
+MAX_MINUTES = 1440  # schemas.events: ActivityLoggedData.minutes is at most 24 h
 
 
 class Unmapped(Exception):
@@ -41,21 +47,57 @@ class Entries:
 
     by_url: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def add(self, resource: dict[str, Any], full_url: str | None) -> None:
+    def add(self, resource: dict[str, Any], full_url: str | None, *, unique: bool) -> bool:
+        """Index ``resource``; with ``unique`` (a Bundle, FHIR rule bdl-7) refuse it (False)
+        when another entry already has its fullUrl or its ``Type/id``."""
+        names = []
         if full_url:
-            self.by_url.setdefault(full_url, resource)
+            names.append(full_url)
             literal = _literal(full_url)
             if literal is not None:
-                self.by_url.setdefault(f"{literal[0]}/{literal[1]}", resource)
+                names.append(f"{literal[0]}/{literal[1]}")
         rid = resource.get("id")
         if isinstance(rid, str):
-            self.by_url.setdefault(f"{resource['resourceType']}/{rid}", resource)
+            names.append(f"{resource['resourceType']}/{rid}")
+        if unique and any(self.by_url.get(n, resource) is not resource for n in names):
+            return False
+        for name in names:
+            self.by_url.setdefault(name, resource)
+        return True
 
     def get(self, reference: str) -> dict[str, Any] | None:
         found = self.by_url.get(reference)
         if found is None and (literal := _literal(reference)) is not None:
             found = self.by_url.get(f"{literal[0]}/{literal[1]}")
         return found
+
+
+class Lookup:
+    """The entries as one mapping sees them: it notes every entry it consulted (their
+    versions belong in the event id, as the body may depend on them)."""
+
+    def __init__(self, entries: Entries) -> None:
+        self.entries = entries
+        self.consulted: list[dict[str, Any]] = []
+
+    def get(self, reference: str) -> dict[str, Any] | None:
+        found = self.entries.get(reference)
+        if found is not None and all(found is not c for c in self.consulted):
+            self.consulted.append(found)
+        return found
+
+
+@lru_cache(maxsize=512)
+def known_type(name: str) -> bool:
+    """Whether ``name`` is an R4B resource type (never echo anything else: a reference's
+    path may be a name)."""
+    from fhir.resources.R4B import get_fhir_model_class
+    from fhir.resources.R4B.resource import Resource
+
+    try:
+        return issubclass(get_fhir_model_class(name), Resource)
+    except ValueError:
+        return False
 
 
 def _literal(reference: str) -> tuple[str, str] | None:
@@ -72,14 +114,15 @@ def _literal(reference: str) -> tuple[str, str] | None:
 
 
 def resolve(
-    entries: Entries, ref: Any, types: tuple[str, ...], field_name: str, *, required: bool = True
+    entries: Lookup, ref: Any, types: tuple[str, ...], field_name: str, *, required: bool = True
 ) -> str | None:
     """The caretally id of what ``ref`` (a FHIR Reference) points to, one of ``types``:
 
     * ``Type/{id}`` (relative or absolute): ``{id}``;
-    * ``urn:uuid:`` / ``urn:oid:``: the entry of this input with that ``fullUrl``, by its
-      ``id``, else its first ``identifier.value`` (a conditional create names it so);
-    * a logical reference (``identifier`` only): its ``identifier.value``.
+    * ``urn:uuid:`` / ``urn:oid:``: the entry of this input with that ``fullUrl``, by
+      :func:`own_id`;
+    * a logical reference (``identifier`` only): its ``identifier.value`` (never an SSN or
+      an MBI).
     """
     what = " or ".join(types)
     if not isinstance(ref, dict):
@@ -91,21 +134,24 @@ def resolve(
         literal = _literal(reference)
         if literal is not None:
             if literal[0] not in types:
-                raise Unmapped(f"{field_name}: must refer to a {what}, not a {literal[0]}", "value")
+                other = f"a {literal[0]}" if known_type(literal[0]) else "another resource"
+                raise Unmapped(f"{field_name}: must refer to a {what}, not {other}", "value")
             return literal[1]
         if reference.startswith("urn:"):
             target = entries.get(reference)
             if target is None:
+                kind = reference.split(":")[1] if reference.count(":") >= 2 else ""
+                named = f"a {kind} reference" if kind in ("uuid", "oid") else "a urn reference"
                 raise Unmapped(
-                    f"{field_name}: a {reference.split(':')[1]} reference with no entry of "
-                    f"that fullUrl in this input (send the {what} in the same Bundle)"
+                    f"{field_name}: {named} with no entry of that fullUrl in this input "
+                    f"(send the {what} in the same Bundle)"
                 )
             if target.get("resourceType") not in types:
                 raise Unmapped(
                     f"{field_name}: must refer to a {what}, not a {target.get('resourceType')}",
                     "value",
                 )
-            return _own_id(target, field_name, what)
+            return own_id(target, field_name, what)
         raise Unmapped(
             f"{field_name}: a contained or unreadable reference; refer to a {what} as "
             f"{types[0]}/{{id}} or by the urn:uuid fullUrl of its entry",
@@ -113,18 +159,59 @@ def resolve(
         )
     identifier = ref.get("identifier")
     if isinstance(identifier, dict) and isinstance(identifier.get("value"), str):
+        if identifier.get("system") in codes.REFUSED_IDENTIFIERS:
+            raise Unmapped(
+                f"{field_name}: an SSN or MBI is never an id here; refer to the {what} by "
+                "its id or its medical record number",
+                "value",
+            )
         return str(identifier["value"])
     raise Unmapped(f"{field_name}: no reference and no identifier.value")
 
 
-def _own_id(resource: dict[str, Any], field_name: str, what: str) -> str:
+def _identifiers(resource: dict[str, Any]) -> list[dict[str, Any]]:
+    found = resource.get("identifier")
+    items = found if isinstance(found, list) else []
+    return [i for i in items if isinstance(i, dict) and isinstance(i.get("value"), str)]
+
+
+def chosen_identifier(resource: dict[str, Any]) -> dict[str, Any] | None:
+    """The business identifier that names a resource without an id: the one typed ``MR``
+    (v2-0203: a medical record number), else the first whose system is not an SSN or an
+    MBI; None if there is none (an SSN or MBI alone is refused: it is no id to keep)."""
+    usable = [i for i in _identifiers(resource) if i.get("system") not in codes.REFUSED_IDENTIFIERS]
+    for ident in usable:
+        if has_code(codes.V2_0203, ("MR",), ident.get("type")):
+            return ident
+    return usable[0] if usable else None
+
+
+def own_id(resource: dict[str, Any], field_name: str, what: str) -> str:
+    """The caretally id of an entry: its ``id``, else :func:`chosen_identifier`."""
     rid = resource.get("id")
     if isinstance(rid, str):
         return rid
-    for identifier in resource.get("identifier") or []:
-        if isinstance(identifier.get("value"), str):
-            return str(identifier["value"])
-    raise Unmapped(f"{field_name}: the {what} entry it refers to has neither id nor identifier")
+    ident = chosen_identifier(resource)
+    if ident is not None:
+        return str(ident["value"])
+    raise Unmapped(
+        f"{field_name}: the {what} entry it refers to has no id and no identifier that may "
+        "name it (an MR-typed one or another that is not an SSN or MBI)"
+    )
+
+
+def ref_type(entries: Lookup, ref: Any) -> str | None:
+    """The resource type a Reference points to, when it says or its entry is here."""
+    if not isinstance(ref, dict):
+        return None
+    reference = ref.get("reference")
+    if isinstance(reference, str):
+        if (literal := _literal(reference)) is not None:
+            return literal[0]
+        target = entries.get(reference) if reference.startswith("urn:") else None
+        return None if target is None else str(target.get("resourceType"))
+    kind = ref.get("type")
+    return kind if isinstance(kind, str) else None
 
 
 # -- codings ------------------------------------------------------------------------------
@@ -178,6 +265,19 @@ def extension_value(resource: dict[str, Any], url: str, key: str) -> Any:
 
 # -- dates --------------------------------------------------------------------------------
 
+NOON = time(12, tzinfo=UTC)
+"""A date alone is recorded at its 12:00 UTC: the same calendar date from UTC-11 to UTC+11
+(midnight UTC is the previous day all over the Americas)."""
+
+
+def _in_range(moment: datetime, field_name: str) -> datetime:
+    """``moment`` if the wire contract's calendar (1900-2199) holds it, else a problem."""
+    if not FIRST_DAY.year <= moment.year <= LAST_DAY.year:
+        raise Unmapped(
+            f"{field_name}: out of range (years {FIRST_DAY.year}-{LAST_DAY.year})", "value"
+        )
+    return moment
+
 
 def instant(value: Any, field_name: str) -> datetime:
     """A FHIR dateTime/instant with a time and a UTC offset."""
@@ -191,7 +291,7 @@ def instant(value: Any, field_name: str) -> datetime:
         raise Unmapped(f"{field_name}: not an ISO-8601 date-time", "value") from None
     if moment.tzinfo is None:
         raise Unmapped(f"{field_name}: needs a UTC offset", "value")
-    return moment
+    return _in_range(moment, field_name)
 
 
 def day(value: Any, field_name: str) -> date:
@@ -206,38 +306,59 @@ def day(value: Any, field_name: str) -> date:
 
 def moment_of(value: str) -> datetime | None:
     """An instant for ``recorded_at`` from a FHIR instant, dateTime or date (a date is its
-    midnight UTC); None for a partial date."""
+    :data:`NOON`); None for a partial date or one out of the contract's range."""
     try:
         if "T" in value:
             moment = datetime.fromisoformat(value)
-            return moment if moment.tzinfo is not None else None
-        if len(value) == 10:
-            return datetime.combine(date.fromisoformat(value), datetime.min.time(), UTC)
+            if moment.tzinfo is None:
+                return None
+        elif len(value) == 10:
+            moment = datetime.combine(date.fromisoformat(value), NOON)
+        else:
+            return None
     except ValueError:
         return None
-    return None
+    return moment if FIRST_DAY.year <= moment.year <= LAST_DAY.year else None
 
 
-def minutes_of(length: Any) -> float | None:
-    """An ``Encounter.length`` Duration in minutes (UCUM ``min`` or ``h``)."""
-    if not isinstance(length, dict) or not isinstance(length.get("value"), int | float):
-        return None
+def minutes_of(length: Any, field_name: str) -> float:
+    """An ``Encounter.length`` Duration in minutes (UCUM ``min`` or ``h``; the code before
+    the unit), more than 0 and at most :data:`MAX_MINUTES`."""
+    value = length.get("value") if isinstance(length, dict) else None
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise Unmapped(f"{field_name}.value: missing (a number of minutes)")
     unit = length.get("code") or length.get("unit")
     scale = {"min": 1, "h": 60}.get(str(unit))
-    return None if scale is None else float(length["value"]) * scale
+    if scale is None:
+        raise Unmapped(f"{field_name}: give the unit min or h (UCUM code)", "value")
+    if not math.isfinite(value) or not 0 < value <= MAX_MINUTES / scale:
+        raise Unmapped(
+            f"{field_name}: more than 0 and at most {MAX_MINUTES} minutes (24 h)", "value"
+        )
+    return float(value) * scale
 
 
-def period_bounds(period: Any, field_name: str, length: Any = None) -> tuple[datetime, datetime]:
-    """``(start, end)`` of a Period; without ``end``, ``start + length``."""
+@dataclass(frozen=True, slots=True)
+class Span:
+    """When time was spent: a start and either an end or a number of minutes."""
+
+    start: datetime
+    end: datetime | None = None
+    minutes: float | None = None
+
+
+def span(period: Any, field_name: str, length: Any = None, length_name: str = "") -> Span:
+    """The time of a Period; a ``length`` (Encounter) wins over ``period.end``: it is the
+    time spent, the period only when it happened (docs/fhir.md "The time")."""
     if not isinstance(period, dict):
         raise Unmapped(f"{field_name}: missing (the time needs a start and an end)")
     start = instant(period.get("start"), f"{field_name}.start")
-    if period.get("end") is not None:
-        return start, instant(period.get("end"), f"{field_name}.end")
-    minutes = minutes_of(length)
-    if minutes is None:
-        raise Unmapped(f"{field_name}.end: missing (and no length in minutes)")
-    return start, start + timedelta(minutes=minutes)
+    if length is not None:
+        return Span(start, minutes=minutes_of(length, length_name))
+    if period.get("end") is None:
+        more = f" and no {length_name}" if length_name else ""
+        raise Unmapped(f"{field_name}.end: missing{more}")
+    return Span(start, end=instant(period.get("end"), f"{field_name}.end"))
 
 
 # -- identity -----------------------------------------------------------------------------
@@ -257,9 +378,14 @@ class Identity:
         """``Encounter/abc`` (the resource, no version)."""
         return f"{self.type}/{self.key}"
 
-    @property
-    def event_id(self) -> str:
-        return fit(f"fhir:{self.type}/{self.key}/{self.version}", f"fhir:{self.type}/")
+    def event_id(self, context: Sequence[str] = ()) -> str:
+        """``fhir:{type}/{key}/{version}``, and ``/_context/{digest}`` of the versions of
+        the other entries the event was made with: a changed context is a new event (an
+        amendment), never the same id with another body."""
+        base = f"fhir:{self.type}/{self.key}/{self.version}"
+        if context:
+            base += "/_context/" + digest("\x1f".join(context))
+        return fit(base, f"fhir:{self.type}/")
 
     @property
     def activity_id(self) -> str:
@@ -276,28 +402,30 @@ def fit(text: str, prefix: str) -> str:
     return text if len(text) <= MAX_ID else prefix + digest(text)
 
 
-def identity(resource: dict[str, Any], full_url: str | None) -> Identity:
-    """The identity of a resource: its ``id``; else its first business identifier
-    (``identifier-`` and a digest of system and value); else the uuid of a ``urn:uuid``
-    fullUrl."""
+def content_digest(resource: dict[str, Any]) -> str:
+    return digest(orjson.dumps(resource, option=orjson.OPT_SORT_KEYS))
+
+
+def identity(resource: dict[str, Any]) -> Identity:
+    """The identity of a resource: its ``id``, else ``identifier-`` and a digest of the
+    system and value of :func:`chosen_identifier`. A ``urn:uuid`` fullUrl is never one: it
+    is a placeholder a sender may change on every send."""
     rtype = str(resource["resourceType"])
     rid = resource.get("id")
     key: str | None = rid if isinstance(rid, str) else None
+    if key is None and (ident := chosen_identifier(resource)) is not None:
+        key = "identifier-" + digest(f"{ident.get('system', '')}|{ident['value']}")
     if key is None:
-        for ident in resource.get("identifier") or []:
-            if isinstance(ident, dict) and isinstance(ident.get("value"), str):
-                key = "identifier-" + digest(f"{ident.get('system', '')}|{ident['value']}")
-                break
-    if key is None and full_url and full_url.startswith("urn:uuid:"):
-        key = full_url.removeprefix("urn:uuid:")
-    if key is None:
-        raise Unmapped(f"{rtype}: needs an id, an identifier or a urn:uuid fullUrl")
+        raise Unmapped(
+            f"{rtype}: needs an id or an identifier (not an SSN or MBI) to be known again "
+            "when it is re-sent or amended; a urn:uuid fullUrl is a placeholder"
+        )
     meta = resource.get("meta")
     version_id = meta.get("versionId") if isinstance(meta, dict) else None
     if isinstance(version_id, str):
         version = f"_history/{version_id}"
     else:
-        version = "_content/" + digest(orjson.dumps(resource, option=orjson.OPT_SORT_KEYS))
+        version = "_content/" + content_digest(resource)
     return Identity(rtype, key, version)
 
 

@@ -5,17 +5,19 @@ resources do not name caretally's org). The answer is FHIR too:
 
 * ``transaction``: all or nothing. One entry that cannot be mapped refuses the Bundle
   (400, an ``OperationOutcome`` with one issue per such entry) and nothing is written.
-* ``batch`` and ``collection``: the entries that map are written, each other entry is
-  answered with its own ``OperationOutcome`` and dead-lettered (``care.deadletter.v1``,
-  the entry's JSON with the reason, keyed ``org_id:``, ``source_topic`` ``http:fhir``,
-  ``source_offset`` the entry's index), so nothing is silently dropped.
+* ``batch`` and ``collection`` (read as a batch): the entries that map are written, each
+  other entry is answered with its own ``OperationOutcome`` and dead-lettered after the
+  events are written (``care.deadletter.v1``, the entry's JSON with the reason, keyed
+  ``org_id:``, ``source_topic`` ``http:fhir``, ``source_offset`` the entry's index), so
+  nothing is silently dropped.
 
 A written entry is answered ``202 Accepted``: its events are in the ingress topic, and the
 gate then logs them, drops exact re-sends (a resource re-sent with the same
 ``meta.versionId`` maps to the same events) or dead-letters a conflict. An entry read only
 to resolve references (a ``Patient``) is answered ``200 OK``. Errors before the Bundle is
-read (no key, wrong content type, too large) keep the API's JSON error shape, except
-those of the body itself, which are ``OperationOutcome``.
+read (no key: the API's JSON error; rate limits) keep the API's JSON error shape; those of
+the request itself (content type, size, body) and a mapping failure (500) are
+``OperationOutcome``.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from schemas.events import EventRejected, parse_event
 from streams.fhir.convert import (
+    BUNDLE_TYPES,
+    SOURCE,
     Conversion,
     EntryProblem,
     FhirInputError,
@@ -56,8 +59,6 @@ log = logging.getLogger("caretally.serve")
 
 FHIR_JSON = "application/fhir+json"
 FHIR_TYPES = frozenset({FHIR_JSON, "application/json"})
-BUNDLE_TYPES = ("transaction", "batch", "collection")
-SOURCE = "fhir"
 DEADLETTER_ORIGIN = "http:fhir"
 
 
@@ -77,27 +78,12 @@ def _fhir(body: dict[str, Any], status: int, headers: dict[str, str] | None = No
 
 
 def _records(conversion: Conversion, org_id: str) -> list[tuple[bytes, bytes]]:
-    """(key, value) of each converted event; every one passes the wire contract (the
-    mapper builds them through it), so a failure here is a bug, not bad input."""
-    records = []
-    for raw in conversion.events:
-        try:
-            event = parse_event(raw)
-        except EventRejected as exc:  # not expected
-            raise RuntimeError(f"a FHIR mapping produced an invalid event: {exc.reason}") from None
-        if event.org_id != org_id:  # not expected: the mapper is given the org
-            raise RuntimeError("a FHIR mapping produced an event of another org")
-        records.append((event_key(event.org_id, event.patient_id), raw))
-    return records
-
-
-def _entry_json(document: Any, index: int) -> bytes:
-    """An entry of the Bundle as JSON (for its dead letter); the document's bytes if the
-    entry cannot be found."""
-    entries = document.get("entry") if isinstance(document, dict) else None
-    if isinstance(entries, list) and 0 <= index < len(entries):
-        return orjson.dumps(entries[index])
-    return orjson.dumps(document)
+    """(key, value) of each converted event: keyed ``org_id:patient_id`` as every event
+    on ingress (the mapper validated each against the wire contract, with this org)."""
+    return [
+        (event_key(org_id, patient), raw)
+        for raw, patient in zip(conversion.events, conversion.patients, strict=True)
+    ]
 
 
 def response_bundle(conversion: Conversion) -> dict[str, Any]:
@@ -123,11 +109,9 @@ def response_bundle(conversion: Conversion) -> dict[str, Any]:
     return {"resourceType": "Bundle", "type": kind, "entry": entries}
 
 
-async def _dead_letter(
-    request: web.Request, org_id: str, document: Any, problems: list[EntryProblem]
-) -> None:
-    """Each entry that could not be mapped, as a dead letter with its reason. Best effort:
-    the client has its answer either way."""
+async def _dead_letter(request: web.Request, org_id: str, problems: list[EntryProblem]) -> None:
+    """Each entry that could not be mapped, as a dead letter: its JSON and the reason, keyed
+    ``org_id:``. Best effort: the client has its answer either way."""
     producer = request.app[KAFKA].producer
     if producer is None or not problems:
         return
@@ -135,11 +119,10 @@ async def _dead_letter(
     try:
         pending = []
         for p in problems:
-            reason = f"fhir: {p.where}: {p.reason}"
             w = deadletter_write(
-                reason,
+                f"{p.where}: {p.reason}",
                 event_key(org_id, None),
-                _entry_json(document, p.entry),
+                p.value if p.value is not None else b"",
                 Source(DEADLETTER_ORIGIN, -1, p.entry),
             )
             pending.append(await producer.send(topic, value=w.value, key=w.key, headers=w.headers))
@@ -150,9 +133,8 @@ async def _dead_letter(
         log.warning("dead-lettering %d FHIR entries failed: %s", len(problems), exc)
 
 
-def _convert(body: bytes, org_id: str) -> tuple[Conversion, Any]:
-    document = orjson.loads(body)  # the converter has accepted it as JSON
-    return convert_document(body, org_id, source=SOURCE), document
+def _convert(body: bytes, org_id: str) -> Conversion:
+    return convert_document(body, org_id, source=SOURCE)
 
 
 async def post_fhir_bundle(request: web.Request) -> web.Response:
@@ -170,15 +152,21 @@ async def post_fhir_bundle(request: web.Request) -> web.Response:
     try:
         if len(body) > OFFLOAD_BYTES:
             loop = asyncio.get_running_loop()
-            conversion, document = await loop.run_in_executor(None, _convert, body, org_id)
+            conversion = await loop.run_in_executor(None, _convert, body, org_id)
         else:
-            conversion, document = _convert(body, org_id)
-    except (FhirInputError, orjson.JSONDecodeError) as exc:
+            conversion = _convert(body, org_id)
+    except FhirInputError as exc:
         return outcome(400, str(exc))
+    except Exception as exc:  # a bug of the mapping: answered in FHIR, logged without values
+        log.error("mapping a FHIR Bundle failed: %s", type(exc).__name__)
+        return outcome(
+            500, "the Bundle could not be mapped (an internal error); nothing was written"
+        )
     if conversion.bundle_type not in BUNDLE_TYPES:
         return outcome(400, "send a Bundle of type transaction, batch or collection")
     records = _records(conversion, org_id)
-    if (refused := rate.check(org_id, max(len(records), 1))) is not None:
+    entries = max(len(records) + len(conversion.problems), 1)
+    if (refused := rate.check(org_id, entries)) is not None:
         return _refusal(refused)
     practice_key = event_key(org_id, None)
     practice_wide = sum(1 for key, _ in records if key == practice_key)
@@ -188,13 +176,12 @@ async def post_fhir_bundle(request: web.Request) -> web.Response:
         request.app[METRICS].events_rejected.inc(len(conversion.problems))
         if conversion.bundle_type == "transaction":
             return outcome(400, list(conversion.problems))
-    if request.app[KAFKA].producer is None:
-        return outcome(503, "not connected to the event log yet", {"Retry-After": "1"})
-    await _dead_letter(request, org_id, document, list(conversion.problems))
     try:
         await write_ingress(request, records, "Bundle")
     except IngressUnavailable as exc:
         return outcome(503, exc.message, {"Retry-After": exc.retry_after})
+    # after the events: a Bundle resent after a 503 does not dead-letter its entries twice
+    await _dead_letter(request, org_id, list(conversion.problems))
     request.app[METRICS].events_accepted.inc(len(records))
     log.debug("accepted %d FHIR event(s) for org %s", len(records), org_id)
     return _fhir(response_bundle(conversion), 200)

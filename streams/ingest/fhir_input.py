@@ -4,25 +4,23 @@ Data export), mapped by :mod:`streams.fhir` to wire-contract events.
 The input is read whole, because the mapping needs all of it: a patient's active
 ``Condition`` resources become one ``conditions.recorded`` (the event replaces the list),
 and ``urn:uuid:`` references resolve inside the Bundle. It is bounded by
-:data:`FHIR_MAX_BYTES`. Each event becomes an :class:`Outgoing` numbered by the entry (or
-line) it came from; each entry that cannot be mapped becomes a ``letter_only`` record:
-reported, dead-lettered with its JSON and the reason, never sent as an event.
+:data:`~streams.fhir.convert.FHIR_MAX_BYTES`, and told apart (one document or NDJSON) by
+:func:`~streams.fhir.convert.convert_input`, as ``caretally convert`` does. Each event
+becomes an :class:`Outgoing` numbered by the entry (or line) it came from; each entry
+that cannot be mapped becomes a ``letter_only`` record: reported, dead-lettered with its
+JSON and the reason, never sent as an event.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
-import orjson
-
-from schemas.events import parse_event
-from streams.fhir.convert import Conversion, convert_document, convert_ndjson
+from streams.fhir.convert import FHIR_MAX_BYTES, SOURCE, convert_input
 from streams.ingest.sources import Outgoing
 from streams.kafka.records import event_key
 
-FHIR_MAX_BYTES = 256 * 1024 * 1024
-SOURCE = "fhir"
+__all__ = ["FHIR_MAX_BYTES", "SOURCE", "FhirInputTooLarge", "fhir_records"]
 
 
 class FhirInputTooLarge(Exception):
@@ -35,50 +33,32 @@ class FhirInputTooLarge(Exception):
         )
 
 
-def _conversion(raw: bytes, org_id: str) -> tuple[Conversion, list[bytes], int]:
-    """The conversion, each entry's bytes (for its dead letter) and the number of the first
-    entry (Bundle entries count from 1 in what is reported; NDJSON lines are lines)."""
-    text = raw.strip()
-    document: Any = None
-    if text.startswith(b"{"):
-        try:
-            document = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            document = None  # several objects: NDJSON
-    if isinstance(document, dict):
-        conversion = convert_document(text, org_id, source=SOURCE)
-        entries = document.get("entry") if document.get("resourceType") == "Bundle" else None
-        if isinstance(entries, list):
-            return conversion, [orjson.dumps(e) for e in entries], 1
-        return conversion, [text], 1
-    lines = raw.split(b"\n")
-    return convert_ndjson(lines, org_id, source=SOURCE), [ln.strip() for ln in lines], 1
-
-
 def fhir_records(stream: BinaryIO, org_id: str) -> Iterator[Outgoing]:
     """The events of a FHIR input as records to send, then its unmapped entries as
     dead letters; raises :class:`~streams.fhir.convert.FhirInputError` (the input is no
-    FHIR at all) or :class:`FhirInputTooLarge` at once, before anything is sent."""
+    FHIR at all) or :class:`FhirInputTooLarge` at once, before anything is sent.
+
+    Numbers count from 1: a Bundle's entry ``i`` is ``i + 1``, an NDJSON line its number,
+    a lone resource 1."""
     raw = stream.read(FHIR_MAX_BYTES + 1)
     if len(raw) > FHIR_MAX_BYTES:
         raise FhirInputTooLarge
-    conversion, entries, first = _conversion(raw, org_id)
-    ndjson = conversion.bundle_type is None and len(entries) > 1
+    conversion = convert_input(raw, org_id, source=SOURCE)
+    bundle = conversion.bundle_type is not None
     origin_of: dict[int, int] = {}
-    for entry, produced in enumerate(conversion.entry_events):
+    for slot, produced in enumerate(conversion.entry_events):
         for index in produced:
-            origin_of.setdefault(index, entry)
-    records = []
-    for index, value in enumerate(conversion.events):
-        event = parse_event(value)  # the mapper builds every event through the contract
-        entry = origin_of.get(index, 0)
-        number = entry + 1 if ndjson else entry + first
-        records.append(Outgoing(number, value, event_key(event.org_id, event.patient_id), None))
+            origin_of.setdefault(index, slot)
+    records = [
+        Outgoing(origin_of.get(i, 0) + 1, value, event_key(org_id, patient), None)
+        for i, (value, patient) in enumerate(
+            zip(conversion.events, conversion.patients, strict=True)
+        )
+    ]
     practice = event_key(org_id, None)
     for problem in conversion.problems:
-        number = problem.entry if ndjson else problem.entry + first
-        i = problem.entry - 1 if ndjson else problem.entry
-        value = entries[i] if 0 <= i < len(entries) else raw.strip()
+        number = problem.entry + 1 if bundle else max(problem.entry, 1)
         reason = f"{problem.where}: {problem.reason}"
+        value = problem.value if problem.value is not None else b"null"
         records.append(Outgoing(number, value, practice, reason, letter_only=True))
     return iter(records)

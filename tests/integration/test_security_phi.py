@@ -185,6 +185,49 @@ def bad_records() -> list[bytes]:
     ]
 
 
+def fhir_bundle() -> dict[str, Any]:
+    """A FHIR batch whose entries cannot be mapped, each carrying a canary patient id where a
+    careless reason would repeat it (references, identifiers, unknown element names)."""
+    patient_urn = "urn:uuid:0b7d5c1e-2f4a-4c39-9e8d-6a5b4c3d2e1f"
+
+    def encounter(rid: str, subject: str, **more: Any) -> dict[str, Any]:
+        resource = {
+            "resourceType": "Encounter",
+            "id": rid,
+            "meta": {"versionId": "1", "lastUpdated": "2025-03-20T12:00:00Z"},
+            "status": "finished",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "VR"},
+            "subject": {"reference": subject},
+        }
+        return {"resource": resource | more}
+
+    return {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [
+            {
+                "fullUrl": patient_urn,
+                "resource": {
+                    "resourceType": "Patient",
+                    "identifier": [{"system": "urn:oid:1.2.3", "value": pid("fhirpat")}],
+                },
+            },
+            encounter("e1", patient_urn),  # no period, no program: a problem
+            encounter("e2", f"Patient/{pid('fhirref')}"),
+            encounter("e3", f"{pid('fhirseg')}/John"),
+            encounter("e4", f"Patient/{pid('fhirkey')}", **{f"x{pid('key')}": 1}),
+            {
+                "resource": {
+                    "resourceType": "Condition",
+                    "id": "c1",
+                    "subject": {"reference": f"Patient/{pid('fhircond')}"},
+                    "code": {"coding": [{"system": "http://snomed.info/sct", "code": "44054006"}]},
+                }
+            },
+        ],
+    }
+
+
 def test_no_patient_id_leaks_from_any_entry_point(
     pipeline: dict[str, Any], broker: EmbeddedBroker, topics: Topics, tmp_path: Path
 ) -> None:
@@ -234,6 +277,13 @@ def test_no_patient_id_leaks_from_any_entry_point(
     request = f"GET /healthz HTTP/1.1\r\nHost: x\r\n{long_header}\r\n\r\n"
     shown.append(("long header", serve.raw(request.encode())))
 
+    # FHIR: a batch of entries that cannot be mapped (answered per entry, dead-lettered)
+    bundle = orjson.dumps(fhir_bundle())
+    fhir_type = {"Content-Type": "application/fhir+json"}
+    status, reply = serve.request("POST", "/fhir/r4", bundle, **auth, **fhir_type)
+    assert status == 200 and b"400 Bad Request" in reply, reply
+    shown.append(("POST /fhir/r4", reply))
+
     # 3. the same bad records straight onto the ingress topic, past every client check
     producer = KafkaProducer(
         bootstrap_servers=broker.bootstrap, max_request_size=PRODUCER_MAX_REQUEST_BYTES
@@ -261,12 +311,16 @@ def test_no_patient_id_leaks_from_any_entry_point(
         f"DR-1,{pid('csv5')},call,{pid('csv6')},5\n"
         f"c3,activity.logged,{ORG},{pid('csv7')}\n"
     )
+    fhir_file = tmp_path / "bad-fhir.json"
+    fhir_file.write_bytes(bundle)
     audited = ["--patient", pid("audit")]
     where = ["--bootstrap", broker.bootstrap, "--topic-prefix", topics.prefix]
     commands = [
         ["ingest", "--input", str(ndjson), *where, "--partitions", str(PARTS)],
         ["ingest", "--input", str(gz), *where, "--partitions", str(PARTS)],
         ["ingest", "--input", str(csv), *where, "--partitions", str(PARTS)],
+        ["ingest", "--input", str(fhir_file), "--org", ORG, *where, "--partitions", str(PARTS)],
+        ["convert", "--from", "fhir", str(fhir_file), "--org", ORG],
         ["replay", "--input", str(ndjson)],
         ["audit", "--input", str(ndjson), "--org", ORG, "--month", "2025-03", *audited],
     ]
@@ -298,6 +352,14 @@ def test_no_patient_id_leaks_from_any_entry_point(
     deadline = time.monotonic() + 90  # waited for, but checked last: leaks are reported first
     while len(dead_letters := dead()) < len(direct) - 1 and time.monotonic() < deadline:
         time.sleep(0.5)
+    origins = {header(r.headers, "source_topic") for r in dead_letters}
+    fhir_origins = {b"http:fhir", b"ingest:bad-fhir.json"}
+    deadline = time.monotonic() + 30
+    while not fhir_origins <= origins and time.monotonic() < deadline:
+        time.sleep(0.5)
+        dead_letters = dead()
+        origins = {header(r.headers, "source_topic") for r in dead_letters}
+    assert fhir_origins <= origins, origins  # the unmapped FHIR entries were dead-lettered
     for record in dead_letters:
         reason = header(record.headers, "reason") or b""
         assert reason, record.headers

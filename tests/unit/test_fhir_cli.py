@@ -10,7 +10,7 @@ import orjson
 from click.testing import CliRunner
 
 from schemas.events import parse_event
-from streams.cli.exits import EXIT_BAD_LINES, EXIT_FAILED
+from streams.cli.exits import EXIT_BAD_LINES
 from streams.cli.main import cli
 
 BUNDLE = Path(__file__).resolve().parents[1] / "fixtures" / "fhir" / "bundle.json"
@@ -62,21 +62,41 @@ def test_ndjson_is_told_apart_by_content(tmp_path: Path) -> None:
     )
     encounter["subject"] = {"reference": "Patient/P-1"}
     path = tmp_path / "Encounter.ndjson"
-    path.write_bytes(orjson.dumps(encounter) + b"\n" + b'{"resourceType": "Nope"}\n')
+    path.write_bytes(orjson.dumps(encounter) + b"\n" + b'{"resourceType": "Basic"}\n')
     result = _run(str(path), "--org", "practice-17")
     assert result.exit_code == EXIT_BAD_LINES
     assert orjson.loads(result.stdout)["type"] == "stay.recorded"
-    assert f"{path}: line 2: resource type 'Nope' is not mapped" in result.stderr
+    assert f"{path}: line 2: resource type 'Basic' is not mapped" in result.stderr
+    assert "converted 2 NDJSON lines" in result.stderr  # the final newline ends line 2
 
 
-def test_input_that_is_no_fhir_exits_1_and_usage_errors_2(tmp_path: Path) -> None:
+def test_every_gzip_member_is_read(tmp_path: Path) -> None:
+    """A gzip file may be several members (e.g. `cat a.gz b.gz`): all of them are input."""
+    entries = orjson.loads(BUNDLE.read_bytes())["entry"]
+    stays = []
+    for n in (1, 2):
+        stay = next(e["resource"] for e in entries if e["resource"].get("id") == "enc-stay-1")
+        stays.append({**stay, "id": f"stay-{n}", "subject": {"reference": "Patient/P-1"}})
+    path = tmp_path / "Encounter.ndjson.gz"
+    path.write_bytes(b"".join(gzip.compress(orjson.dumps(s) + b"\n") for s in stays))
+    result = _run(str(path), "--org", "practice-17")
+    assert result.exit_code == 0, result.output
+    assert [orjson.loads(line)["data"]["setting"] for line in result.stdout.splitlines()] == [
+        "inpatient",
+        "inpatient",
+    ]
+
+
+def test_input_that_is_no_fhir_is_a_usage_error_as_for_ingest_and_replay(tmp_path: Path) -> None:
     path = tmp_path / "x.json"
     path.write_text('{"resourceType": "Bundle", "type": "history"}')
     result = _run(str(path), "--org", "practice-17")
-    assert result.exit_code == EXIT_FAILED
+    assert result.exit_code == 2
     assert "Bundle.type 'history' is not accepted" in result.stderr
     assert result.stdout == ""
-    path.write_text("not json at all\n")
-    assert _run(str(path), "--org", "practice-17").exit_code == EXIT_FAILED
+    for text in ("not json at all\n", '[{"resourceType": "Patient"}]', "5\n6\n"):
+        path.write_text(text)
+        assert _run(str(path), "--org", "practice-17").exit_code == 2, text
+    assert _run(str(tmp_path / "missing.json"), "--org", "practice-17").exit_code == 2
     assert _run(str(path)).exit_code == 2  # --org is required
     assert _run(str(path), "--org", "a/b").exit_code == 2  # not an org id

@@ -123,7 +123,8 @@ def test_the_bundle_maps_every_resource_to_its_event() -> None:
     assert conversion.entry_events[6:] == [[i] for i in range(1, 12)]
     conditions, consent, _, plan, enrollment, _, call, proc, task, void, stay, reading = events
     assert conditions["data"] == {"chronic": ["E11.9", "I10"]}  # the resolved one left out
-    assert consent["event_id"] == "fhir:Consent/consent-ccm/_history/1"
+    # the version, and the versions of the entries it was read with (the urn:uuid Patient)
+    assert consent["event_id"].startswith("fhir:Consent/consent-ccm/_history/1/_context/")
     assert consent["data"] == {
         "program": "ccm",
         "practitioner_id": "DR-1",
@@ -145,10 +146,8 @@ def test_the_bundle_maps_every_resource_to_its_event() -> None:
         "interactive": True,
     }
     assert (proc["data"]["program"], proc["data"]["practitioner_id"]) == ("ccm", "DR-1")  # CPT
-    assert (task["data"]["staff_role"], task["event_id"]) == (
-        "physician",
-        "fhir:Task/task-review-1/_history/3",
-    )
+    assert task["data"]["staff_role"] == "physician"
+    assert task["event_id"].startswith("fhir:Task/task-review-1/_history/3/_context/")
     assert void["data"]["activity_id"] == "fhir.Encounter.enc-call-0"
     assert stay["data"] == {
         "setting": "inpatient",
@@ -193,7 +192,7 @@ def test_a_new_version_of_an_encounter_amends_its_activity() -> None:
         else {"resource": e["resource"]} for e in bundle["entry"]
     ]})  # fmt: skip
     amended = [orjson.loads(e) for e in after.events if b"enc-call-1" in e]
-    assert amended[0]["event_id"] == "fhir:Encounter/enc-call-1/_history/2"
+    assert amended[0]["event_id"].startswith("fhir:Encounter/enc-call-1/_history/2/")
     assert amended[0]["data"]["activity_id"] == "fhir.Encounter.enc-call-1"  # stable
     views_before, _ = _fold(before.events)
     views_after, stats = _fold(before.events + after.events)
@@ -222,6 +221,7 @@ def test_without_a_version_id_the_content_names_the_version() -> None:
 
 
 CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+STAFF_ROLE = "urn:caretally:staff-role"
 BAD_ENTRIES: list[tuple[dict[str, Any], str, str]] = [
     (  # not mapped at all
         {"resource": {"resourceType": "MedicationRequest", "id": "m1"}},
@@ -248,7 +248,9 @@ BAD_ENTRIES: list[tuple[dict[str, Any], str, str]] = [
                       "subject": {"reference": "Patient/P-9"},
                       "code": {"coding": [{"system": "http://www.ama-assn.org/go/cpt",
                                            "code": "99490"}]},
-                      "performer": [{"actor": {"reference": "Practitioner/RN-1"}}],
+                      "performer": [{"actor": {"reference": "Practitioner/RN-1"},
+                                     "function": {"coding": [{"system": STAFF_ROLE,
+                                                              "code": "clinical_staff"}]}}],
                       "performedPeriod": {"start": "2025-03-03T10:00:00Z",
                                           "end": "2025-03-03T10:20:00Z"}}},
         "required",
@@ -326,7 +328,8 @@ def test_ndjson_resolves_literal_references_and_numbers_lines() -> None:
     ("raw", "message"),
     [
         (b"<Bundle/>", "not JSON"),
-        (b"[1, 2]", "a JSON object"),
+        (b"[1, 2]", "a JSON array is not FHIR input"),
+        (b"5", "a JSON object"),
         (b'{"resourceType": "Bundle", "type": "searchset"}', "Bundle.type 'searchset'"),
     ],
 )
