@@ -200,7 +200,7 @@ def _help() -> str:
 
 
 @click.command(
-    short_help="Send an NDJSON or CSV file of events to the ingress topic.", help=_help()
+    short_help="Send an NDJSON, CSV or FHIR R4 file of events to the ingress topic.", help=_help()
 )
 @input_option(
     "an NDJSON, CSV or FHIR file, plain or gzip-compressed; - for stdin.",
