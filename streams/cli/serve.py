@@ -19,6 +19,7 @@ from streams.cli.options import (
     partitions_option,
     rules_option,
 )
+from streams.cli.output import echo_columns
 from streams.http.rate_limit import DEFAULT_EVENTS_PER_MINUTE, DEFAULT_PRACTICE_EVENTS_PER_MINUTE
 from streams.kafka.topics import DEFAULT_PARTITIONS
 from streams.web.config import SESSION_IDLE_S, SESSION_MAX_S
@@ -392,11 +393,7 @@ def keys_list(keys_file: Path | None, fmt: str, as_json: bool) -> None:
         )
         for r in records
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    for row in rows:
-        click.echo(
-            "  ".join(c.ljust(w) for c, w in zip(row[:4], widths, strict=True)) + "  " + row[4]
-        )
+    echo_columns(rows)
 
 
 @keys.command("revoke", short_help="Revoke a key by its id (see `keys list`).")

@@ -21,6 +21,7 @@ from streams.cli.options import (
     org_option,
     parse_org,
 )
+from streams.cli.output import echo_columns
 
 F = Callable[..., Any]
 
@@ -163,11 +164,7 @@ def webhooks_list(webhooks_file: Path | None, fmt: str) -> None:
         )
         for h in hooks
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    for row in rows:
-        click.echo(
-            "  ".join(c.ljust(w) for c, w in zip(row[:4], widths, strict=True)) + "  " + row[4]
-        )
+    echo_columns(rows)
 
 
 @webhooks.command("remove", short_help="Remove a webhook by its id (see `webhooks list`).")
