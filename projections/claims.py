@@ -224,13 +224,12 @@ def claim_lines(billing: MonthBilling, ctx: PatientContext, close_id: str) -> li
     for ln, n in _numbered(billing.billable):
         fee = book.fee(ln.code, qp=qp, facility=facility)
         dos, basis = dates.of(ln, n)
-        gate = book.gates.get(ln.family)
         review = []
         if kept is None:
             review.append(CODES_NOT_KEPT)
         elif not codes:
             review.append(NO_DIAGNOSIS)
-        elif gate is not None and len(on_record) < gate.min_conditions:
+        elif len(on_record) < diagnoses_required(book, ln):
             review.append(FEWER_DIAGNOSES)
         if len(on_record) > MAX_DIAGNOSES:
             review.append(DIAGNOSES_CUT)
@@ -258,6 +257,20 @@ def claim_lines(billing: MonthBilling, ctx: PatientContext, close_id: str) -> li
     return out
 
 
+def diagnoses_required(book: RuleBook, line: Line) -> int:
+    """Distinct diagnoses the line's code needs on the claim: its family gate's
+    ``min_conditions`` or, when more, its level's (APCM G0557/G0558: 2 or more, G13; the
+    APCM gate asks for none). Compared with the codes on record counted once each without
+    the dot (:func:`diagnoses_of_record`), not with the gate's count of the spellings
+    recorded (docs/claims.md)."""
+    gate = book.gates.get(line.family)
+    level = book.code(line.code).level
+    return max(
+        0 if gate is None else gate.min_conditions,
+        0 if level is None else level.min_conditions,
+    )
+
+
 def place_of_service(facility_type: str) -> str:
     """The CMS Place of Service code of a practice's ``facility_type`` (docs/claims.md)."""
     try:
@@ -276,8 +289,9 @@ def diagnoses_of_record(patient: PatientState, month: str, tz: str) -> tuple[str
     gates count (``projections.documentation.condition_count``: the latest recorded before
     the month's end in ``tz``, log order breaking ties), in its order, each code once (its
     first spelling: ``E11.9`` and ``E119`` are one code). Empty when no list was recorded
-    by then or the list is empty; None when the state does not keep the list's codes (an
-    archive replay keeps counts only)."""
+    by then or the list is empty; None when the state does not keep the list's codes (a
+    ledger restored from a snapshot written before the codes were kept; the archive replay
+    reads them from the archived events' raw bytes)."""
     hi = month_bounds(month, tz)[1]
     latest: tuple[int, int] | None = None  # (recorded, seq)
     for seq, recorded, _ in patient.conditions:

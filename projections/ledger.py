@@ -110,8 +110,9 @@ class PatientState:
     # "activity:YYYY-MM" / "reading:YYYY-MM" (UTC) -> events applied, for the bounds above
     volume: dict[str, int] = field(default_factory=dict)
     # seq of a ``conditions`` entry -> its ICD-10 codes as recorded, in list order (the
-    # diagnoses of a claim line, projections.claims); empty in a state that does not keep
-    # them (the archive replay keeps counts only)
+    # diagnoses of a claim line, projections.claims); the archive replay reads them from the
+    # archived raw bytes (streams/archive/replay.py); empty in a ledger restored from a
+    # snapshot written before the codes were kept
     condition_codes: dict[int, tuple[str, ...]] = field(default_factory=dict)
 
 

@@ -81,13 +81,16 @@ NOTE_INSTITUTIONAL = (
 
 def _nulls(node: Any, path: str, out: list[str]) -> None:
     """Append the path of every null in ``node`` (``[]`` standing for any list item),
-    leaving out caretally's own records (``caretally...`` keys)."""
+    leaving out caretally's own records (the ``caretally`` objects: a null ``fee`` there
+    is a code not priced, not a datum to supply). A null ``caretally_practitioner_id``
+    inside a loop is listed: no practitioner of record (device lines), so caretally does
+    not know the rendering provider."""
     if node is None:
         if path not in out:
             out.append(path)
     elif isinstance(node, dict):
         for key, value in node.items():
-            if not key.startswith("caretally"):
+            if key != "caretally":
                 _nulls(value, f"{path}.{key}" if path else key, out)
     elif isinstance(node, list):
         for item in node:
@@ -130,6 +133,11 @@ def _claim(lines: list[ClaimLine]) -> dict[str, Any]:
     diagnoses and the place of service)."""
     first = lines[0]
     codes = [undotted(c) for c in first.diagnosis_codes]
+    # the 837P requires a principal diagnosis: none on record (or codes not kept) is a
+    # datum caretally does not know, so null and listed, not an empty list
+    diagnoses = [
+        {"qualifier": "ABK" if i == 0 else "ABF", "code": code} for i, code in enumerate(codes)
+    ]
     claim: dict[str, Any] = {
         "loop_2010AA_billing_provider": {
             "name": None,
@@ -156,11 +164,7 @@ def _claim(lines: list[ClaimLine]) -> dict[str, Any]:
             "CLM_total_charge_amount": None,
             "CLM_place_of_service": first.place_of_service,
             "CLM_claim_frequency_code": None,
-            "HI_diagnosis_codes": [
-                {"qualifier": "ABK" if i == 0 else "ABF", "code": code}
-                for i, code in enumerate(codes)
-            ],
-            "diagnosis_codes_omitted": first.diagnosis_codes_omitted,
+            "HI_diagnosis_codes": diagnoses or None,
         },
         "loop_2310B_rendering_provider": {
             "caretally_practitioner_id": first.practitioner_id,
@@ -173,6 +177,7 @@ def _claim(lines: list[ClaimLine]) -> dict[str, Any]:
             "patient_id": first.patient_id,
             "month": first.month,
             "billing_practitioner_id": first.practitioner_id,
+            "diagnosis_codes_omitted": first.diagnosis_codes_omitted,
             "estimated_payment": round(sum(ln.estimated_payment for ln in lines), 2),
             "needs_review": sorted({r for ln in lines for r in ln.needs_review}),
         },

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
@@ -109,6 +110,31 @@ def test_two_spellings_of_one_code_leave_a_ccm_line_short_of_two_diagnoses() -> 
     assert line.needs_review == ("fewer_diagnoses_than_required",)
 
 
+def apcm(codes: list[str], qmb: bool = False) -> Log:
+    """P in APCM from March 1 by DR-1 with the conditions list ``codes`` (no time needed)."""
+    log = Log()
+    log.practice()
+    log.conditions(P, codes)
+    log.consent(P, "apcm")
+    log.enrollment(P, "apcm", on="2025-03-01", qmb=qmb)
+    log.visit(P)
+    return log
+
+
+def test_an_apcm_level_needs_as_many_distinct_diagnoses_as_it_counts_conditions() -> None:
+    """G0557/G0558 need 2 or more conditions (the level's, G13), though the APCM gate asks
+    for none: two spellings of one code bill G0557 (the gate counts the spellings) and the
+    claim, with one diagnosis, is marked. Two real codes or level 1 are not."""
+    for codes, qmb, code, review in (
+        (["E11.9", "E119"], False, "G0557", ("fewer_diagnoses_than_required",)),
+        (["E11.9", "E119"], True, "G0558", ("fewer_diagnoses_than_required",)),
+        (["E11.9", "I10"], False, "G0557", ()),
+        (["E11.9"], False, "G0556", ()),
+    ):
+        [line] = lines_of(apcm(codes, qmb))
+        assert (line.code, line.needs_review) == (code, review), codes
+
+
 def test_a_line_without_a_diagnosis_on_record_is_written_and_marked() -> None:
     """RPM bills without a conditions list; its lines still go out, marked for review. A
     list recorded after the month's end does not count for it, an empty list neither."""
@@ -200,8 +226,14 @@ def test_the_837p_export_is_one_claim_per_patient_and_practitioner_with_nulls(
     }
     [base] = [ln for ln in lines if ln.code == "99490"]
     assert services[1]["caretally"]["claim_line_id"] == base.claim_line_id
-    assert rpm_claim["loop_2300_claim"]["HI_diagnosis_codes"] == []
+    # the 837P requires a principal diagnosis: none on record is unknown, not an empty list
+    assert rpm_claim["loop_2300_claim"]["HI_diagnosis_codes"] is None
+    assert "loop_2300_claim.HI_diagnosis_codes" in rpm_claim["unknown_to_caretally"]
+    assert "loop_2300_claim.HI_diagnosis_codes" not in ccm_claim["unknown_to_caretally"]
     assert rpm_claim["caretally"]["needs_review"] == ["no_diagnosis_on_record"]
+    # not an X12 field: caretally's own record, not inside the claim loop
+    assert "diagnosis_codes_omitted" not in ccm_claim["loop_2300_claim"]
+    assert ccm_claim["caretally"]["diagnosis_codes_omitted"] == 0
     subscriber = ccm_claim["loop_2000B_subscriber"]["loop_2010BA_subscriber_name"]
     assert subscriber["member_id"] is None and ccm_claim["caretally"]["patient_id"] == P
     unknown = ccm_claim["unknown_to_caretally"]
@@ -219,8 +251,26 @@ def test_the_837p_export_is_one_claim_per_patient_and_practitioner_with_nulls(
     assert len(unknown) == len(set(unknown)) == _count_nulls(ccm_claim)
 
 
+def test_an_837p_claim_without_a_practitioner_of_record_lists_the_rendering_provider() -> None:
+    """A device line with no practitioner of record: the rendering provider's
+    ``caretally_practitioner_id`` is null, and listed as unknown like its NPI."""
+    [line] = lines_of(ccm(codes=["J44.9", "I10"]))
+    doc = claims_837p([replace(line, practitioner_id=None)], {})
+    [claim] = doc["claims"]
+    assert claim["loop_2310B_rendering_provider"]["caretally_practitioner_id"] is None
+    unknown = claim["unknown_to_caretally"]
+    assert "loop_2310B_rendering_provider.caretally_practitioner_id" in unknown
+    assert len(unknown) == _count_nulls(claim)
+    [named] = claims_837p([line], {})["claims"]
+    assert (
+        "loop_2310B_rendering_provider.caretally_practitioner_id"
+        not in named["unknown_to_caretally"]
+    )
+
+
 def _count_nulls(node: object, path: str = "") -> int:
-    """Distinct paths of nulls outside caretally's own records (``[]`` for list items)."""
+    """Distinct paths of nulls outside caretally's own records (the ``caretally`` objects;
+    ``[]`` for list items)."""
     found: set[str] = set()
 
     def walk(n: object, p: str) -> None:
@@ -228,7 +278,7 @@ def _count_nulls(node: object, path: str = "") -> int:
             found.add(p)
         elif isinstance(n, dict):
             for k, v in n.items():
-                if not k.startswith("caretally") and k != "unknown_to_caretally":
+                if k not in ("caretally", "unknown_to_caretally"):
                     walk(v, f"{p}.{k}" if p else k)
         elif isinstance(n, list):
             for item in n:
