@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 import click
+from pydantic import ValidationError
 
 from streams.cli.exits import EXIT_BAD_LINES, fail
 from streams.cli.options import (
@@ -255,13 +256,23 @@ def _write_views(views: Iterable[dict[str, Any]], fmt: str, output: Path | None)
         return view
 
     views = map(checked, views)
-    with output_stream(output, f"{fmt} billing") as out:
-        if fmt == "json":
-            write_json_lines(views, out)
-        elif fmt == "csv":
-            write_csv(views, out)
-        else:
-            write_table(views, out)
+    try:
+        with output_stream(output, f"{fmt} billing") as out:
+            if fmt == "json":
+                write_json_lines(views, out)
+            elif fmt == "csv":
+                write_csv(views, out)
+            else:
+                write_table(views, out)
+    except ValidationError as exc:  # a bug of ours, named by its fields (never values)
+        if output is not None and output.is_file():
+            output.unlink()  # no half-written --output
+        fields = ", ".join(sorted({".".join(map(str, e["loc"])) for e in exc.errors()}))
+        fail(
+            f"a billing line does not match the published contract ({fields}): a bug of "
+            "caretally, please report it; the output is incomplete"
+            + ("" if output is None else f" and {output} was removed")
+        )
 
 
 def _alerts_of_log(

@@ -15,8 +15,8 @@ A written entry is answered ``202 Accepted``: its events are in the ingress topi
 gate then logs them, drops exact re-sends (a resource re-sent with the same
 ``meta.versionId`` maps to the same events) or dead-letters a conflict. An entry read only
 to resolve references (a ``Patient``) is answered ``200 OK``. Errors before the Bundle is
-read (no key: the API's JSON error; rate limits) keep the API's JSON error shape; those of
-the request itself (content type, size, body) and a mapping failure (500) are
+read without a key (401) keep the API's JSON error shape; every other refusal (content
+type, size, rate limits, the body itself) and a mapping failure (500) is an
 ``OperationOutcome``.
 """
 
@@ -38,6 +38,7 @@ from streams.fhir.convert import (
     convert_document,
     operation_outcome,
 )
+from streams.http.rate_limit import Refusal
 from streams.http.routes import (
     KAFKA,
     MAX_BODY,
@@ -48,7 +49,6 @@ from streams.http.routes import (
     TOPICS,
     IngressUnavailable,
     _read_limited,
-    _refusal,
     write_ingress,
 )
 from streams.kafka.clients import AioKafkaError
@@ -69,6 +69,12 @@ def outcome(
     if isinstance(problems, str):
         problems = [EntryProblem(entry=-1, where="Bundle", resource=None, reason=problems)]
     return _fhir(operation_outcome(problems), status, headers)
+
+
+def _refused(refused: Refusal) -> web.Response:
+    """A rate limit's refusal, in FHIR (429, or 413 for a Bundle larger than a burst)."""
+    retry = {} if refused.retry_after is None else {"Retry-After": str(refused.retry_after)}
+    return outcome(refused.status, refused.message, retry)
 
 
 def _fhir(body: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> web.Response:
@@ -144,7 +150,7 @@ async def post_fhir_bundle(request: web.Request) -> web.Response:
     org_id = request[ORG]
     rate = request.app[RATE]
     if (refused := rate.exhausted(org_id)) is not None:
-        return _refusal(refused)
+        return _refused(refused)
     limit = request.app[MAX_BODY]
     body = await _read_limited(request, limit)
     if body is None:
@@ -167,11 +173,11 @@ async def post_fhir_bundle(request: web.Request) -> web.Response:
     records = _records(conversion, org_id)
     entries = max(len(records) + len(conversion.problems), 1)
     if (refused := rate.check(org_id, entries)) is not None:
-        return _refusal(refused)
+        return _refused(refused)
     practice_key = event_key(org_id, None)
     practice_wide = sum(1 for key, _ in records if key == practice_key)
     if practice_wide and (refused := rate.check(org_id, 0, practice_wide)) is not None:
-        return _refusal(refused)
+        return _refused(refused)
     if conversion.problems:
         request.app[METRICS].events_rejected.inc(len(conversion.problems))
         if conversion.bundle_type == "transaction":

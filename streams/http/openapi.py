@@ -139,6 +139,13 @@ def error(description: str, **headers: str) -> dict[str, Any]:
     return json_answer(description, ref("Error"), **headers)
 
 
+def fhir_outcome(description: str, **headers: str) -> dict[str, Any]:
+    """A FHIR ``OperationOutcome`` answer (``POST /fhir/r4``)."""
+    out = json_answer(description, ref("FhirOperationOutcome"), **headers)
+    out["content"] = {"application/fhir+json": out["content"]["application/json"]}
+    return out
+
+
 def page(description: str) -> dict[str, Any]:
     return {"description": description, "content": {"text/html": {"schema": {"type": "string"}}}}
 
@@ -414,21 +421,17 @@ ROUTES: tuple[Route, ...] = (
                     "content": {"application/fhir+json": {"schema": ref("FhirBundle")}},
                 },
                 **{
-                    status: {
-                        "description": description,
-                        "content": {
-                            "application/fhir+json": {"schema": ref("FhirOperationOutcome")}
-                        },
-                    }
-                    for status, description in (
-                        ("400", "not a Bundle that maps (transaction: nothing written)"),
-                        ("413", "body larger than the server's limit"),
-                        ("415", "not application/fhir+json"),
-                        ("503", "the event log is unavailable; resend"),
+                    status: fhir_outcome(description, **headers)
+                    for status, description, headers in (
+                        ("400", "not a Bundle that maps (transaction: nothing written)", {}),
+                        ("413", "body larger than the server's limit, or than a burst", {}),
+                        ("415", "not application/fhir+json", {}),
+                        ("429", "the org's event rate is exhausted", RETRY),
+                        ("500", "the Bundle could not be mapped (a bug); nothing written", {}),
+                        ("503", "the event log is unavailable; resend", RETRY),
                     )
                 },
                 "401": NO_KEY,
-                "429": error("the org's event rate is exhausted", **RETRY),
             },
         },
     ),

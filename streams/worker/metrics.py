@@ -23,6 +23,7 @@ REASONS = (
     "undecodable",
     "bad staff record",
     "unreadable event",
+    "billing_view_contract",
 )
 """Dead-letter reasons by their first words; anything else (a validation message) is
 counted as ``invalid``."""

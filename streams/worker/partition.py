@@ -8,9 +8,12 @@ reflects (``streams.worker.snapshots``, as data through ``streams.worker.state_c
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
+
+from pydantic import ValidationError
 
 from projections.alerts import approaching
 from projections.billing import MonthBilling
@@ -38,6 +41,12 @@ from streams.kafka.records import (
 )
 
 BILLING, ALERTS, STAFF, DEADLETTER = "billing", "alerts", "staff", "deadletter"
+CONTRACT_BROKEN = "billing_view_contract"
+"""The dead-letter reason of a billing line that fails :class:`~schemas.views.PatientMonthView`
+(a bug of the fold, never of its input): it goes to the dead-letter topic, never to
+``care.billing.v1``, and the worker goes on (one patient-month must not stop every tenant);
+the reason names the failing fields, never their values."""
+log = logging.getLogger("caretally.worker")
 _REFUSED = (Status.CONFLICT, Status.OVER_LIMIT)  # dead-lettered with the ledger's reason
 
 
@@ -103,7 +112,13 @@ class FoldPartition:
         headers = (("progress", progress_header(b)), ("context", context_header(b, tz)))
         value = billing_value(b)
         if value is not None:  # always, for a billing: held to the published contract
-            billing_line(value)
+            try:
+                billing_line(value)
+            except ValidationError as exc:  # a bug of ours: the line is not published
+                fields = ", ".join(sorted({".".join(map(str, e["loc"])) for e in exc.errors()}))
+                reason = f"{CONTRACT_BROKEN}: {fields or 'the view'}"
+                log.error("a billing line broke the published contract (%s): dead-lettered", fields)
+                return Output(DEADLETTER, key, value, (("reason", reason.encode()),))
         return Output(BILLING, key, value, headers)
 
     def _staff(self, event: Event, previous: Activity | None) -> list[Output]:

@@ -222,3 +222,20 @@ def test_as_of_leaves_out_months_not_yet_begun(tmp_path: Path) -> None:
         cli, ["replay", "--input", str(path), "--as-of", "2025-03-20T00:00:00Z"]
     )
     assert [v["month"] for v in _json_lines(early.stdout)] == ["2025-03"]
+
+
+def test_a_line_that_breaks_the_published_contract_fails_the_replay_and_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An injected bug: every view gains a field PatientMonthView does not have."""
+    from projections.billing import MonthBilling
+
+    real = MonthBilling.view
+    monkeypatch.setattr(MonthBilling, "view", lambda self: {**real(self), "extra": 1})
+    out = tmp_path / "views.ndjson"
+    result = CliRunner().invoke(
+        cli, ["replay", "--input", str(_log_file(tmp_path)), "--output", str(out)]
+    )
+    assert result.exit_code == 1, result.output
+    assert "does not match the published contract (extra)" in result.stderr
+    assert not out.exists()

@@ -6,8 +6,10 @@ from __future__ import annotations
 import pickle
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -220,3 +222,33 @@ def test_projector_caches_survive_zone_changes_and_same_day_readings(
     expected = {(b.patient_id, b.month): b.view() for b in replay(log.events())}
     got = {(b.patient_id, b.month): b.view() for b in projector.billing()}
     assert got == expected
+
+
+def test_a_billing_line_that_breaks_the_contract_is_dead_lettered_not_published(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fold bug (injected: the billing bytes gain a field the contract does not have)
+    must not stop the worker: the line goes to the dead letters with the fields named, and
+    the partition folds on."""
+    from streams.worker import partition
+
+    real = partition.billing_value
+
+    def broken(b: Any) -> bytes | None:
+        value = real(b)
+        return None if value is None else value[:-1] + b',"secret_field":"P-1"}'
+
+    monkeypatch.setattr(partition, "billing_value", broken)
+    log = Log()
+    log.documented("P-1")
+    log.activity("P-1", "a1", "2025-03-03T10:00:00-05:00", 25)
+    log.activity("P-2", "b1", "2025-03-03T10:00:00-05:00", 5)  # folding goes on
+    with caplog.at_level("ERROR", logger="caretally.worker"):
+        part, billing, outs = fold_all([orjson.dumps(e) for e in log.raw])
+    assert billing == {}  # nothing published
+    letters = [o for o in outs if o.topic == DEADLETTER]
+    assert letters and all(o.key is not None and o.key.startswith(b"o1:P-") for o in letters)
+    reasons = {dict(o.headers)["reason"] for o in letters}
+    assert reasons == {b"billing_view_contract: secret_field"}
+    assert ("o1", "P-2", "2025-03") in part.projector.views  # the fold went on
+    assert "secret_field" in caplog.text and "P-1" not in caplog.text  # no values logged
