@@ -6,7 +6,12 @@ are those of :mod:`streams.kafka.records` (and the gate's, the log writer's, the
 payloads the JSON Schemas of the pydantic models (:mod:`schemas.events`,
 :mod:`schemas.views`) and of the records' dataclasses. ``caretally schema --asyncapi``
 prints it; ``tests/unit/test_asyncapi.py`` validates it against the AsyncAPI 3.0.0 JSON
-Schema and checks that the committed file is what this module prints now.
+Schema, checks that the committed file is what this module prints now, and holds records
+made by the real writers to it (header names, header values and payloads).
+
+Header values are bytes; their schemas say how to read them: ``contentEncoding: binary``
+(raw bytes, one character per byte), otherwise UTF-8 text, and JSON text where
+``contentMediaType`` is ``application/json`` (``contentSchema`` is what it holds).
 
 A new topic: a property of ``Topics``, then a :class:`Channel` in :func:`channels` (the
 test fails until every topic of ``Topics.settings()`` has one).
@@ -42,8 +47,29 @@ def _text(description: str, **extra: Any) -> dict[str, Any]:
     return {"type": "string", "description": description, **extra}
 
 
+def _decimal(description: str, signed: bool = False) -> dict[str, Any]:
+    return _text(description, pattern="^-?[0-9]+$" if signed else "^[0-9]+$")
+
+
+def _json_text(model: str, description: str) -> dict[str, Any]:
+    """A header holding JSON text (Kafka header values are bytes, never JSON values)."""
+    return _text(description, contentMediaType="application/json", contentSchema=_ref(model))
+
+
+def _digest(description: str) -> dict[str, Any]:
+    """A header of 8 raw bytes (big-endian), not text."""
+    return _text(description, contentEncoding="binary", minLength=8, maxLength=8)
+
+
 def _headers(required: list[str], **properties: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "object", "required": required, "properties": properties}
+    """Every header a record of the message can carry (no others: ``additionalProperties``
+    false); ``required`` those every record carries."""
+    return {
+        "type": "object",
+        "required": required,
+        "properties": properties,
+        "additionalProperties": False,
+    }
 
 
 STAFF_INTERVAL: dict[str, Any] = {
@@ -87,6 +113,7 @@ PROGRESS: dict[str, Any] = {
             "have_s": {"type": "integer"},
             "need_s": {"type": "integer"},
         },
+        "additionalProperties": False,
     },
 }
 CONTEXT: dict[str, Any] = {
@@ -97,13 +124,23 @@ CONTEXT: dict[str, Any] = {
         "timezone": {"type": "string"},
         "practitioners": {"type": "array", "items": {"type": "string"}},
     },
+    "additionalProperties": False,
 }
+
+
+PARKED_SOURCE = (
+    "where the alert was read ({topic, partition, offset}, by caretally webhooks deliver), "
+    "or {replay_of: <parked_id>} for a delivery parked again by caretally webhooks replay"
+)
 
 
 def _webhook_record(cls: type, kind: str) -> dict[str, Any]:
     schema = TypeAdapter(cls).json_schema(ref_template=REF)
     schema["properties"] = {"type": {"const": kind}, **schema["properties"]}
+    if "source" in schema["properties"]:
+        schema["properties"]["source"]["description"] = PARKED_SOURCE
     schema["required"] = ["type", *schema.get("required", [])]
+    schema["additionalProperties"] = False  # parked.parse refuses unknown fields
     return schema
 
 
@@ -178,10 +215,23 @@ def channels(topics: Topics) -> tuple[Channel, ...]:
             "Untrusted input, exactly as the feeds sent it; partitioned by org.",
             (
                 Message(
-                    "IngressEvent", "one event as a feed sent it (not yet valid)", EVENT_KEY, event
+                    "IngressEvent",
+                    "one event as a feed sent it (not yet valid)",
+                    EVENT_KEY,
+                    event,
+                    _headers(
+                        [],
+                        rerouted_from=_text(
+                            "only on a record the gate moved to its org's partition: "
+                            "<partition>:<offset> where it was first read",
+                            pattern="^[0-9]+:[0-9]+$",
+                        ),
+                    ),
                 ),
             ),
-            "caretally serve (POST /v1/events, POST /fhir/r4), caretally ingest",
+            "caretally serve (POST /v1/events, POST /fhir/r4) and caretally ingest, without "
+            "headers; the worker's ingress gate, a valid event it read on another partition "
+            "than its org's, moved there unchanged with header rerouted_from",
             "the worker's ingress gate",
         ),
         Channel(
@@ -196,12 +246,13 @@ def channels(topics: Topics) -> tuple[Channel, ...]:
                     event,
                     _headers(
                         ["idem", "body"],
-                        idem=_text("8 bytes, big-endian: the idempotency digest (org, event_id)"),
-                        body=_text("8 bytes, big-endian: the digest of the event's body"),
+                        idem=_digest("8 bytes, big-endian: the idempotency digest (org, event_id)"),
+                        body=_digest("8 bytes, big-endian: the digest of the event's body"),
                     ),
                 ),
             ),
-            "the worker's ingress gate, caretally close (month.closed)",
+            "the worker's ingress gate, caretally close (month.closed), caretally restore "
+            "(an archive, as the gate wrote it), all through streams.kafka.log_writer",
             "the worker's fold, caretally close and audit, the pages",
         ),
         Channel(
@@ -213,20 +264,41 @@ def channels(topics: Topics) -> tuple[Channel, ...]:
                     "DeadLetter",
                     "a rejected record: its bytes as received (an excerpt when too large)",
                     "the rejected record's key (cut to the key limit), or none",
-                    {"type": "string", "description": "the raw bytes, not necessarily JSON"},
+                    _text("the raw bytes, not necessarily JSON", contentEncoding="binary"),
                     _headers(
-                        ["reason"],
+                        ["reason", "source_topic", "source_partition", "source_offset"],
                         reason=_text("why it was rejected (e.g. too_large, conflict, a field)"),
-                        source_topic=_text("where it was read: a topic, http or http:fhir"),
-                        source_partition=_text("decimal; -1 for http"),
-                        source_offset=_text("decimal; the line or entry index for http"),
-                        digest=_text("too_large only: sha256:<hex> of all the bytes"),
-                        size=_text("too_large only: decimal size of all the bytes"),
+                        source_topic=_text(
+                            "where it was read: a topic (care.ingress.v1: the gate; "
+                            "care.events.v1: the fold; care.staff.v1: the staff check; "
+                            "care.alerts.v1: caretally webhooks deliver), http (POST "
+                            "/v1/events), http:fhir (POST /fhir/r4) or ingest:<file> "
+                            "(caretally ingest; the file's base name, - for stdin)"
+                        ),
+                        source_partition=_decimal(
+                            "the partition read; -1 when not read from a topic", signed=True
+                        ),
+                        source_offset=_decimal(
+                            "the record's offset (an unreadable batch: its first offset); "
+                            "not from a topic: the event's index in the request (http), the "
+                            "Bundle entry's index (http:fhir) or the line number (ingest)",
+                            signed=True,
+                        ),
+                        digest=_text(
+                            "too_large only: SHA-256 of all the bytes",
+                            pattern="^sha256:[0-9a-f]{64}$",
+                        ),
+                        size=_decimal("too_large only: the size of all the bytes"),
                     ),
                     "application/octet-stream",
                 ),
             ),
-            "the ingress gate, the fold, caretally serve, caretally webhooks",
+            "the worker (its ingress gate: invalid, conflicting or too large events, "
+            "unreadable batches; its fold and staff check: records of the log or of "
+            "care.staff.v1 it cannot fold), caretally serve (POST /v1/events: too large "
+            "events; POST /fhir/r4: entries that map to no event), caretally ingest (too "
+            "large lines, FHIR entries that map to no event), caretally webhooks deliver "
+            "(records of care.alerts.v1 that are no alert, unreadable batches)",
             "people (caretally audit, kafka tools)",
         ),
         Channel(
@@ -242,8 +314,8 @@ def channels(topics: Topics) -> tuple[Channel, ...]:
                     {"oneOf": [_ref("PatientMonthView"), {"type": "null"}]},
                     _headers(
                         [],
-                        progress={**_ref("BillingProgress"), "description": "JSON"},
-                        context={**_ref("BillingContext"), "description": "JSON"},
+                        progress=_json_text("BillingProgress", "JSON; not on a tombstone"),
+                        context=_json_text("BillingContext", "JSON; not on a tombstone"),
                     ),
                 ),
             ),
@@ -256,7 +328,7 @@ def channels(topics: Topics) -> tuple[Channel, ...]:
             "Alerts: thresholds crossed and revoked, conflicts, late activity.",
             (Message("Alert", "one alert", f"org_id:patient_id; {IDS}", _ref("Alert")),),
             "the worker's fold and daily sweep",
-            "caretally serve (SSE), caretally webhooks",
+            "caretally serve (SSE), caretally webhooks deliver",
         ),
         Channel(
             "staff",
@@ -282,19 +354,20 @@ def channels(topics: Topics) -> tuple[Channel, ...]:
                 Message(
                     "WebhookParked",
                     "a delivery that failed every attempt: the alert as sent",
-                    "org_id",
+                    "org_id (escaped as a key part)",
                     _ref("WebhookParked"),
-                    _headers(["type"], type={"const": "parked"}),
+                    _headers(["type"], type=_text("the value's type", const="parked")),
                 ),
                 Message(
                     "WebhookResolved",
                     "a parked delivery finished by caretally webhooks replay",
-                    "org_id",
+                    "org_id (escaped as a key part)",
                     _ref("WebhookResolved"),
-                    _headers(["type"], type={"const": "resolved"}),
+                    _headers(["type"], type=_text("the value's type", const="resolved")),
                 ),
             ),
-            "caretally webhooks",
+            "caretally webhooks deliver (parked), caretally webhooks replay (resolved, and "
+            "parked again when a replay fails too)",
             "caretally webhooks replay",
         ),
     )
@@ -349,6 +422,9 @@ def asyncapi_document(version: str = "1") -> dict[str, Any]:
             "description": "The Kafka topics of caretally: what each holds, its key, headers "
             "and value (docs/contracts.md). Topic names carry an optional prefix "
             "(--topic-prefix / CARETALLY_TOPIC_PREFIX); the addresses here are without it. "
+            "Header values are bytes: UTF-8 text, except where a header's schema says "
+            "contentEncoding binary (raw bytes); contentMediaType application/json marks JSON "
+            "text, whose contentSchema says what it holds. "
             "Generated by streams/contracts/asyncapi.py (caretally schema --asyncapi).",
         },
         "defaultContentType": "application/json",
@@ -358,11 +434,19 @@ def asyncapi_document(version: str = "1") -> dict[str, Any]:
     }
 
 
+class _PlainDumper(yaml.SafeDumper):
+    """Writes a repeated object out again instead of an ``&id`` anchor and ``*id`` alias."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def asyncapi_yaml() -> str:
     """The document as ``docs/asyncapi.yaml`` holds it."""
     header = "# Generated by `caretally schema --asyncapi` (streams/contracts/asyncapi.py).\n"
-    body = yaml.safe_dump(
+    body = yaml.dump(
         asyncapi_document(),
+        Dumper=_PlainDumper,
         sort_keys=False,
         allow_unicode=True,
         width=100,
