@@ -5,7 +5,9 @@ excerpt, the SHA-256 and size of the whole line, where it came from, its key if 
 
 The memory tests run the real CLI as a child process under an address-space cap (so the
 unfixed code fails with ``MemoryError`` instead of eating the machine) and read the
-child's own peak RSS from ``os.wait4``.
+child's own peak RSS: its ``VmHWM`` as it exits (``os.wait4``'s ``ru_maxrss`` would also
+count the pages it shared with this test process between fork and exec, so a test
+process grown big by earlier tests would fail it).
 """
 
 from __future__ import annotations
@@ -77,24 +79,40 @@ def run_capped(args: list[str], tmp_path: Path, timeout: float = 300) -> Run:
     def cap() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (AS_CAP, AS_CAP))
 
-    out_path = tmp_path / "child.out"
+    out_path, hwm_path = tmp_path / "child.out", tmp_path / "child.hwm"
     with open(out_path, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", *args],
+            [sys.executable, "-c", HWM_PROBE, *args],
             cwd=REPO,  # this checkout's code, not the editable install's
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
             preexec_fn=cap,
+            env={**os.environ, "HWM_FILE": str(hwm_path)},
         )
         killer = threading.Timer(timeout, proc.kill)
         killer.start()
         try:
-            _pid, status, usage = os.wait4(proc.pid, 0)
+            proc.wait()
         finally:
             killer.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    return Run(proc.returncode, out_path.read_text(errors="replace"), usage.ru_maxrss * 1024)
+    kib = int(hwm_path.read_text().split()[1])  # "VmHWM:  123456 kB"
+    return Run(proc.returncode, out_path.read_text(errors="replace"), kib * 1024)
+
+
+HWM_PROBE = """
+import atexit, os, runpy, sys
+
+def report():
+    with open("/proc/self/status") as status, open(os.environ["HWM_FILE"], "w") as out:
+        out.write(next(line for line in status if line.startswith("VmHWM")))
+
+atexit.register(report)
+sys.argv = ["caretally", *sys.argv[1:]]
+runpy.run_module("streams.cli", run_name="__main__", alter_sys=True)
+"""
+"""``caretally ARGS`` that writes its own peak RSS (``VmHWM``, its memory since exec, not
+its parent's) to ``$HWM_FILE`` as it exits."""
 
 
 def write_gzip_bomb(path: Path, head: bytes, filler: int, tail: bytes) -> None:
