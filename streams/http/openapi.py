@@ -599,7 +599,7 @@ ROUTES: tuple[Route, ...] = (
         SESSION,
         {
             "summary": "Download a closed month's claim lines",
-            "parameters": [PAGE_MONTH, path_param("fmt", "csv or json")],
+            "parameters": [PAGE_MONTH, path_param("fmt", "csv, json or 837p")],
             "responses": {
                 "200": {
                     "description": "the claim file",
@@ -609,7 +609,7 @@ ROUTES: tuple[Route, ...] = (
                     },
                 },
                 "303": SIGNED_OUT,
-                "404": page("not closed yet, or not csv/json"),
+                "404": page("not closed yet, or not csv/json/837p"),
                 **PAGE_STATUS,
             },
         },

@@ -29,7 +29,9 @@ from streams.web.worklist_page import alerted
 
 log = logging.getLogger("caretally.serve")
 
-FORMATS = {"csv": "text/csv", "json": "application/json"}
+FORMATS = {"csv": "text/csv", "json": "application/json", "837p": "application/json"}
+"""The claim files a page offers (``/months/<month>/claims.<fmt>``): those of ``caretally
+close --claims-format``, the 837P-shaped JSON included (docs/claims.md)."""
 # the close service's refusals, in the page's words (its own name the command's options)
 REFUSED = {
     "already_closed": "The month was closed meanwhile (from another page or the command "
@@ -130,7 +132,7 @@ async def close(request: web.Request) -> web.StreamResponse:
 async def download(request: web.Request) -> web.StreamResponse:
     month, fmt = _month(request), request.match_info["fmt"]
     if fmt not in FORMATS:
-        raise web.HTTPNotFound(text="claims come as .csv or .json")
+        raise web.HTTPNotFound(text="claims come as .csv, .json or .837p")
     org = request[SESSION].org_id
     config = request.app[WEB]
 

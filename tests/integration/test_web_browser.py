@@ -358,10 +358,19 @@ def test_close_downloads_equal_close_files_and_another_org_sees_nothing(
         cookie = {c["name"]: c["value"] for c in driver.get_cookies()}["caretally_session"]
         export = tmp_path / "cli-claims"
         stack.cli(
-            "close", "--org", "o1", "--month", MARCH, "--export-only", "--claims-dir", str(export)
+            "close",
+            "--org",
+            "o1",
+            "--month",
+            MARCH,
+            "--export-only",
+            "--claims-dir",
+            str(export),
+            "--claims-format",
+            "all",
         )
         stem = claims_stem("o1", MARCH)
-        for fmt in ("csv", "json"):
+        for fmt, suffix in (("csv", "csv"), ("json", "json"), ("837p", "837p.json")):
             href = driver.find_element(By.LINK_TEXT, fmt.upper()).get_attribute("href") or ""
             status, headers, body = stack.request(
                 "GET",
@@ -369,7 +378,7 @@ def test_close_downloads_equal_close_files_and_another_org_sees_nothing(
                 headers={"Cookie": f"caretally_session={cookie}"},
             )
             assert status == 200 and "attachment" in headers["content-disposition"]
-            assert body == (export / f"{stem}.{fmt}").read_bytes()
+            assert body == (export / f"{stem}.{suffix}").read_bytes()
 
         # late activity on the closed month: live on the alerts page, then on the close page
         driver.get(f"{stack.base}/alerts?kind=late_activity")
