@@ -314,6 +314,32 @@ def log_format_option() -> Callable[[F], F]:
     )
 
 
+def web_port_option(default: int) -> Callable[[F], F]:
+    """``--web-port PORT`` of a process without an API of its own
+    (:mod:`streams.observe.probes`); 0 means no web server."""
+    return click.option(
+        "--web-port",
+        default=default,
+        show_default=True,
+        type=click.IntRange(0, 65535),
+        metavar="PORT",
+        help="Port of GET /healthz (liveness, 200 while running), /readyz (200 only when "
+        "connected to Kafka with partitions assigned, else 503) and /metrics (Prometheus). "
+        "0: no web server. Give each process on one machine its own.",
+    )
+
+
+def web_host_option(f: F) -> F:
+    """``--web-host HOST``: where ``--web-port`` binds."""
+    return click.option(
+        "--web-host",
+        default="127.0.0.1",
+        show_default=True,
+        metavar="HOST",
+        help="Address the web server binds; 0.0.0.0 only inside a container or behind a firewall.",
+    )(f)
+
+
 # -- old spellings -----------------------------------------------------------------------
 
 

@@ -20,6 +20,8 @@ from streams.cli.options import (
     loglevel_option,
     org_option,
     parse_org,
+    web_host_option,
+    web_port_option,
 )
 from streams.cli.output import echo_columns
 
@@ -245,6 +247,8 @@ def _registry_or_fail(webhooks_file: Path | None) -> Path:
     help="A group with no committed offsets starts at the earliest alert kept (90 days) "
     "[default: at the end: only alerts written from now on].",
 )
+@web_port_option(6067)
+@web_host_option
 @loglevel_option("info")
 @log_format_option()
 def webhooks_deliver(
@@ -258,6 +262,8 @@ def webhooks_deliver(
     cooldown_s: float,
     batch_deadline_s: float,
     from_beginning: bool,
+    web_port: int,
+    web_host: str,
     loglevel: str,
     log_format: str,
 ) -> None:
@@ -276,9 +282,13 @@ def webhooks_deliver(
     was added; earlier ones are not sent to it. A new --group starts at the end of
     care.alerts.v1 (--from-beginning: at its start).
 
+    Point a container healthcheck at /readyz on --web-port; /metrics counts
+    deliveries, attempts, open circuits and batches (docs/webhooks.md
+    "Operating it").
+
     \b
-    Exit status: 0 after Ctrl-C or SIGTERM; 1 when it cannot start or a parked
-    delivery cannot be written to Kafka.
+    Exit status: 0 after Ctrl-C or SIGTERM; 1 when it cannot start (e.g.
+    --web-port is taken) or a parked delivery cannot be written to Kafka.
 
     \b
     Examples:
@@ -311,6 +321,8 @@ def webhooks_deliver(
         cooldown_s=cooldown_s,
         batch_deadline_s=batch_deadline_s,
         from_beginning=from_beginning,
+        web_port=web_port or None,
+        web_host=web_host,
     )
 
     async def main() -> None:

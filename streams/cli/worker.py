@@ -14,6 +14,8 @@ from streams.cli.options import (
     loglevel_option,
     partitions_option,
     rules_option,
+    web_host_option,
+    web_port_option,
 )
 from streams.kafka.topics import DEFAULT_PARTITIONS
 from streams.worker.snapshots import DEFAULT_STATE_DIR
@@ -76,23 +78,8 @@ from streams.worker.snapshots import DEFAULT_STATE_DIR
     "with one --app-id share the partitions of each role (give each its own --state-dir "
     "and --web-port).",
 )
-@click.option(
-    "--web-port",
-    default=6066,
-    show_default=True,
-    type=click.IntRange(0, 65535),
-    metavar="PORT",
-    help="Port of GET /healthz (liveness, 200 while running), /readyz (200 only when "
-    "connected to Kafka with partitions assigned, else 503) and /metrics (Prometheus). "
-    "0: no web server. Give each worker on one machine its own.",
-)
-@click.option(
-    "--web-host",
-    default="127.0.0.1",
-    show_default=True,
-    metavar="HOST",
-    help="Address the web server binds; 0.0.0.0 only inside a container or behind a firewall.",
-)
+@web_port_option(6066)
+@web_host_option
 @rules_option
 @loglevel_option("warning")
 @log_format_option()

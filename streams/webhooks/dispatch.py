@@ -16,6 +16,9 @@ Each webhook's :class:`~streams.webhooks.circuit.Circuit` outlives the batches.
 A group with no committed offset for a partition starts at its end (``from_beginning``:
 at its start), and commits that start at once, so a restart before the first batch
 resumes there, not at a later end.
+
+With ``web_port``, ``/healthz``, ``/readyz`` and ``/metrics`` are served
+(:mod:`streams.observe.probes`, :mod:`streams.webhooks.metrics`).
 """
 
 from __future__ import annotations
@@ -34,10 +37,12 @@ from streams.kafka.clients import WORKER_PRODUCER, Connection, aio_producer
 from streams.kafka.group_consumer import GroupConsumer, Partitions, UndecodableBatch
 from streams.kafka.records import deadletter_headers
 from streams.kafka.topics import Topics
+from streams.observe.probes import ProbeServer, broker_answers
 from streams.webhooks import parked
 from streams.webhooks.alert_head import AlertHead, bad_alert_reason, read_head
-from streams.webhooks.circuit import Circuit
+from streams.webhooks.circuit import Circuit, State
 from streams.webhooks.fanout import Job, deliver_all
+from streams.webhooks.metrics import DeliverMetrics
 from streams.webhooks.registry import Registry, WebhookError
 from streams.webhooks.sender import Deadline, Outcome, RetryPolicy, client_session, now_iso
 
@@ -46,6 +51,7 @@ log = logging.getLogger("caretally.webhooks")
 CLIENT_ID = "caretally-webhooks"
 COOLDOWN_S = 60.0
 BATCH_DEADLINE_S = 120.0
+KAFKA_PROBE_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,8 @@ class DeliverConfig:
     cooldown_s: float = COOLDOWN_S
     batch_deadline_s: float = BATCH_DEADLINE_S
     from_beginning: bool = False
+    web_port: int | None = None  # /healthz, /readyz, /metrics; None: no web server
+    web_host: str = "127.0.0.1"
 
 
 class Dispatcher:
@@ -79,12 +87,53 @@ class Dispatcher:
             client_id=CLIENT_ID,
         )
         self.session = client_session()
+        self.metrics = DeliverMetrics()
+        self.metrics.watch_circuits(self._open_circuits)
+        self.kafka_up = False
+        self.web: ProbeServer | None = None
+        if cfg.web_port is not None:
+            self.web = ProbeServer(self.metrics.registry, self.health, cfg.web_host, cfg.web_port)
+
+    def health(self) -> dict[str, Any]:
+        """Ready: the broker answered the last probe and partitions are assigned."""
+        assigned = len(self.consumer.assigned)
+        ready = self.kafka_up and assigned > 0
+        self.metrics.ready.set(1 if ready else 0)
+        return {
+            "live": True,
+            "ready": ready,
+            "kafka": "up" if self.kafka_up else "down",
+            "assigned_partitions": assigned,
+        }
+
+    def _open_circuits(self) -> int:
+        return sum(
+            1 for h in self.registry.hooks if self.circuit.state(h.webhook_id) is not State.CLOSED
+        )
+
+    async def _probe_kafka(self) -> None:
+        while True:
+            self.kafka_up = await broker_answers(self.consumer.consumer)
+            self.metrics.kafka_up.set(1 if self.kafka_up else 0)
+            await asyncio.sleep(KAFKA_PROBE_S)
 
     async def run(self, stop: asyncio.Event) -> None:
+        if self.web is None:
+            await self._run(stop)
+            return
+        await self.web.start()  # first: /healthz answers while Kafka is connected
+        try:
+            await self._run(stop)
+        finally:
+            await self.web.stop()
+
+    async def _run(self, stop: asyncio.Event) -> None:
         cfg = self.cfg
+        probing: asyncio.Task[None] | None = None
         await self.producer.start()
         try:
             await self.consumer.start()
+            probing = asyncio.create_task(self._probe_kafka())
             log.info(
                 "delivering %s as group %s to %d webhook(s) of %s",
                 cfg.topics.alerts,
@@ -105,7 +154,12 @@ class Dispatcher:
                     finished = await self.handle(batch, stop)
                     self.consumer.done(finished)
                     await self.consumer.commit()
+                    self.metrics.batches.inc()
         finally:
+            if probing is not None:
+                probing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await probing
             await self.consumer.stop()
             await self.session.close()
             with contextlib.suppress(Exception):
@@ -134,11 +188,20 @@ class Dispatcher:
             assert isinstance(i, int)
             if not outcome.delivered:
                 await self._park(job, outcome, alerts[i], batch[i])
+            self.metrics.deliveries.labels("delivered" if outcome.delivered else "parked").inc()
             left[i] -= 1
 
         if jobs:
             work = asyncio.ensure_future(
-                deliver_all(self.session, jobs, self.cfg.policy, on_done, self.circuit, deadline)
+                deliver_all(
+                    self.session,
+                    jobs,
+                    self.cfg.policy,
+                    on_done,
+                    self.circuit,
+                    deadline,
+                    self.metrics,
+                )
             )
             stopping = asyncio.ensure_future(stop.wait())
             await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -172,6 +235,7 @@ class Dispatcher:
             await self.producer.send_and_wait(
                 self.cfg.topics.deadletter, key=record.key, value=record.value, headers=headers
             )
+            self.metrics.deliveries.labels("dead_lettered").inc()
             return None
 
     async def _park(self, job: Job, outcome: Outcome, alert: AlertHead, record: Any) -> None:
@@ -245,6 +309,7 @@ class Dispatcher:
         await self.producer.send_and_wait(
             self.cfg.topics.deadletter, key=None, value=bad.raw, headers=headers
         )
+        self.metrics.deliveries.labels("dead_lettered").inc()
 
 
 async def run_deliver(cfg: DeliverConfig, stop: asyncio.Event) -> None:

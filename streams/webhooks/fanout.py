@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass
 
 import aiohttp
 
 from streams.webhooks.circuit import Circuit, State
+from streams.webhooks.metrics import DeliverMetrics
 from streams.webhooks.registry import Webhook
 from streams.webhooks.sender import Deadline, Outcome, RetryPolicy, deliver
 
@@ -57,7 +59,9 @@ async def _one_webhook(
     on_done: OnDone,
     circuit: Circuit,
     deadline: Deadline | None,
+    metrics: DeliverMetrics | None,
 ) -> None:
+    on_attempt = metrics.attempt if metrics is not None else None
     for job in jobs:
         hook_id = job.hook.webhook_id
         state = circuit.state(hook_id)
@@ -65,11 +69,16 @@ async def _one_webhook(
             outcome = not_attempted(job, f"not attempted: {deadline.reason()}")
         elif state is State.OPEN:
             outcome = not_attempted(job, circuit.refusal(hook_id))
+            if metrics is not None:
+                metrics.attempt("refused_by_circuit")
         else:
             tries = policy if state is State.CLOSED else dataclasses.replace(policy, attempts=1)
+            started = time.monotonic()
             outcome = await deliver(
-                session, job.hook, job.alert_id, job.org_id, job.body, tries, deadline
+                session, job.hook, job.alert_id, job.org_id, job.body, tries, deadline, on_attempt
             )
+            if metrics is not None and outcome.delivered:
+                metrics.latency.observe(time.monotonic() - started)
             circuit.record(hook_id, outcome)
         await on_done(job, outcome)
 
@@ -81,9 +90,11 @@ async def deliver_all(
     on_done: OnDone,
     circuit: Circuit,
     deadline: Deadline | None = None,
+    metrics: DeliverMetrics | None = None,
 ) -> None:
     """Deliver every job; ``on_done(job, outcome)`` once each has ended (it parks a failed
-    one). The first error of ``on_done`` cancels the rest and is raised."""
+    one). The first error of ``on_done`` cancels the rest and is raised. ``metrics`` count
+    the attempts and time the deliveries (the outcomes are the caller's to count)."""
     per_hook: dict[str, list[Job]] = {}
     for job in jobs:
         per_hook.setdefault(job.hook.webhook_id, []).append(job)
@@ -91,7 +102,7 @@ async def deliver_all(
         async with asyncio.TaskGroup() as group:
             for hook_jobs in per_hook.values():
                 group.create_task(
-                    _one_webhook(session, hook_jobs, policy, on_done, circuit, deadline)
+                    _one_webhook(session, hook_jobs, policy, on_done, circuit, deadline, metrics)
                 )
     except ExceptionGroup as eg:
         raise eg.exceptions[0] from None

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -18,6 +19,7 @@ from streams.webhooks.signing import request_headers
 log = logging.getLogger("caretally.webhooks")
 
 MAX_DELAY_S = 60.0
+TIMEOUT_PREFIX = "timeout after"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +74,17 @@ class Deadline:
         return f"the batch deadline ({self.seconds:g} s) was reached"
 
 
+def attempt_result(status: int | None, error: str) -> str:
+    """An attempt's result as :func:`attempt` reported it, as a metric label: ``ok``,
+    ``http_error`` (a status other than 2xx), ``timeout`` or ``connection_error`` (no
+    response otherwise)."""
+    if not error:
+        return "ok"
+    if status is not None:
+        return "http_error"
+    return "timeout" if error.startswith(TIMEOUT_PREFIX) else "connection_error"
+
+
 def now_iso() -> str:
     """Now as ISO-8601 UTC to the millisecond. The delivery records (attempts, parking)
     use milliseconds, unlike the registry's ``created_at`` (seconds, for people): retries
@@ -105,7 +118,7 @@ async def attempt(
                 return resp.status, ""
             return resp.status, f"HTTP {resp.status}"
     except TimeoutError:
-        return None, f"timeout after {timeout_s:g} s"
+        return None, f"{TIMEOUT_PREFIX} {timeout_s:g} s"
     except aiohttp.ClientError as exc:
         return None, f"{type(exc).__name__}: {exc}"[:300]
     except OSError as exc:
@@ -123,10 +136,12 @@ async def deliver(
     body: bytes,
     policy: RetryPolicy,
     deadline: Deadline | None = None,
+    on_attempt: Callable[[str], None] | None = None,
 ) -> Outcome:
     """POST ``body`` to ``hook`` until a 2xx, ``policy.attempts`` failures or the
-    ``deadline`` (no attempt or wait goes past it). Logs the alert id, org, webhook id and
-    status: never the body (it holds a patient id)."""
+    ``deadline`` (no attempt or wait goes past it); ``on_attempt`` hears each attempt's
+    :func:`attempt_result`. Logs the alert id, org, webhook id and status: never the body
+    (it holds a patient id)."""
     first = last = now_iso()
     status: int | None = None
     error = ""
@@ -140,6 +155,8 @@ async def deliver(
         status, error = await attempt(
             session, hook, alert_id, body, number, min(policy.timeout_s, left)
         )
+        if on_attempt is not None:
+            on_attempt(attempt_result(status, error))
         if not error:
             log.info(
                 "delivered alert %s of org %s to webhook %s: HTTP %s (attempt %d)",

@@ -59,8 +59,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
 from projections.engine import Projector
 from projections.rules import RuleBookError, RuleCatalog
 from projections.staff import StaffProjector
@@ -78,6 +76,12 @@ from streams.kafka.topics import (
     topic_shapes,
 )
 from streams.observe.logs import add_repeat_filter, formatter
+from streams.observe.probes import (
+    broker_answers,
+    healthz_response,
+    metrics_response,
+    readyz_response,
+)
 from streams.worker.books import books_digest, books_summary, load_books
 from streams.worker.gate import (
     TOO_LARGE,
@@ -835,14 +839,10 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str], ingress_partitions: in
 
     async def probe_kafka() -> None:
         """Whether the broker answers (a metadata request, 2 s at most)."""
-        client = next((c.consumer._client for c in consumers.values()), None)
+        client = next((c.consumer for c in consumers.values()), None)
         if client is None:
             return
-        try:
-            await asyncio.wait_for(client.fetch_all_metadata(), 2.0)
-            kafka_up[0] = True
-        except Exception:
-            kafka_up[0] = False
+        kafka_up[0] = await broker_answers(client)
         metrics.kafka_up.set(1 if kafka_up[0] else 0)
 
     app.timer(2.0)(probe_kafka)
@@ -874,19 +874,17 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str], ingress_partitions: in
         @app.page("/healthz")
         async def healthz(web: Any, request: Any) -> Any:
             """Liveness: 200 while the process runs; the body says whether it is ready."""
-            return web.json(health())
+            return healthz_response(health())
 
         @app.page("/readyz")
         async def readyz(web: Any, request: Any) -> Any:
             """Readiness: 200 only when connected to Kafka with partitions assigned."""
-            body = health()
-            return web.json(body, status=200 if body["ready"] else 503)
+            return readyz_response(health())
 
         @app.page("/metrics")
         async def prometheus(web: Any, request: Any) -> Any:
             health()  # the ready gauge as of this scrape
-            body = generate_latest(metrics.registry)
-            return web.bytes(body, content_type=CONTENT_TYPE_LATEST.split(";")[0])
+            return metrics_response(metrics.registry)
 
     return app
 

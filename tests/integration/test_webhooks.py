@@ -19,9 +19,11 @@ seen has arrived, every delivery of the earlier alerts has ended.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -37,6 +39,7 @@ import pytest
 from aiohttp import web
 from click.testing import CliRunner
 from kafka import KafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.views import Alert
 from streams.cli.main import cli
@@ -161,10 +164,13 @@ class Pipeline:
     producer: KafkaProducer
     receiver: Receiver
     patients: set[str] = field(default_factory=set)
+    names: set[str] = field(default_factory=set)  # the receiver's paths of its webhooks
+    web_port: int = 0  # its `deliver`'s /healthz, /readyz, /metrics
 
     def hook(self, name: str, org: str, kinds: tuple[str, ...] | None = None) -> str:
         """Register the receiver's path ``name`` for ``org``; its webhook id."""
         h = add_webhook(self.registry, org, self.receiver.url(name), kinds)
+        self.names.add(name)
         with self.receiver.lock:
             self.receiver.secrets[name] = h.secret
         return h.webhook_id
@@ -223,7 +229,8 @@ def pipeline(
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", linger_ms=0)
     p = Pipeline(broker.bootstrap, topics, folder / "webhooks.json", producer, receiver)
     p.hook("seed", "org-seed")  # deliver needs a registry file
-    proc, log = start_deliver(p, folder / "deliver.log")
+    p.web_port = free_port()
+    proc, log = start_deliver(p, folder / "deliver.log", "--web-port", str(p.web_port))
     try:
         yield p
     finally:
@@ -231,6 +238,34 @@ def pipeline(
         text = stop_deliver(proc, log)
         assert "delivered alert" in text  # the log names what it did ...
         assert not [pid for pid in p.patients if pid in text]  # ... never a patient
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def get(port: int, path: str) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def scrape(port: int) -> dict[tuple[str, str], float]:
+    """The ``caretally_webhook_*`` samples of ``/metrics``: (name, its one label's value)."""
+    status, body = get(port, "/metrics")
+    assert status == 200
+    return {
+        (s.name, next(iter(s.labels.values()), "")): s.value
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+        if s.name.startswith("caretally_webhook_")
+    }
 
 
 def start_deliver(p: Pipeline, log: Path, *args: str) -> tuple[subprocess.Popen[bytes], Path]:
@@ -385,6 +420,41 @@ def test_a_dead_receiver_is_parked_and_replayed_once_it_recovers(
     assert [p.attempts for p in parked_for(dead)] == [3, 0, 0, 0]
     assert receiver.keys("dead", "fail") == [d1.alert_id] * 3
 
+    # the running `deliver` counts what the receiver saw and what it parked (the counters
+    # follow the receiver's answers by a moment: wait until they agree, then compare)
+    def expected() -> dict[tuple[str, str], float]:
+        got = [r for name in pipeline.names for r in receiver.received(name)]
+        items, _ = pipeline.parked()
+        answered = {a: float(sum(r.answer == a for r in got)) for a in ("ok", "fail", "slow")}
+        return {
+            ("caretally_webhook_deliveries_total", "delivered"): answered["ok"],
+            ("caretally_webhook_deliveries_total", "parked"): float(len(items)),
+            ("caretally_webhook_deliveries_total", "dead_lettered"): float(
+                len(pipeline.records(pipeline.topics.deadletter))
+            ),
+            ("caretally_webhook_attempts_total", "ok"): answered["ok"],
+            ("caretally_webhook_attempts_total", "http_error"): answered["fail"],
+            ("caretally_webhook_attempts_total", "timeout"): answered["slow"],
+            ("caretally_webhook_attempts_total", "connection_error"): 0.0,
+            ("caretally_webhook_attempts_total", "refused_by_circuit"): float(
+                sum(p.attempts == 0 for p in items)
+            ),
+            ("caretally_webhook_delivery_seconds_count", ""): answered["ok"],
+            ("caretally_webhook_open_circuits", ""): 1.0,  # dead's; gone is no longer registered
+        }
+
+    def observed() -> dict[tuple[str, str], float]:
+        samples = scrape(pipeline.web_port)
+        return {k: samples.get(k, -1.0) for k in expected()}
+
+    eventually(lambda: observed() == expected(), timeout=10)
+    assert observed() == expected()
+    assert observed()["caretally_webhook_deliveries_total", "parked"] >= 6
+    assert scrape(pipeline.web_port)["caretally_webhook_batches_committed_total", ""] >= 1
+    status, body = get(pipeline.web_port, "/readyz")
+    assert (status, orjson.loads(body)["ready"]) == (200, True)
+    assert get(pipeline.web_port, "/healthz")[0] == 200
+
     # replay while the receiver is still down: parked again, exit 1
     code, out, err = pipeline.replay("--org", "org-d")
     assert code == 1, err
@@ -449,14 +519,14 @@ def test_a_new_group_starts_at_the_end_and_a_stop_mid_batch_sends_again_what_was
         old = p.alert("org-s", "cap_reached")  # before the group's first start: never sent
         receiver.set("s-hold", "ok", ["hang"])
         log = tmp_path / "deliver.log"
-        proc, _ = start_deliver(p, log, "--timeout", "30")
+        proc, _ = start_deliver(p, log, "--timeout", "30", "--web-port", "0")
         alert = p.alert("org-s", "overlap")
         # one webhook has it, the other is still answering: stop then, mid-batch
         eventually(lambda: len(receiver.received("s-hold")) == 1 and bool(receiver.keys("s-fast")))
         text = stop_deliver(proc, log)
         assert "deliveries in flight abandoned" in text
 
-        proc, _ = start_deliver(p, log)  # the same group: from its last commit
+        proc, _ = start_deliver(p, log, "--web-port", "0")  # the same group: its last commit
         eventually(lambda: receiver.keys("s-hold") == [alert.alert_id])
         stop_deliver(proc, log)
     finally:

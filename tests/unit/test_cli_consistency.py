@@ -45,6 +45,8 @@ SHARED = {
     "--org": options.org_option,
     "--output": options.output_option,
     "--rules": options.rules_option,
+    "--web-host": options.web_host_option,
+    "--web-port": options.web_port_option(6066),
 }
 """Options defined once: wherever they appear, the same help, metavar, type and callback."""
 OWN_MEANING = {
