@@ -62,8 +62,8 @@ from math import ceil
 from typing import Any
 
 from projections.billing import Line, MonthBilling, PatientContext
-from projections.calendar import first_day, last_day, local_date, month_bounds
-from projections.documentation import enrollment_on
+from projections.calendar import first_day, last_day, local_date
+from projections.documentation import conditions_on_record, enrollment_on
 from projections.intervals import Interval, union
 from projections.ledger import Ledger, PatientState, Practice
 from projections.rules import SHIPPED_CATALOG, RuleBook, RuleCatalog, Track
@@ -286,20 +286,16 @@ def undotted(code: str) -> str:
 
 def diagnoses_of_record(patient: PatientState, month: str, tz: str) -> tuple[str, ...] | None:
     """The ICD-10-CM codes on record for ``month``: the ``conditions.recorded`` list the
-    gates count (``projections.documentation.condition_count``: the latest recorded before
-    the month's end in ``tz``, log order breaking ties), in its order, each code once (its
+    gates count (``projections.documentation.conditions_on_record``: the latest recorded
+    before the month's end in ``tz``, log order breaking ties), in its order, each code once (its
     first spelling: ``E11.9`` and ``E119`` are one code). Empty when no list was recorded
     by then or the list is empty; None when the state does not keep the list's codes (a
     ledger restored from a snapshot written before the codes were kept; the archive replay
     reads them from the archived events' raw bytes)."""
-    hi = month_bounds(month, tz)[1]
-    latest: tuple[int, int] | None = None  # (recorded, seq)
-    for seq, recorded, _ in patient.conditions:
-        if recorded < hi and (latest is None or (recorded, seq) > latest):
-            latest = (recorded, seq)
-    if latest is None:
+    on_record = conditions_on_record(patient, month, tz)
+    if on_record is None:
         return ()
-    kept = patient.condition_codes.get(latest[1])
+    kept = patient.condition_codes.get(on_record[0])
     if kept is None:
         return None
     seen: set[str] = set()

@@ -62,14 +62,21 @@ def complex_month(patient: PatientState, month: str) -> bool:
     )
 
 
+def conditions_on_record(patient: PatientState, month: str, tz: str) -> tuple[int, int] | None:
+    """``(seq, count)`` of the chronic-condition list in effect for ``month``: the latest
+    recorded before the month's end in ``tz`` (log order breaks ties); None if none was."""
+    hi = month_bounds(month, tz)[1]
+    latest: tuple[int, int, int] | None = None  # (recorded, seq, count)
+    for seq, recorded, count in patient.conditions:
+        if recorded < hi and (latest is None or (recorded, seq) > latest[:2]):
+            latest = (recorded, seq, count)
+    return None if latest is None else (latest[1], latest[2])
+
+
 def condition_count(patient: PatientState, month: str, tz: str) -> int:
     """Chronic conditions on the latest list recorded on or before the month's end."""
-    hi = month_bounds(month, tz)[1]
-    latest: tuple[int, int, int] | None = None
-    for seq, recorded, count in patient.conditions:
-        if recorded < hi and (latest is None or (recorded, seq) > (latest[1], latest[0])):
-            latest = (seq, recorded, count)
-    return latest[2] if latest else 0
+    on_record = conditions_on_record(patient, month, tz)
+    return on_record[1] if on_record else 0
 
 
 def years_before(day: date, years: int) -> date:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from schemas.events import MONTH_PATTERN
 
@@ -83,6 +83,11 @@ class Alert(_View):
     code: str | None = None
     detail: str = Field(description="what happened, in words; never contains patient identifiers")
     cause_event_id: str | None = None
+
+
+def contract_fields(exc: ValidationError) -> str:
+    """The fields a :func:`billing_line` failure names (``a, b.c``), never their values."""
+    return ", ".join(sorted({".".join(map(str, e["loc"])) for e in exc.errors()}))
 
 
 def billing_line(view: Mapping[str, Any] | bytes) -> None:

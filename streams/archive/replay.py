@@ -445,9 +445,7 @@ def _add_activities(state: PatientState, rows: _Rows) -> None:
 def _add_documents(state: PatientState, rows: _Rows) -> None:
     """In log order, each type into its list as the ledger's handler appends it."""
     for row in rows:
-        _, _, seq, typ, program, pract, on, kind, qmb, cx, recorded, n, setting, adm, dis, codes = (
-            row
-        )
+        seq, typ, program, pract, on, kind, qmb, cx, recorded, n, setting, adm, dis, codes = row[2:]
         if typ == "consent.recorded" or typ == "consent.revoked":
             state.consents.append(ConsentEntry(seq, program, pract, typ == "consent.revoked", on))
         elif typ == "care_plan.recorded":

@@ -248,7 +248,7 @@ def _replay_archive(
 
 def _write_views(views: Iterable[dict[str, Any]], fmt: str, output: Path | None) -> None:
     """Every line held to the published model first (``schemas.views.billing_line``)."""
-    from schemas.views import billing_line
+    from schemas.views import billing_line, contract_fields
     from streams.render.views import write_csv, write_json_lines, write_table
 
     def checked(view: dict[str, Any]) -> dict[str, Any]:
@@ -267,7 +267,7 @@ def _write_views(views: Iterable[dict[str, Any]], fmt: str, output: Path | None)
     except ValidationError as exc:  # a bug of ours, named by its fields (never values)
         if output is not None and output.is_file():
             output.unlink()  # no half-written --output
-        fields = ", ".join(sorted({".".join(map(str, e["loc"])) for e in exc.errors()}))
+        fields = contract_fields(exc)
         fail(
             f"a billing line does not match the published contract ({fields}): a bug of "
             "caretally, please report it; the output is incomplete"

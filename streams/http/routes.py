@@ -30,7 +30,7 @@ from streams.kafka.records import event_key
 from streams.kafka.settings import KafkaSettings
 from streams.kafka.topics import Topics
 from streams.observe.prometheus import exposition
-from streams.web.auth import is_page
+from streams.web.auth import API_PUBLIC, is_page
 from streams.worker.gate import TOO_LARGE, Source, deadletter_write
 
 log = logging.getLogger("caretally.serve")
@@ -46,7 +46,6 @@ OFFLOAD_BYTES = 256 * 1024  # validate bigger bodies off the event loop
 JSON_TYPES = frozenset({"application/json"})
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson"})
 MONTH_RE = re.compile(MONTH_PATTERN)  # the wire contract's YYYY-MM
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
 CLIENT_GONE = 499  # the status a request is counted under when its handler was cancelled
 
 MAX_STREAMS_PER_ORG = 64
@@ -157,7 +156,7 @@ def _presented_key(request: web.Request) -> str | None:
 async def require_key(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The API (``/v1/``) needs an org key; the probes need none; pages need a session
     (:mod:`streams.web.auth`) and never take a key."""
-    if request.path in PUBLIC_PATHS or is_page(request):
+    if request.path in API_PUBLIC or is_page(request):
         return await handler(request)
     org = request.app[KEYS].resolve(_presented_key(request))
     if org is None:

@@ -28,7 +28,7 @@ from schemas.events import (
     parse_event,
 )
 from schemas.trusted import decode_trusted
-from schemas.views import Alert, billing_line
+from schemas.views import Alert, billing_line, contract_fields
 from streams.kafka.records import (
     alert_value,
     billing_key,
@@ -115,7 +115,7 @@ class FoldPartition:
             try:
                 billing_line(value)
             except ValidationError as exc:  # a bug of ours: the line is not published
-                fields = ", ".join(sorted({".".join(map(str, e["loc"])) for e in exc.errors()}))
+                fields = contract_fields(exc)
                 reason = f"{CONTRACT_BROKEN}: {fields or 'the view'}"
                 log.error("a billing line broke the published contract (%s): dead-lettered", fields)
                 return Output(DEADLETTER, key, value, (("reason", reason.encode()),))
