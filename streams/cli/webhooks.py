@@ -4,6 +4,7 @@ was parked (see ``streams.webhooks`` and docs/webhooks.md)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 import sys
 from collections.abc import Callable
@@ -19,7 +20,6 @@ from streams.cli.options import (
     log_format_option,
     loglevel_option,
     org_option,
-    parse_org,
     web_host_option,
     web_port_option,
 )
@@ -191,11 +191,16 @@ def webhooks_remove(webhook_id: str, webhooks_file: Path | None) -> None:
 
 
 def _registry_or_fail(webhooks_file: Path | None) -> Path:
-    from streams.webhooks.registry import Registry, WebhookError, resolve_path
+    from streams.webhooks.registry import WebhookError, load_all, resolve_path
 
     path = resolve_path(webhooks_file)
+    if not path.is_file():
+        fail(
+            f"no webhook registry at {path}: add a webhook with `caretally webhooks add` "
+            "or pass --webhooks FILE"
+        )
     try:
-        Registry(path)  # refuses a missing file
+        load_all(path)  # readable (each webhook's URL is checked, and warned about, later)
     except WebhookError as exc:
         fail(str(exc))
     return path
@@ -355,14 +360,7 @@ def webhooks_deliver(
     metavar="ID",
     help="Only the parked deliveries of this webhook.",
 )
-@click.option(
-    "--org",
-    "org_id",
-    default=None,
-    callback=parse_org,
-    metavar="ORG",
-    help="The practice (its org_id).",
-)
+@functools.partial(org_option, required=False)
 @_retry_options
 @format_option(("text", "json"), "text", "text: one line of counts; json: one object.")
 def webhooks_replay(

@@ -9,7 +9,9 @@ web address that someone else could come to own.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, get_args
+
+from schemas.events import CarePlanRecordedData, EnrollmentProgram, Program, StaffRole
 
 ICD10CM: Final = "http://hl7.org/fhir/sid/icd-10-cm"
 CPT: Final = "http://www.ama-assn.org/go/cpt"
@@ -44,9 +46,12 @@ BILLING_PRACTITIONER: Final = "urn:caretally:extension:billing-practitioner"
 QMB: Final = "urn:caretally:extension:qmb"
 """Extension (``valueBoolean``) on an EpisodeOfCare: a Qualified Medicare Beneficiary."""
 
-PROGRAMS: Final = frozenset({"ccm", "pcm", "bhi", "rpm", "rtm", "tcm", "apcm"})
-STAFF_ROLES: Final = frozenset({"clinical_staff", "physician", "qhp", "non_clinical"})
-COMPLEXITIES: Final = frozenset({"low", "moderate", "high"})
+# the wire contract's own values (schemas/events.py), read from its types
+PROGRAMS: Final = frozenset(get_args(Program)) | frozenset(get_args(EnrollmentProgram))
+STAFF_ROLES: Final = frozenset(get_args(StaffRole))
+COMPLEXITIES: Final = frozenset(
+    get_args(CarePlanRecordedData.model_fields["complexity"].annotation)
+)
 
 CPT_PROGRAMS: Final[dict[str, str]] = {
     # chronic care management (docs/rules.md)

@@ -40,20 +40,18 @@ from streams.fhir.convert import (
 )
 from streams.http.rate_limit import Refusal
 from streams.http.routes import (
-    KAFKA,
     MAX_BODY,
     METRICS,
     OFFLOAD_BYTES,
     ORG,
     RATE,
-    TOPICS,
     IngressUnavailable,
     _read_limited,
+    write_deadletters,
     write_ingress,
 )
-from streams.kafka.clients import AioKafkaError
 from streams.kafka.records import event_key
-from streams.worker.gate import Source, deadletter_write
+from streams.worker.gate import Source
 
 log = logging.getLogger("caretally.serve")
 
@@ -115,30 +113,6 @@ def response_bundle(conversion: Conversion) -> dict[str, Any]:
     return {"resourceType": "Bundle", "type": kind, "entry": entries}
 
 
-async def _dead_letter(request: web.Request, org_id: str, problems: list[EntryProblem]) -> None:
-    """Each entry that could not be mapped, as a dead letter: its JSON and the reason, keyed
-    ``org_id:``. Best effort: the client has its answer either way."""
-    producer = request.app[KAFKA].producer
-    if producer is None or not problems:
-        return
-    topic = request.app[TOPICS].deadletter
-    try:
-        pending = []
-        for p in problems:
-            w = deadletter_write(
-                f"{p.where}: {p.reason}",
-                event_key(org_id, None),
-                p.value if p.value is not None else b"",
-                Source(DEADLETTER_ORIGIN, -1, p.entry),
-            )
-            pending.append(await producer.send(topic, value=w.value, key=w.key, headers=w.headers))
-        await asyncio.gather(*pending)
-        request.app[METRICS].events_dead_lettered.inc(len(problems))
-    except AioKafkaError as exc:
-        request.app[METRICS].produce_errors.labels("deadletter").inc()
-        log.warning("dead-lettering %d FHIR entries failed: %s", len(problems), exc)
-
-
 def _convert(body: bytes, org_id: str) -> Conversion:
     return convert_document(body, org_id, source=SOURCE)
 
@@ -187,7 +161,11 @@ async def post_fhir_bundle(request: web.Request) -> web.Response:
     except IngressUnavailable as exc:
         return outcome(503, exc.message, {"Retry-After": exc.retry_after})
     # after the events: a Bundle resent after a 503 does not dead-letter its entries twice
-    await _dead_letter(request, org_id, list(conversion.problems))
+    letters = [
+        (f"{p.where}: {p.reason}", p.value or b"", Source(DEADLETTER_ORIGIN, -1, p.entry))
+        for p in conversion.problems
+    ]
+    await write_deadletters(request, org_id, letters, "unmapped FHIR entries")
     request.app[METRICS].events_accepted.inc(len(records))
     log.debug("accepted %d FHIR event(s) for org %s", len(records), org_id)
     return _fhir(response_bundle(conversion), 200)

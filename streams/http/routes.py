@@ -230,27 +230,27 @@ def _validate(
     return records, errors, len(lines), too_large
 
 
-async def _dead_letter_too_large(
-    request: web.Request, org_id: str, refused: list[tuple[int, bytes]]
+async def write_deadletters(
+    request: web.Request, org_id: str, letters: list[tuple[str, bytes, Source]], what: str
 ) -> None:
-    """Events refused for their size go to the dead-letter topic as the gate writes them
-    (reason ``too_large``, an excerpt, ``digest`` and ``size`` headers), keyed ``org_id:``
-    with ``source_topic`` ``http`` and the body's line as ``source_offset``. Best effort:
-    the client has its 400 either way."""
+    """``(reason, raw bytes, source)`` to the dead-letter topic as the gate writes them
+    (:func:`~streams.worker.gate.deadletter_write`: a too-large one as an excerpt with
+    ``digest`` and ``size`` headers), keyed ``org_id:``. Best effort: the client has its
+    answer either way; ``what`` names them in the warning if the broker fails."""
     producer = request.app[KAFKA].producer
-    if producer is None or not refused:
+    if producer is None or not letters:
         return
     topic = request.app[TOPICS].deadletter
     try:
         pending = []
-        for n, raw in refused:
-            w = deadletter_write(TOO_LARGE, event_key(org_id, None), raw, Source("http", -1, n))
+        for reason, raw, source in letters:
+            w = deadletter_write(reason, event_key(org_id, None), raw, source)
             pending.append(await producer.send(topic, value=w.value, key=w.key, headers=w.headers))
         await asyncio.gather(*pending)
-        request.app[METRICS].events_dead_lettered.inc(len(refused))
+        request.app[METRICS].events_dead_lettered.inc(len(letters))
     except AioKafkaError as exc:
         request.app[METRICS].produce_errors.labels("deadletter").inc()
-        log.warning("dead-lettering %d too-large event(s) failed: %s", len(refused), exc)
+        log.warning("dead-lettering %d %s failed: %s", len(letters), what, exc)
 
 
 def _offset_ranges(offsets: list[int]) -> str:
@@ -333,7 +333,9 @@ async def post_events(request: web.Request) -> web.Response:
         records, errors, seen, too_large = _validate(body, ndjson, org_id)
     if seen == 0:
         return error(400, "no events in the body")
-    await _dead_letter_too_large(request, org_id, too_large)
+    # events refused for their size: source_topic http, the body's line as source_offset
+    letters = [(TOO_LARGE, raw, Source("http", -1, n)) for n, raw in too_large]
+    await write_deadletters(request, org_id, letters, "too-large event(s)")
     if errors:
         request.app[METRICS].events_rejected.inc(len(errors))
         reply: dict[str, Any] = {

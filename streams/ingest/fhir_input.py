@@ -59,6 +59,5 @@ def fhir_records(stream: BinaryIO, org_id: str) -> Iterator[Outgoing]:
     for problem in conversion.problems:
         number = problem.entry + 1 if bundle else max(problem.entry, 1)
         reason = f"{problem.where}: {problem.reason}"
-        value = problem.value if problem.value is not None else b"null"
-        records.append(Outgoing(number, value, practice, reason, letter_only=True))
+        records.append(Outgoing(number, problem.value or b"", practice, reason, letter_only=True))
     return iter(records)

@@ -80,6 +80,7 @@ class Topics:
         return {name: {**config, **size} for name, config in self._retention(week).items()}
 
     def _retention(self, week: str) -> dict[str, dict[str, str]]:
+        alerts_kept = str(90 * 24 * 3600 * 1000)  # alerts, and parked deliveries of them
         return {
             self.ingress: {"cleanup.policy": "delete", "retention.ms": week},
             self.events: {
@@ -89,11 +90,8 @@ class Topics:
             },
             self.deadletter: {"cleanup.policy": "delete", "retention.ms": UNLIMITED},
             # parked deliveries hold alerts (PHI): kept as long as care.alerts.v1, no longer
-            self.webhooks_parked: {
-                "cleanup.policy": "delete",
-                "retention.ms": str(90 * 24 * 3600 * 1000),
-            },
-            self.alerts: {"cleanup.policy": "delete", "retention.ms": str(90 * 24 * 3600 * 1000)},
+            self.webhooks_parked: {"cleanup.policy": "delete", "retention.ms": alerts_kept},
+            self.alerts: {"cleanup.policy": "delete", "retention.ms": alerts_kept},
             self.billing: {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"},
             self.staff: {"cleanup.policy": "delete", "retention.ms": UNLIMITED},
         }

@@ -839,10 +839,10 @@ def build_app(cfg: WorkerConfig, log_ids: dict[str, str], ingress_partitions: in
 
     async def probe_kafka() -> None:
         """Whether the broker answers (a metadata request, 2 s at most)."""
-        client = next((c.consumer for c in consumers.values()), None)
-        if client is None:
+        consumer = next((c.consumer for c in consumers.values()), None)
+        if consumer is None:
             return
-        kafka_up[0] = await broker_answers(client)
+        kafka_up[0] = await broker_answers(consumer)
         metrics.kafka_up.set(1 if kafka_up[0] else 0)
 
     app.timer(2.0)(probe_kafka)
