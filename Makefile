@@ -37,14 +37,14 @@ test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q -n 2 --timeout=600
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal --durations=15 --timeout=600
 
 # Everything that needs no broker: unit and property tests (see tests/conftest.py).
 test-fast: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q -n 2 --timeout=600 -m "not integration"
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal --timeout=600 -m "not integration"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
